@@ -1,0 +1,43 @@
+"""Advantage estimators (kind ``advantage``): ``fn(batch, cfg) -> Tensor [N, T]``.
+
+Registration is by the explicit imports below; ``grep 'register("grpo"'`` finds each entry.
+An advantage part may also fill ``batch.returns`` (value targets) when it ``needs_values``.
+"""
+
+from anypo.advantages.outcome import (
+    DrGRPOAdvantage,
+    GRPOAdvantage,
+    ReinforcePPBaselineAdvantage,
+    RLOOAdvantage,
+    dr_grpo,
+    grpo,
+    reinforce_pp_baseline,
+    rloo,
+)
+from anypo.advantages.token import (
+    GAEAdvantage,
+    ReinforcePPAdvantage,
+    discounted_returns,
+    gae,
+    gae_advantages_returns,
+    reinforce_pp,
+    token_level_rewards,
+)
+
+__all__ = [
+    "DrGRPOAdvantage",
+    "GAEAdvantage",
+    "GRPOAdvantage",
+    "RLOOAdvantage",
+    "ReinforcePPAdvantage",
+    "ReinforcePPBaselineAdvantage",
+    "discounted_returns",
+    "dr_grpo",
+    "gae",
+    "gae_advantages_returns",
+    "grpo",
+    "reinforce_pp",
+    "reinforce_pp_baseline",
+    "rloo",
+    "token_level_rewards",
+]

@@ -1,0 +1,112 @@
+"""The ``anypo`` command: ``list``, ``eval``, ``train``.
+
+    anypo list
+    anypo eval --model.name smollm2-135m-instruct --task.name addition --samples 8
+    anypo train grpo --steps 30 --lr 1e-5
+    anypo train --resume runs/grpo-20261125-101500
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+USAGE = """usage: anypo {list,eval,train} [options]
+
+  list                      presets and registered parts, with their papers
+  eval  [options]           pass@k of a model on a task's held-out split (anypo eval --help)
+  train PRESET [options]    online RL with a preset (anypo train PRESET --help)
+  train --resume RUN_DIR    continue a run from its latest checkpoint
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    commands = {"list": cmd_list, "eval": cmd_eval, "train": cmd_train}
+    if cmd not in commands:
+        import difflib
+
+        close = difflib.get_close_matches(cmd, commands, n=1)
+        print(f"anypo: unknown command {cmd!r}" + (f"; did you mean {close[0]!r}?" if close else "") + "\n\n" + USAGE, file=sys.stderr)
+        return 2
+    return commands[cmd](rest)
+
+
+def cmd_list(argv: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from anypo import registry
+    from anypo.algorithms import PRESETS
+
+    console = Console()
+    t = Table(title="presets (anypo train <preset>)")
+    for col in ("preset", "paper", "arXiv", "status"):
+        t.add_column(col)
+    for name, p in sorted(PRESETS.items()):
+        t.add_row(name, p.title, p.arxiv, p.status)
+    console.print(t)
+    for kind in registry.REGISTRIES:
+        try:
+            reg = registry.registry(kind)
+        except ImportError:
+            continue
+        if not reg.names():
+            continue
+        t = Table(title=f"{kind} parts")
+        t.add_column("name")
+        t.add_column("config")
+        t.add_column("paper")
+        for name in reg.names():
+            cls = reg.get(name)[1]
+            doc = (cls.__doc__ or "").strip().splitlines()
+            t.add_row(name, cls.__name__, doc[0] if doc else "")
+        console.print(t)
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    import tyro
+
+    from anypo.config import EvalConfig
+    from anypo.eval_run import run_eval
+
+    cfg = tyro.cli(EvalConfig, args=argv, prog="anypo eval", description=EvalConfig.__doc__)
+    run_dir = run_eval(cfg)
+    print((run_dir / "README.md").read_text())
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    import tyro
+
+    from anypo.algorithms import PRESETS
+    from anypo.config import TrainConfig, from_jsonable
+    from anypo.train import train
+
+    if argv and argv[0] == "--resume":
+        if len(argv) != 2:
+            print("usage: anypo train --resume RUN_DIR", file=sys.stderr)
+            return 2
+        run_dir = Path(argv[1])
+        if not (run_dir / "config.json").exists():
+            print(f"anypo: {run_dir} is not a run directory (no config.json)", file=sys.stderr)
+            return 2
+        cfg = from_jsonable(json.loads((run_dir / "config.json").read_text()))
+        out = train(cfg, resume=run_dir)
+    else:
+        presets = {name: (f"{p.title} (arXiv {p.arxiv}, {p.status})", TrainConfig(algo=p.build(), name=name)) for name, p in sorted(PRESETS.items())}
+        cfg = tyro.extras.overridable_config_cli(presets, args=argv, prog="anypo train")
+        out = train(cfg)
+    print(f"run directory: {out}")
+    print((out / "README.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

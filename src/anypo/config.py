@@ -1,0 +1,212 @@
+"""Typed configuration: the algorithm (which parts, with which hyperparameters) and the run.
+
+Derived values are properties, never mutated in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from anypo.engines.base import SamplingConfig
+from anypo.models import ModelConfig
+from anypo.tasks import TaskConfig
+from anypo.types import PartConfig
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """Which registered part of each kind a method uses, each with its own config.
+
+    A preset (``anypo.algorithms``) is a function returning one of these. The loop reads the
+    ``needs_*`` properties of the parts; it never compares names.
+    """
+
+    advantage: PartConfig
+    """Config of a registered ``advantage`` part (e.g. ``GRPOAdvantage()``)."""
+    policy_loss: PartConfig
+    """Config of a registered ``policy_loss`` part; it names its own aggregation."""
+    regularizers: tuple[PartConfig, ...] = ()
+    """Configs of registered ``regularizer`` parts, each added to the policy loss."""
+    sampler: PartConfig | None = None
+    """Config of a registered ``sampler``; None means uniform sampling."""
+    reward_shaping: tuple[PartConfig, ...] = ()
+    """Configs of registered ``reward`` parts added to the task reward (e.g. DAPO overlong shaping)."""
+    value_loss: PartConfig | None = None
+    """Config of a registered ``value_loss``; used only when a part ``needs_values``."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch in the policy update."""
+    minibatches_per_step: int = 1
+    """Optimizer steps per pass: the rollout batch is split into this many mini-batches of sequences."""
+
+    def parts(self) -> tuple[PartConfig, ...]:
+        out: list[PartConfig] = [self.advantage, self.policy_loss, *self.regularizers, *self.reward_shaping]
+        if self.sampler is not None:
+            out.append(self.sampler)
+        if self.value_loss is not None:
+            out.append(self.value_loss)
+        return tuple(out)
+
+    def needs(self, what: str) -> bool:
+        """True when any part declares ``needs_<what>`` (ref_logprobs, values, entropy, logits)."""
+        return any(getattr(p, f"needs_{what}", False) for p in self.parts())
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named method: its paper and a function building its ``AlgoConfig``."""
+
+    name: str
+    title: str
+    arxiv: str
+    status: str  # "verified" (formulas checked against paper/official code) or "reconstructed"
+    build: Any = field(repr=False)
+    summary: str = ""
+
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One online RL experiment. ``anypo train <preset>`` fills ``algo`` from the preset."""
+
+    algo: AlgoConfig = field(default_factory=lambda: _default_algo())
+    """The method: parts and their hyperparameters (from a preset)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy to train."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The task: prompts, answers, reward."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How training completions are sampled."""
+    name: str = "grpo"
+    """Run name; the run directory is <out_dir>/<name>-<timestamp>."""
+    out_dir: str = "runs"
+    """Where run directories are created."""
+    steps: int = 30
+    """Training steps (one rollout batch and its updates each)."""
+    prompts_per_step: int = 4
+    """B: prompts per step (counts prompts, not sequences)."""
+    samples_per_prompt: int = 8
+    """G: completions sampled per prompt (the group size)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass (memory knob; results do not depend on it)."""
+    lr: float = 1e-6
+    """Peak learning rate of AdamW."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear learning-rate warm-up."""
+    lr_schedule: str = "constant"
+    """After warm-up: constant, linear or cosine."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    critic_lr: float = 1e-5
+    """Learning rate of the critic (only when a part needs values)."""
+    recompute_old_logprobs: bool = False
+    """Recompute old log-probs with the trainer even when on-policy (the engine's are used otherwise)."""
+    max_prompt_tokens: int = 512
+    """Prompts longer than this are skipped and counted, never truncated."""
+    engine: str = "hf"
+    """Generation engine: hf or vllm."""
+    seed: int = 0
+    """Seed of everything: data order, sampling, initialisation."""
+    threads: int = 2
+    """torch CPU threads."""
+    eval_every: int = 10
+    """Evaluate on the held-out split every this many steps (and before and after); 0 = never."""
+    eval_prompts: int = 100
+    """Held-out prompts per evaluation."""
+    eval_samples: int = 1
+    """Samples per held-out prompt (pass@k is reported for k = 1 and k = eval_samples)."""
+    eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7))
+    """Sampling for evaluation."""
+    save_every: int = 10
+    """Checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+    max_bad_updates: int = 3
+    """Stop after this many updates in a row with a non-finite loss or gradient."""
+    log_entropy: bool = True
+    """Compute the policy entropy each micro-batch for the metrics (costs a softmax over the vocabulary)."""
+    log_samples: int = 4
+    """Completions written to samples.jsonl per step."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs the tracking extra)."""
+    wandb_project: str | None = None
+    """Also log to this wandb project (needs the tracking extra)."""
+
+
+def _default_algo() -> AlgoConfig:
+    from anypo.algorithms import PRESETS
+
+    return PRESETS["grpo"].build()
+
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """pass@k of a model on a task's held-out split."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to evaluate (a trained run's `final/` directory works too)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The task whose held-out split is used."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7))
+    """Sampling settings for the evaluation samples."""
+    num_prompts: int = 100
+    """Held-out prompts to evaluate (at most the split's size)."""
+    samples: int = 8
+    """n: samples per prompt; pass@k is reported for k = 1, 2, 4, ... up to n."""
+    batch_prompts: int = 8
+    """Prompts per generation call (memory knob)."""
+    seed: int = 0
+    """Sampling seed."""
+    threads: int = 2
+    """torch CPU threads."""
+    out_dir: str = "runs"
+    """Where the run directory is created."""
+    name: str = "eval"
+    """Run name; the directory is <out_dir>/<name>-<timestamp>."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def config_classes() -> dict[str, type]:
+    """Every dataclass a saved config may contain, by class name (for re-loading config.json)."""
+    from anypo import registry
+
+    classes: dict[str, type] = {c.__name__: c for c in (TrainConfig, EvalConfig, AlgoConfig, ModelConfig, TaskConfig, SamplingConfig)}
+    for kind in registry.REGISTRIES:
+        try:
+            reg = registry.registry(kind)
+        except ImportError:
+            continue
+        for name in reg.names():
+            cls = reg.get(name)[1]
+            classes[cls.__name__] = cls
+    return classes
+
+
+def from_jsonable(data):
+    """Inverse of ``anypo.runs.to_jsonable`` for configs: rebuild dataclasses from their ``_type``."""
+    if isinstance(data, dict) and "_type" in data:
+        classes = config_classes()
+        cls = classes.get(data["_type"])
+        if cls is None:
+            raise ValueError(f"config.json names an unknown class {data['_type']!r}; was it written by a newer anypo?")
+        import dataclasses
+
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                v = from_jsonable(data[f.name])
+                kw[f.name] = tuple(v) if isinstance(v, list) else v
+        return cls(**kw)
+    if isinstance(data, list):
+        return [from_jsonable(v) for v in data]
+    if isinstance(data, dict):
+        return {k: from_jsonable(v) for k, v in data.items()}
+    return data

@@ -1,0 +1,126 @@
+"""In-process generation with a Hugging Face causal LM and a KV cache.
+
+Unlike ``model.generate`` this loop (1) runs the prompt once per prompt, not once per sample: the
+prompt's KV cache is computed for B prompts and then repeated for their n samples; (2) drops finished
+sequences from the batch so late steps cost only what is still being written; (3) returns the
+log-probability of every sampled token without keeping [N, T, V] scores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anypo.engines.base import Generation, SamplingConfig
+
+
+class HFEngine:
+    """Samples from ``model`` itself, so the engine always has the trainer's current weights."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, device: str | torch.device = "cpu"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.config.eos_token_id if hasattr(model, "config") else tokenizer.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+        self.eos_ids = torch.tensor(sorted({i for i in [*eos_ids, tokenizer.eos_token_id, im_end] if i is not None}))
+
+    def load_weights(self, state_dict: dict[str, Tensor]) -> None:
+        """Nothing to copy: this engine samples from the policy module being trained."""
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None) -> Generation:
+        """Sample ``n`` completions for each prompt (token ids, no padding)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._generate(prompts, n, sampling, gen)
+        finally:
+            self.model.train(was_training)
+
+    def _generate(self, prompts: list[list[int]], n: int, s: SamplingConfig, gen: torch.Generator | None) -> Generation:
+        B, P = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, P), dtype=torch.long)
+        for b, p in enumerate(prompts):  # left padding: the last column is every prompt's last token
+            ids[b, P - len(p) :] = torch.tensor(p)
+            attn[b, P - len(p) :] = 1
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device), position_ids=pos.to(self.device), use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...]: the prompt is processed once
+        N, T = B * n, s.max_new_tokens
+        logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # [N, V]
+        attn = attn.repeat_interleave(n, 0).to(self.device)
+        next_pos = pos[:, -1:].repeat_interleave(n, 0).to(self.device) + 1  # [N, 1]
+        resp = torch.full((N, T), self.pad_id, dtype=torch.long)
+        lps = torch.zeros((N, T))
+        lengths = torch.zeros(N, dtype=torch.long)
+        stopped = torch.zeros(N, dtype=torch.bool)
+        active = torch.arange(N)  # rows of the full batch still being written, in cache order
+        eos = self.eos_ids.to(self.device)
+        for t in range(T):
+            tok, lp = _sample(logits, s, gen)  # [A], [A]
+            rows = active
+            resp[rows, t] = tok.cpu()
+            lps[rows, t] = lp.cpu()
+            lengths[rows] = t + 1
+            done = torch.isin(tok, eos).cpu()
+            if s.stop:
+                done |= self._hit_stop(resp[rows, : t + 1], lengths[rows], s.stop)
+            stopped[rows[done]] = True
+            if t == T - 1 or bool(done.all()):
+                break
+            keep = (~done).nonzero().flatten()
+            if len(keep) < len(rows):  # shrink the batch: finished rows cost nothing from now on
+                cache.batch_select_indices(keep.to(self.device))
+                attn, next_pos, tok = attn[keep.to(self.device)], next_pos[keep.to(self.device)], tok[keep.to(self.device)]
+                active = rows[keep]
+            attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=1)
+            out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache, use_cache=True)
+            cache, next_pos = out.past_key_values, next_pos + 1
+            logits = out.logits[:, -1].float()
+        Tn = int(lengths.max()) if N else 0
+        mask = (torch.arange(Tn)[None, :] < lengths[:, None]).long()
+        return Generation(
+            prompt_index=torch.arange(B).repeat_interleave(n),
+            response_ids=resp[:, :Tn],
+            response_mask=mask,
+            logprobs=lps[:, :Tn] * mask,
+            truncated=~stopped,
+        )
+
+    def _hit_stop(self, resp: Tensor, lengths: Tensor, stops: tuple[str, ...]) -> Tensor:
+        """[A] True where the last few decoded tokens of a row contain a stop string."""
+        hit = torch.zeros(len(resp), dtype=torch.bool)
+        for i in range(len(resp)):
+            tail = self.tokenizer.decode(resp[i, max(0, int(lengths[i]) - 8) : int(lengths[i])])
+            hit[i] = any(stop in tail for stop in stops)
+        return hit
+
+
+def _sample(logits: Tensor, s: SamplingConfig, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Draw one token per row; return it and its log-prob under softmax(logits / temperature).
+
+    logits: [A, V] -> tokens [A], logprobs [A]
+    """
+    if s.temperature <= 0:
+        raise ValueError("temperature must be > 0 for sampling; for greedy decoding use a small value like 1e-4")
+    scaled = logits / s.temperature
+    logp = F.log_softmax(scaled, dim=-1)  # the policy the trainer scores (no truncation)
+    filtered = scaled
+    if s.top_k > 0 and s.top_k < filtered.shape[-1]:
+        kth = torch.topk(filtered, s.top_k, dim=-1).values[:, -1:]
+        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = torch.sort(filtered, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > s.top_p  # keep the smallest prefix reaching top_p
+        filtered = filtered.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = filtered.softmax(-1)
+    tok = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)

@@ -1,0 +1,298 @@
+"""Tensor operations shared by the parts: masked statistics, group statistics, log-probs, KL, and
+the one loss aggregation.
+
+Shapes use the fixed symbols of ``anypo.types``: ``N`` sequences, ``T`` padded response tokens,
+``V`` vocabulary size, ``K`` distinct groups. Masks may be bool, integer or float (0/1); every
+function returns the float dtype of its value input.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from anypo.types import LossScale
+
+__all__ = [
+    "AGGREGATIONS",
+    "Aggregation",
+    "KLEstimator",
+    "aggregate",
+    "entropy_from_logits",
+    "group_reduce",
+    "group_stats",
+    "kl_estimate",
+    "last_token_index",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+]
+
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
+"""How a per-token loss matrix becomes a scalar; see :func:`aggregate`."""
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+
+KLEstimator = Literal["k1", "k2", "k3"]
+"""Per-token estimators of KL(pi || pi_ref) on sampled tokens; see :func:`kl_estimate`."""
+
+# Guards a division by a count that may be 0 (an all-padding row); the numerator is then 0 too.
+_TINY = 1e-8
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of ``x`` where ``mask`` is 1.
+
+    Args:
+        x: values, any shape.
+        mask: same shape as ``x`` (bool, int or float 0/1).
+        dim: dimension to reduce; ``None`` reduces everything to a 0-d tensor.
+
+    Returns:
+        The masked sum, in the dtype of ``x``.
+    """
+    m = mask.to(x.dtype)
+    # where(), not x * m: padded positions may hold inf/nan (e.g. -inf log-probs), and 0 * inf = nan.
+    xm = torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device)) * m
+    return xm.sum() if dim is None else xm.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1 (0 where there are none).
+
+    Args:
+        x: values, any shape.
+        mask: same shape as ``x``.
+        dim: dimension to reduce; ``None`` reduces everything.
+
+    Returns:
+        The masked mean, in the dtype of ``x``.
+    """
+    count = mask.to(x.dtype).sum() if dim is None else mask.to(x.dtype).sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp_min(_TINY)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of the masked entries of ``x`` (0-d).
+
+    ``var = sum(m * (x - mu)^2) / n``, times ``n / (n - 1)`` when ``unbiased`` (and ``n > 1``),
+    with ``n = sum(m)`` and ``mu`` the masked mean.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.to(x.dtype).sum()
+        if float(n) > 1:
+            var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(
+    x: Tensor, mask: Tensor, unbiased: bool = True, shift_mean: bool = True, eps: float = 1e-8
+) -> Tensor:
+    """Normalise ``x`` by the mean and variance of its masked entries.
+
+    ``(x - mu) / sqrt(var + eps)`` (``+ mu`` back when ``shift_mean`` is False). Positions outside
+    the mask are transformed too but carry no weight in the statistics; multiply by the mask to zero
+    them.
+
+    Args:
+        x: values, any shape, e.g. [N, T].
+        mask: same shape as ``x``.
+        unbiased: use the unbiased (n - 1) variance, as verl's ``masked_whiten``.
+        shift_mean: subtract the mean (True) or keep it (False).
+        eps: added to the variance.
+
+    Returns:
+        Tensor of the shape and dtype of ``x``.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask, unbiased=unbiased)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    return out if shift_mean else out + mean
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """[N] index of the last position where ``mask`` [N, T] is 1 (-1 for an empty row)."""
+    m = mask != 0
+    T = m.shape[-1]
+    pos = torch.arange(T, device=m.device).expand_as(m)
+    return torch.where(m, pos, torch.full_like(pos, -1)).amax(dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Group statistics (samples of one prompt share a group id; ids need not be contiguous)
+# ---------------------------------------------------------------------------------------------
+
+
+def group_reduce(x: Tensor, group_ids: Tensor, reduce: Literal["sum", "mean", "amax", "amin"]) -> Tensor:
+    """Reduce ``x`` within each group and broadcast the result back to every member.
+
+    Args:
+        x: [N] values.
+        group_ids: [N] integer group ids (arbitrary, e.g. ``[7, 7, 3, 3, 42]``).
+        reduce: ``sum``, ``mean``, ``amax`` or ``amin``.
+
+    Returns:
+        [N] the reduction of each sample's group, in the dtype of ``x``.
+    """
+    _, inv = torch.unique(group_ids, return_inverse=True)  # [N] dense ids in 0..K-1
+    K = int(inv.max()) + 1 if inv.numel() else 0
+    out = x.new_zeros(K).scatter_reduce(0, inv, x, reduce=reduce, include_self=False)  # [K]
+    return out[inv]  # [N]
+
+
+def group_stats(x: Tensor, group_ids: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-group mean, standard deviation and size, broadcast back to every sample.
+
+    ``mean_g = sum_{j in g} x_j / n_g``; ``std_g = sqrt(sum_{j in g} (x_j - mean_g)^2 / (n_g - 1))``
+    (``/ n_g`` when not ``unbiased``). A group of one sample has std 0 (not NaN), so a z-score of it
+    is 0.
+
+    Args:
+        x: [N] values (e.g. rewards).
+        group_ids: [N] integer ids, not necessarily contiguous or sorted.
+        unbiased: use ``n_g - 1`` (as ``torch.std`` and verl) instead of ``n_g``.
+
+    Returns:
+        ``(mean [N], std [N], count [N])`` in the dtype of ``x``.
+    """
+    _, inv = torch.unique(group_ids, return_inverse=True)  # [N] dense ids in 0..K-1
+    K = int(inv.max()) + 1 if inv.numel() else 0
+    count = x.new_zeros(K).index_add_(0, inv, torch.ones_like(x))  # [K]
+    mean = x.new_zeros(K).index_add_(0, inv, x) / count  # [K]
+    sq = x.new_zeros(K).index_add_(0, inv, (x - mean[inv]) ** 2)  # [K]
+    denom = (count - 1).clamp_min(1) if unbiased else count
+    std = (sq / denom).sqrt()  # [K]; sq == 0 for singletons, so std == 0
+    return mean[inv], std[inv], count[inv]
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probabilities, entropy, KL
+# ---------------------------------------------------------------------------------------------
+
+
+def logprobs_from_logits(logits: Tensor, ids: Tensor) -> Tensor:
+    """Log-probabilities of ``ids`` under ``softmax(logits)``, without a [N, T, V] log-softmax.
+
+    ``log p(id) = logits[id] - logsumexp(logits)``. Autograd keeps no extra [N, T, V] tensor (a
+    log-softmax would save its output). Half-precision logits are processed one row at a time in
+    float32, which bounds the temporary copy to one [T, V] slice and avoids bf16 rounding of the
+    normaliser.
+
+    Args:
+        logits: [N, T, V] raw logits.
+        ids: [N, T] token ids (long).
+
+    Returns:
+        [N, T] log-probabilities: float32 for half/bfloat16 logits, else the dtype of ``logits``.
+    """
+    ids = ids.long().unsqueeze(-1)  # [N, T, 1]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        rows = []
+        for row, row_ids in zip(logits, ids, strict=True):  # row: [T, V]
+            row32 = row.float()
+            rows.append(row32.gather(-1, row_ids).squeeze(-1) - torch.logsumexp(row32, dim=-1))
+        return torch.stack(rows)  # [N, T]
+    return logits.gather(-1, ids).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [N, T]
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of ``softmax(logits)`` at every position.
+
+    ``H = logsumexp(z) - sum_v softmax(z)_v * z_v`` (equal to ``-sum p log p``, without a log of 0).
+
+    Args:
+        logits: [N, T, V].
+
+    Returns:
+        [N, T] entropy in nats, in the dtype of ``logits``.
+    """
+    p = torch.softmax(logits, dim=-1)  # [N, T, V]
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = "k3") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from the log-probs of tokens sampled from pi.
+
+    With ``d = logprobs - ref_logprobs`` and ``log_rho = -d`` (J. Schulman, "Approximating KL
+    Divergence", http://joschu.net/blog/kl-approx.html):
+
+    * ``k1 = d`` (unbiased, high variance, may be negative);
+    * ``k2 = d^2 / 2`` (biased, low variance, gradient of the true KL on-policy);
+    * ``k3 = exp(log_rho) - 1 - log_rho`` (unbiased, >= 0). As verl's ``low_var_kl``, ``log_rho``
+      is clamped to [-20, 20] and the result to [-10, 10] (clamps that stop the gradient outside).
+
+    Args:
+        logprobs: [N, T] log-probs of the sampled tokens under pi (the policy).
+        ref_logprobs: [N, T] log-probs of the same tokens under pi_ref.
+        estimator: ``k1``, ``k2`` or ``k3``.
+
+    Returns:
+        [N, T] per-token estimates, in the dtype of ``logprobs``.
+    """
+    d = logprobs - ref_logprobs
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return 0.5 * d.square()
+    if estimator == "k3":
+        log_rho = (-d).clamp(-20.0, 20.0)
+        return (log_rho.exp() - 1.0 - log_rho).clamp(-10.0, 10.0)
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected one of k1, k2, k3")
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
+# ---------------------------------------------------------------------------------------------
+
+
+def aggregate(
+    loss_mat: Tensor, mask: Tensor, mode: str, scale: LossScale, norm_length: float | None = None
+) -> Tensor:
+    """Reduce a per-token loss matrix to the scalar loss, normalised by the mini-batch's counts.
+
+    With ``m`` the mask, ``|o_i| = sum_t m_it``, ``N_seq = scale.num_seqs`` and
+    ``N_tok = scale.num_tokens`` (the counts of the whole mini-batch, not of this micro-batch):
+
+    * ``token_mean``: ``sum_it m L / N_tok`` (DAPO);
+    * ``seq_mean_token_mean``: ``sum_i (sum_t m L / |o_i|) / N_seq`` (GRPO, GSPO, SAPO);
+    * ``seq_mean_token_sum``: ``sum_it m L / N_seq``;
+    * ``seq_mean_token_sum_norm``: ``sum_it m L / (N_seq * L_norm)`` (Dr. GRPO, in the paper's sense
+      with ``1 / N_seq``; verl divides by ``L_norm`` only). ``L_norm`` is ``norm_length`` if given,
+      else ``scale.norm_length``, else the padded length ``T`` of ``loss_mat``.
+
+    Every mode is a sum over sequences of a per-sequence term, so the losses of micro-batches built
+    with ``RolloutBatch.select(idx, loss_scale=batch.scale())`` sum to the mini-batch's loss, and
+    so do their gradients.
+
+    Args:
+        loss_mat: [N, T] per-token loss.
+        mask: [N, T] response mask.
+        mode: one of :data:`AGGREGATIONS`.
+        scale: global counts of the mini-batch (``batch.scale()``).
+        norm_length: constant ``L_norm`` for ``seq_mean_token_sum_norm``.
+
+    Returns:
+        0-d tensor in the dtype of ``loss_mat``.
+    """
+    if mode == "token_mean":
+        return masked_sum(loss_mat, mask) / max(scale.num_tokens, _TINY)
+    if mode == "seq_mean_token_mean":
+        lengths = mask.to(loss_mat.dtype).sum(-1).clamp_min(1.0)  # [N]; an empty row adds 0
+        return (masked_sum(loss_mat, mask, dim=-1) / lengths).sum() / max(scale.num_seqs, _TINY)
+    if mode == "seq_mean_token_sum":
+        return masked_sum(loss_mat, mask) / max(scale.num_seqs, _TINY)
+    if mode == "seq_mean_token_sum_norm":
+        length = norm_length if norm_length is not None else scale.norm_length
+        length = float(loss_mat.shape[-1]) if length is None else float(length)
+        return masked_sum(loss_mat, mask) / max(scale.num_seqs * length, _TINY)
+    raise ValueError(f"unknown aggregation {mode!r}; expected one of {', '.join(AGGREGATIONS)}")

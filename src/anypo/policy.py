@@ -1,0 +1,105 @@
+"""The trainer's view of a causal LM: log-probabilities of response tokens, values, reference passes."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anypo.types import PolicyOutput, RolloutBatch
+
+
+def _inputs(batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Concatenate left-padded prompts and right-padded responses: ids, mask, positions, T."""
+    prompt_ids = batch.require("prompt_ids", "the rollout fills it")
+    prompt_mask = batch.require("prompt_mask", "the rollout fills it")
+    resp_ids = batch.require("response_ids", "the rollout fills it")
+    ids = torch.cat([prompt_ids, resp_ids], dim=1)  # [N, P + T]
+    attn = torch.cat([prompt_mask, batch.response_mask.to(prompt_mask.dtype)], dim=1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ids, attn, pos, resp_ids.shape[1]
+
+
+def response_logprobs(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    logits: bool = False,
+) -> PolicyOutput:
+    """Log-probabilities of the response tokens under ``model`` (with grad if enabled).
+
+    Only the T positions that predict response tokens go through the LM head (``logits_to_keep``):
+    prompt positions never pay the [*, V] projection and log-softmax.
+
+    Returns: PolicyOutput with logprobs [N, T] (0 on padding), entropy [N, T] and logits [N, T, V]
+    when asked.
+    """
+    ids, attn, pos, T = _inputs(batch)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
+    lg = out.logits[:, :-1].float() / temperature  # [N, T, V]: position P-1+t predicts response token t
+    resp = batch.response_ids
+    lp = lg.gather(-1, resp.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, dim=-1)  # [N, T]
+    mask = batch.response_mask.to(lp.dtype)
+    ent = None
+    if entropy:
+        p = F.softmax(lg, dim=-1)
+        ent = (torch.logsumexp(lg, -1) - (p * lg).sum(-1)) * mask
+    return PolicyOutput(logprobs=lp * mask, entropy=ent, logits=lg if logits else None)
+
+
+@torch.no_grad()
+def batched_logprobs(model: torch.nn.Module, batch: RolloutBatch, temperature: float, micro: int) -> Tensor:
+    """[N, T] log-probs without grad, in micro-batches of ``micro`` sequences."""
+    parts = []
+    for s in range(0, batch.num_seqs, micro):
+        parts.append(response_logprobs(model, batch.select(slice(s, s + micro)), temperature).logprobs)
+    return torch.cat(parts).to(batch.rewards.dtype)
+
+
+class Reference:
+    """The frozen reference policy: the base model with adapters disabled (LoRA), else a frozen copy."""
+
+    def __init__(self, model: torch.nn.Module):
+        from anypo.models import is_lora
+
+        self.lora = is_lora(model)
+        self.model = model if self.lora else copy.deepcopy(model).eval().requires_grad_(False)
+
+    def logprobs(self, batch: RolloutBatch, temperature: float, micro: int) -> Tensor:
+        ctx = self.model.disable_adapter() if self.lora else nullcontext()
+        with ctx:
+            return batched_logprobs(self.model, batch, temperature, micro)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {} if self.lora else self.model.state_dict()
+
+
+class Critic(torch.nn.Module):
+    """A value model: a copy of the policy's trunk with a scalar head, V(s_t) for every response token."""
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        from anypo.models import is_lora
+
+        base = policy.get_base_model() if is_lora(policy) else policy
+        self.trunk = copy.deepcopy(base.model)
+        self.trunk.requires_grad_(True)
+        self.head = torch.nn.Linear(base.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, batch: RolloutBatch) -> Tensor:
+        """[N, T] values of the states before each response token (0 on padding)."""
+        ids, attn, pos, T = _inputs(batch)
+        h = self.trunk(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+        v = self.head(h[:, -T - 1 : -1].float()).squeeze(-1)  # [N, T]
+        return v * batch.response_mask.to(v.dtype)
+
+
+def with_fields(batch: RolloutBatch, **kw) -> RolloutBatch:
+    return dataclasses.replace(batch, **kw)

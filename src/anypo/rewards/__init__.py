@@ -1,0 +1,51 @@
+"""Reward parts (registry kind ``reward``) and their combination.
+
+A registered reward is ``fn(sample: Sample, cfg) -> float | RewardResult`` with a frozen config
+dataclass. ``combine`` turns configs, names, user functions (``fn(sample)``) and weights into one
+:class:`RewardRunner` that never raises. Importing this package registers every built-in part:
+
+| name | config | what |
+| --- | --- | --- |
+| ``math_answer`` | ``MathAnswer`` | final answer equals the reference (numbers, then math-verify) |
+| ``exact_match`` | ``ExactMatch`` | final answer equals the reference as a normalised string |
+| ``format`` | ``Format`` | the final answer is given with an explicit marker |
+| ``countdown`` | ``Countdown`` | the answer expression solves the countdown puzzle |
+| ``overlong`` | ``Overlong`` | DAPO soft overlong punishment |
+| ``reasoning_gym`` | ``ReasoningGym`` | the reasoning-gym generator's own score |
+"""
+
+from anypo.rewards.answer import ExactMatch, Format, MathAnswer, answers_match, exact_match, format_reward, math_answer
+from anypo.rewards.combine import BatchRewards, RewardRunner, RewardTerm, combine, load_reward_fn
+from anypo.rewards.countdown import Countdown, CountdownCheck, check_countdown, countdown, evaluate_expression
+from anypo.rewards.extract import answer_number, extract_answer, find_answer, last_number, parse_number
+from anypo.rewards.rgym import ReasoningGym, reasoning_gym_reward
+from anypo.rewards.shaping import Overlong, overlong
+
+__all__ = [
+    "BatchRewards",
+    "Countdown",
+    "CountdownCheck",
+    "ExactMatch",
+    "Format",
+    "MathAnswer",
+    "Overlong",
+    "ReasoningGym",
+    "RewardRunner",
+    "RewardTerm",
+    "answer_number",
+    "answers_match",
+    "check_countdown",
+    "combine",
+    "countdown",
+    "evaluate_expression",
+    "exact_match",
+    "extract_answer",
+    "find_answer",
+    "format_reward",
+    "last_number",
+    "load_reward_fn",
+    "math_answer",
+    "overlong",
+    "parse_number",
+    "reasoning_gym_reward",
+]

@@ -1,0 +1,387 @@
+"""The online RL loop, top to bottom: prompts -> samples -> rewards -> advantages -> policy update.
+
+The loop never branches on a method's name. It asks the chosen parts what they need
+(``AlgoConfig.needs("ref_logprobs")`` and so on) and calls them through their registries.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from anypo import checkpoint, models, registry
+from anypo.config import TrainConfig
+from anypo.engines import make_engine
+from anypo.evaluate import mean_pass_at_k
+from anypo.policy import Critic, Reference, batched_logprobs, response_logprobs
+from anypo.rollout import GroupRollout, concat_batches
+from anypo.runs import JsonlWriter, new_run_dir, write_json_atomic
+from anypo.types import LossScale, RolloutBatch
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite updates in a row)."""
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
+    """Run ``cfg`` (or continue the run in ``resume``) and return the run directory."""
+    # ---- SCAFFOLD: run directory, model, data, parts ----
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(resume) if resume else new_run_dir(cfg.out_dir, cfg.name)
+    if not resume:
+        write_json_atomic(run_dir / "config.json", cfg)
+    _seed_everything(cfg.seed)
+    ctx = Context.build(cfg, run_dir)
+    start = ctx.restore() if resume else 0
+    metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
+    samples_log = JsonlWriter(run_dir / "samples.jsonl")
+    ui = ctx.progress(start)
+    if start == 0 and cfg.eval_every > 0:
+        metrics_log.write({"step": 0, **ctx.evaluate()})
+    bad_in_a_row = 0
+    for step in range(start + 1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        # ---- ALGO LOGIC: rollout (with the sampler's filter, e.g. DAPO dynamic sampling) ----
+        batch, m = ctx.rollout(step)
+        t_gen = time.perf_counter() - t0
+        # ---- ALGO LOGIC: what the parts need, then advantages ----
+        t1 = time.perf_counter()
+        ctx.fill_needs(batch, m)
+        batch.advantages = ctx.advantage_fn(batch, ctx.algo.advantage)
+        t_prep = time.perf_counter() - t1
+        # ---- ALGO LOGIC: policy (and critic) update ----
+        t2 = time.perf_counter()
+        upd = ctx.update(batch)
+        t_train = time.perf_counter() - t2
+        bad_in_a_row = bad_in_a_row + 1 if upd["train/skipped_updates"] > 0 else 0
+        n_tokens = float(batch.response_mask.sum())
+        m.update(upd)
+        m.update(
+            {
+                "time/generate_s": t_gen,
+                "time/prepare_s": t_prep,
+                "time/train_s": t_train,
+                "time/step_s": time.perf_counter() - t0,
+                "throughput/generate_tok_s": n_tokens / max(t_gen, 1e-9),
+                "throughput/train_tok_s": n_tokens * ctx.algo.ppo_epochs / max(t_train, 1e-9),
+                "memory/peak_rss_gb": _peak_rss_gb(),
+            }
+        )
+        if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
+            m.update(ctx.evaluate())
+        metrics_log.write({"step": step, **m})
+        _log_samples(samples_log, step, batch, cfg.log_samples)
+        ctx.trackers_log(step, m)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            ctx.save(step)
+        ui.advance(step, m)
+        if bad_in_a_row >= cfg.max_bad_updates:
+            raise TrainingError(
+                f"{bad_in_a_row} updates in a row had a non-finite loss or gradient; stopped at step {step}. "
+                f"The last good checkpoint is {checkpoint.latest(run_dir)}. Lower train.lr or check the reward."
+            )
+    ui.close()
+    metrics_log.close()
+    samples_log.close()
+    ctx.finish()
+    return run_dir
+
+
+class Context:
+    """Everything one run holds: models, optimizer, parts, data. Built once, restored on resume."""
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, run_dir: Path) -> Context:
+        from anypo.tasks import build_task
+        from anypo.trainer_setup import make_reward, make_scheduler, tokenize_prompts
+
+        self = cls()
+        self.cfg, self.run_dir, self.algo = cfg, run_dir, cfg.algo
+        self.tokenizer = models.load_tokenizer(cfg.model.name)
+        self.model = models.load_model(cfg.model, seed=cfg.seed)
+        self.model.train()
+        self.task = build_task(cfg.task)
+        self.train_examples = self.task.train_examples()
+        self.prompt_ids, self.skipped_prompts = tokenize_prompts(self.train_examples, self.tokenizer, cfg.max_prompt_tokens)
+        self.heldout = self.task.heldout_examples()
+        self.heldout_ids, _ = tokenize_prompts(self.heldout, self.tokenizer, cfg.max_prompt_tokens)
+        self.reward = make_reward(self.task, self.algo.reward_shaping)
+        self.engine = make_engine(cfg.engine, self.model, self.tokenizer)
+        self.rollout_part = GroupRollout(
+            self.engine, self.tokenizer, self.prompt_ids, self._sample_for, self.reward, cfg.sampling, cfg.samples_per_prompt
+        )
+        self.advantage_fn = registry.registry("advantage").fn_for(self.algo.advantage)
+        self.loss_fn = registry.registry("policy_loss").fn_for(self.algo.policy_loss)
+        self.reg_fns = [registry.registry("regularizer").fn_for(r) for r in self.algo.regularizers]
+        sampler_cfg = self.algo.sampler or registry.get("sampler", "uniform")[1]()
+        self.sampler = registry.registry("sampler").fn_for(sampler_cfg)(sampler_cfg, len(self.prompt_ids), cfg.prompts_per_step, cfg.seed)
+        self.max_draws = int(getattr(sampler_cfg, "max_draws", 1))
+        self.reference = Reference(self.model) if self.algo.needs("ref_logprobs") else None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
+        self.critic = self.critic_opt = None
+        if self.algo.needs("values"):
+            self.critic = Critic(self.model)
+            self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
+            self.value_fn = registry.registry("value_loss").fn_for(self.algo.value_loss)
+        self.trackers = _Trackers(cfg, run_dir)
+        return self
+
+    def _sample_for(self, index: int, text: str, num_tokens: int, truncated: bool):
+        return self.task.sample(self.train_examples[index], text, num_tokens, self.cfg.sampling.max_new_tokens, truncated)
+
+    # ---- rollout ----
+    def rollout(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        """Draw prompts until the sampler has kept ``prompts_per_step`` groups (or ``max_draws`` is hit)."""
+        kept, n_groups, draws, generated = [], 0, 0, []
+        while n_groups < self.cfg.prompts_per_step and draws < self.max_draws:
+            idx = self.sampler.next_prompts(step)
+            b = self.rollout_part.collect(idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx))
+            self.sampler.observe(b)
+            generated.append(b)
+            keep = self.sampler.keep(b)
+            if bool(keep.any()):
+                kept.append(b.select(keep.nonzero().flatten()))
+                n_groups += int(torch.unique(kept[-1].group_ids).numel())
+            draws += 1
+        if not kept:  # nothing kept after max_draws: train on the last draw rather than stall
+            kept = [generated[-1]]
+        batch = concat_batches(kept, self.tokenizer.pad_token_id)
+        batch = _first_groups(batch, self.cfg.prompts_per_step)
+        return batch, _rollout_metrics(batch, concat_batches(generated, self.tokenizer.pad_token_id), draws, self.reward)
+
+    def fill_needs(self, batch: RolloutBatch, m: dict[str, float]) -> None:
+        """Fill what the parts declared they need; recompute old log-probs only when off-policy."""
+        cfg, micro = self.cfg, self.cfg.micro_batch_size
+        on_policy = self.algo.ppo_epochs == 1 and self.algo.minibatches_per_step == 1
+        if not on_policy or cfg.recompute_old_logprobs:
+            engine_lp = batch.old_logprobs
+            batch.old_logprobs = batched_logprobs(self.model, batch, cfg.sampling.temperature, micro)
+            m["rollout/engine_logprob_abs_diff"] = _masked_abs_diff(engine_lp, batch.old_logprobs, batch.response_mask)
+        if self.reference is not None:
+            batch.ref_logprobs = self.reference.logprobs(batch, cfg.sampling.temperature, micro)
+        if self.critic is not None:
+            with torch.no_grad():
+                batch.values = torch.cat([self.critic(batch.select(slice(s, s + micro))) for s in range(0, batch.num_seqs, micro)])
+
+    # ---- update ----
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """``ppo_epochs`` passes of ``minibatches_per_step`` optimizer steps, in micro-batches."""
+        algo = self.algo
+        gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.scheduler.last_epoch)
+        done, skipped = [], 0
+        for _ in range(algo.ppo_epochs):
+            shuffle = algo.minibatches_per_step > 1
+            order = torch.randperm(batch.num_seqs, generator=gen) if shuffle else torch.arange(batch.num_seqs)
+            for mini_idx in order.chunk(algo.minibatches_per_step):
+                metrics = self._minibatch_step(batch.select(mini_idx))
+                if metrics is None:
+                    skipped += 1
+                else:
+                    done.append(metrics)
+        out = {k: sum(d[k] for d in done) / len(done) for k in done[0]} if done else {}
+        out["train/skipped_updates"] = float(skipped)
+        out["train/lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+    def _minibatch_step(self, mini: RolloutBatch) -> dict[str, float] | None:
+        """One optimizer step on ``mini``; None (and no weight change) if the loss or gradient is not finite."""
+        cfg, algo = self.cfg, self.algo
+        # Global counts: the micro-batch losses then sum to the mini-batch loss (the micro-batch contract).
+        scale = LossScale(num_tokens=float(mini.response_mask.sum()), num_seqs=float(mini.num_seqs))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.critic_opt is not None:
+            self.critic_opt.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        for s in range(0, mini.num_seqs, cfg.micro_batch_size):
+            micro = mini.select(slice(s, s + cfg.micro_batch_size), loss_scale=scale)
+            need_ent = cfg.log_entropy or algo.needs("entropy")
+            out = response_logprobs(self.model, micro, cfg.sampling.temperature, entropy=need_ent, logits=algo.needs("logits"))
+            parts = [self.loss_fn(out, micro, algo.policy_loss)]
+            parts += [fn(out, micro, rcfg) for fn, rcfg in zip(self.reg_fns, algo.regularizers, strict=True)]
+            if self.critic is not None:
+                parts.append(self.value_fn(self.critic(micro), micro, algo.value_loss))
+            loss = sum((p.loss for p in parts), torch.zeros(()))
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            loss.backward()
+            w = micro.num_seqs / mini.num_seqs  # metrics: size-weighted mean over micro-batches
+            for p in parts:
+                for k, v in p.metrics.items():
+                    sums[k] += float(v) * w
+            if out.entropy is not None:
+                sums["policy/entropy"] += w * float((out.entropy * micro.mask).sum() / micro.mask.sum().clamp(min=1))
+            sums["loss/total"] += float(loss.detach())
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.critic_opt is not None:
+            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+            self.critic_opt.step()
+        sums["train/grad_norm"] = float(grad_norm)
+        return dict(sums)
+
+    # ---- evaluation, checkpoints, logging ----
+    def evaluate(self) -> dict[str, float]:
+        """pass@k on the held-out split with the current weights."""
+        from anypo.evaluate import evaluate as run_eval
+
+        cfg = self.cfg
+        ids = self.heldout_ids[: cfg.eval_prompts]
+
+        def score(i: int, text: str, n_tok: int, trunc: bool) -> float:
+            return self.task.correct(self.heldout[i], text)
+
+        rewards, _ = run_eval(self.engine, self.tokenizer, ids, score, cfg.eval_samples, cfg.eval_sampling, seed=cfg.seed + 12345)
+        correct = [[r >= 1.0 for r in row] for row in rewards]
+        ks = sorted({1, cfg.eval_samples})
+        return {f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, ks).items()}
+
+    def save(self, step: int) -> None:
+        tensors = {"policy": checkpoint.trainable_state(self.model)}
+        if self.critic is not None:
+            tensors["critic"] = checkpoint.trainable_state(self.critic)
+        state = {
+            "step": step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "critic_optimizer": self.critic_opt.state_dict() if self.critic_opt else None,
+            "sampler": self.sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        }
+        checkpoint.save(self.run_dir, step, tensors, state, keep=self.cfg.keep_checkpoints)
+
+    def restore(self) -> int:
+        """Load the latest checkpoint of the run; metrics logged after it are dropped (they are redone)."""
+        ckpt = checkpoint.latest(self.run_dir)
+        if ckpt is None:
+            raise checkpoint.CheckpointError(f"{self.run_dir} has no checkpoint to resume from (checkpoints/latest is missing)")
+        tensors, state = checkpoint.load(ckpt)
+        self.model.load_state_dict(tensors["policy"], strict=False)
+        if self.critic is not None:
+            self.critic.load_state_dict(tensors["critic"], strict=False)
+            self.critic_opt.load_state_dict(state["critic_optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _truncate_jsonl(self.run_dir / name, state["step"])
+        return int(state["step"])
+
+    def progress(self, start: int):
+        from anypo.trainer_setup import Progress
+
+        return Progress(self.cfg.steps, start, enabled=self.cfg.progress)
+
+    def trackers_log(self, step: int, m: dict[str, float]) -> None:
+        self.trackers.log(step, m)
+
+    def finish(self) -> None:
+        from anypo.trainer_setup import export_final, write_report
+
+        export_final(self.model, self.tokenizer, self.run_dir / "final")
+        write_report(self.run_dir, self.cfg)
+        self.trackers.close()
+
+
+# ---- SCAFFOLD: helpers ----
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _first_groups(batch: RolloutBatch, n_groups: int) -> RolloutBatch:
+    """Keep the first ``n_groups`` distinct groups (a draw may overfill the batch)."""
+    seen: list[int] = []
+    for g in batch.group_ids.tolist():
+        if g not in seen:
+            seen.append(g)
+    if len(seen) <= n_groups:
+        return batch
+    keep = torch.isin(batch.group_ids, torch.tensor(seen[:n_groups]))
+    return batch.select(keep.nonzero().flatten())
+
+
+def _rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int, reward) -> dict[str, float]:
+    r = generated.rewards
+    lengths = generated.response_mask.sum(1).float()
+    same = [bool((r[generated.group_ids == g] == r[generated.group_ids == g][0]).all()) for g in generated.group_ids.unique()]
+    correct = [c.get("correct", float("nan")) for c in generated.extras["components"]]
+    return {
+        "reward/mean": float(r.mean()),
+        "reward/std": float(r.std()) if len(r) > 1 else 0.0,
+        "reward/accuracy": float(sum(correct) / len(correct)) if correct else float("nan"),
+        "reward/errors": float(reward.pop_errors()),
+        "rollout/all_equal_group_frac": sum(same) / len(same),
+        "rollout/draws": float(draws),
+        "rollout/trained_seqs": float(batch.num_seqs),
+        "response/length_mean": float(lengths.mean()),
+        "response/length_max": float(lengths.max()),
+        "response/truncated_frac": float(generated.truncated.float().mean()),
+    }
+
+
+def _masked_abs_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    m = mask.to(a.dtype)
+    return float(((a - b).abs() * m).sum() / m.sum().clamp(min=1))
+
+
+def _log_samples(writer: JsonlWriter, step: int, batch: RolloutBatch, n: int) -> None:
+    for i in range(min(n, batch.num_seqs)):
+        writer.write({"step": step, "prompt_index": batch.extras["prompt_index"][i], "completion": batch.extras["text"][i], "reward": float(batch.rewards[i])})
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    import json
+
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
+
+
+class _Trackers:
+    """TensorBoard / wandb when installed and asked for; otherwise nothing."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path):
+        self.tb = self.wandb = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        if cfg.wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, config={"run_dir": str(run_dir)})
+
+    def log(self, step: int, m: dict[str, float]) -> None:
+        finite = {k: v for k, v in m.items() if isinstance(v, float | int) and math.isfinite(v)}
+        if self.tb is not None:
+            for k, v in finite.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(finite, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

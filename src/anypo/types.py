@@ -1,0 +1,295 @@
+"""The data model shared by every part of anypo.
+
+Fixed symbols used in every shape comment of the project:
+
+* ``B`` prompts per step, ``G`` samples per prompt, ``N = B * G`` sequences,
+* ``P`` padded prompt tokens, ``T`` padded response tokens, ``V`` vocabulary size.
+
+Every tensor of a batch is float32 or float64 (masks and ids may be integer or bool); parts keep the
+dtype of their inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LossOutput",
+    "LossScale",
+    "PartConfig",
+    "PolicyOutput",
+    "PreferenceBatch",
+    "RewardResult",
+    "RolloutBatch",
+]
+
+
+@dataclass(frozen=True)
+class LossScale:
+    """Global counts of the mini-batch a micro-batch belongs to.
+
+    A loss computed on a micro-batch with this scale, summed over the micro-batches of one
+    mini-batch, equals the loss of the whole mini-batch (and so do the gradients). Without it each
+    micro-batch would normalise by its own token count: a known bug class in RL frameworks.
+
+    Attributes:
+        num_tokens: number of response tokens (``response_mask.sum()``) in the whole mini-batch.
+        num_seqs: number of sequences in the whole mini-batch.
+        norm_length: the constant length of the ``seq_mean_token_sum_norm`` aggregation (Dr. GRPO);
+            ``RolloutBatch.scale()`` sets it to the mini-batch's padded length ``T`` so that
+            micro-batches (possibly re-padded shorter) keep dividing by the same constant. ``None``:
+            the padded length of the tensor being aggregated.
+    """
+
+    num_tokens: float
+    num_seqs: float
+    norm_length: float | None = None
+
+
+@dataclass
+class RolloutBatch:
+    """A batch of sampled responses with everything the parts may need.
+
+    Only ``response_mask``, ``group_ids`` and ``rewards`` are required; every other field defaults to
+    ``None`` and a part that needs one raises an error naming it.
+
+    Attributes:
+        response_mask: [N, T] 1 on response tokens the loss may touch, 0 on padding and on tool or
+            environment output tokens.
+        group_ids: [N] integer id of the prompt each sample answers; samples of one prompt share it.
+        rewards: [N] outcome reward of each sequence.
+        prompt_ids: [N, P] prompt token ids, left-padded.
+        prompt_mask: [N, P] 1 on real prompt tokens.
+        response_ids: [N, T] sampled token ids, right-padded.
+        token_rewards: [N, T] optional per-token rewards (added to the outcome reward where used).
+        old_logprobs: [N, T] log-probabilities of the sampled tokens under the behaviour policy.
+        ref_logprobs: [N, T] log-probabilities under the frozen reference policy.
+        values: [N, T] critic values V(s_t) before each response token.
+        advantages: [N, T] advantages, filled by the advantage part.
+        returns: [N, T] value targets, filled by value-based advantage parts.
+        truncated: [N] bool, True where the response hit the length limit.
+        extras: per-sample information (correctness, feedback text, turn boundaries, ...).
+        loss_scale: global counts of the enclosing mini-batch; ``None`` means this batch is the
+            whole mini-batch.
+        rollout_logprobs: [N, T] log-probabilities of the sampled tokens as reported by the rollout
+            engine (e.g. vLLM), when the learner recomputes ``old_logprobs`` itself. Ratio-based
+            losses use ``exp(old_logprobs - rollout_logprobs)`` for truncated importance sampling
+            (their ``tis`` option); ``None`` when the engine's log-probs are the ``old_logprobs``.
+    """
+
+    response_mask: Tensor
+    group_ids: Tensor
+    rewards: Tensor
+    prompt_ids: Tensor | None = None
+    prompt_mask: Tensor | None = None
+    response_ids: Tensor | None = None
+    token_rewards: Tensor | None = None
+    old_logprobs: Tensor | None = None
+    ref_logprobs: Tensor | None = None
+    values: Tensor | None = None
+    advantages: Tensor | None = None
+    returns: Tensor | None = None
+    truncated: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    loss_scale: LossScale | None = None
+    rollout_logprobs: Tensor | None = None
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.response_mask.shape[0])
+
+    @property
+    def mask(self) -> Tensor:
+        """[N, T] the response mask in the float dtype of the rewards."""
+        return self.response_mask.to(self.rewards.dtype)
+
+    def scale(self) -> LossScale:
+        """The global counts to normalise by: ``loss_scale`` if set, else this batch's own."""
+        if self.loss_scale is not None:
+            return self.loss_scale
+        return LossScale(
+            num_tokens=float(self.response_mask.sum()),
+            num_seqs=float(self.num_seqs),
+            norm_length=float(self.response_mask.shape[-1]),
+        )
+
+    def require(self, name: str, hint: str) -> Tensor:
+        """Return the tensor field ``name`` or raise an error saying how to provide it."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"RolloutBatch.{name} is None, but this part needs it: {hint}")
+        return value
+
+    def select(self, index: Tensor | slice, loss_scale: LossScale | None = None) -> RolloutBatch:
+        """Rows ``index`` of every per-sample field (extras lists and tensors included)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == self.num_seqs:
+                out[f.name] = v[index]
+            else:
+                out[f.name] = v
+        out["extras"] = {k: _select_extra(v, index, self.num_seqs) for k, v in self.extras.items()}
+        out["loss_scale"] = loss_scale if loss_scale is not None else self.loss_scale
+        return RolloutBatch(**out)
+
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        kw = {
+            f.name: (getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), Tensor) else getattr(self, f.name))
+            for f in dataclasses.fields(self)
+        }
+        return RolloutBatch(**kw)
+
+
+def _select_extra(v: Any, index: Tensor | slice, n: int) -> Any:
+    if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n:
+        return v[index]
+    if isinstance(v, list) and len(v) == n:
+        if isinstance(index, slice):
+            return v[index]
+        idx = index.tolist() if index.dtype != torch.bool else index.nonzero().flatten().tolist()
+        return [v[i] for i in idx]
+    return v
+
+
+@dataclass
+class PreferenceBatch:
+    """Pairs of chosen and rejected responses for preference optimisation.
+
+    Attributes:
+        chosen_mask: [N, T] response mask of the chosen responses.
+        rejected_mask: [N, T] response mask of the rejected responses.
+        ref_chosen_logprobs: [N, T] reference log-probabilities of the chosen tokens.
+        ref_rejected_logprobs: [N, T] reference log-probabilities of the rejected tokens.
+        extras: per-pair information (margins, scores, ...).
+    """
+
+    chosen_mask: Tensor
+    rejected_mask: Tensor
+    ref_chosen_logprobs: Tensor | None = None
+    ref_rejected_logprobs: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PolicyOutput:
+    """What the policy forward pass gives the losses.
+
+    Attributes:
+        logprobs: [N, T] log-probabilities of the sampled tokens under the current policy (with grad).
+        entropy: [N, T] entropy of the next-token distribution; only when a part declares
+            ``needs_entropy``.
+        logits: [N, T, V] raw logits; only when a part declares ``needs_logits`` (they are large).
+    """
+
+    logprobs: Tensor
+    entropy: Tensor | None = None
+    logits: Tensor | None = None
+
+
+@dataclass
+class LossOutput:
+    """A loss to minimise and its diagnostics.
+
+    Attributes:
+        loss: 0-d tensor, the quantity minimised.
+        metrics: namespaced scalars (``policy/clipfrac``, ``kl/ref``, ...).
+    """
+
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RewardResult:
+    """A reward with its parts and optional feedback text for the policy or the logs."""
+
+    score: float
+    components: dict[str, float] = field(default_factory=dict)
+    feedback: str | None = None
+
+
+@dataclass(frozen=True)
+class PartConfig:
+    """Base of every part's config: the needs the training loops act on.
+
+    The loops never compare part names; they read these properties. A config overrides the ones it
+    needs (as a property when the need depends on a field, e.g. a KL term with ``coef == 0``).
+    """
+
+    @property
+    def needs_ref_logprobs(self) -> bool:
+        """The reference model's log-probabilities must be in the batch."""
+        return False
+
+    @property
+    def needs_values(self) -> bool:
+        """A critic must produce ``values``."""
+        return False
+
+    @property
+    def needs_entropy(self) -> bool:
+        """The policy forward must return per-token entropy."""
+        return False
+
+    @property
+    def needs_logits(self) -> bool:
+        """The policy forward must return full logits."""
+        return False
+
+
+class AdvantageFn(Protocol):
+    def __call__(self, batch: RolloutBatch, cfg: Any) -> Tensor: ...
+
+
+class PolicyLossFn(Protocol):
+    def __call__(self, out: PolicyOutput, batch: RolloutBatch, cfg: Any) -> LossOutput: ...
+
+
+class RegularizerFn(Protocol):
+    def __call__(self, out: PolicyOutput, batch: RolloutBatch, cfg: Any) -> LossOutput: ...
+
+
+class PreferenceLossFn(Protocol):
+    def __call__(
+        self, out_chosen: PolicyOutput, out_rejected: PolicyOutput, batch: PreferenceBatch, cfg: Any
+    ) -> LossOutput: ...
+
+
+class Sampler(Protocol):
+    def next_prompts(self, step: int) -> list[int]: ...
+    def observe(self, batch: RolloutBatch) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class RewardFn(Protocol):
+    def __call__(self, sample: Any) -> float | RewardResult: ...
+
+
+@dataclass
+class Sample:
+    """One completed response, as reward functions see it.
+
+    Attributes:
+        prompt: the task's prompt text (the user message, before the chat template).
+        completion: the decoded response text.
+        answer: the reference answer of the task, if any.
+        num_tokens: number of response tokens generated.
+        max_tokens: the generation limit in tokens (``max_new_tokens``).
+        truncated: True when the response hit ``max_tokens`` without stopping.
+        meta: task-specific information (numbers of a countdown puzzle, a JSON schema, ...).
+    """
+
+    prompt: str
+    completion: str
+    answer: str | None = None
+    num_tokens: int = 0
+    max_tokens: int = 0
+    truncated: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
