@@ -70,7 +70,7 @@ def save(run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], 
     latest_tmp = root / ".latest.tmp"
     latest_tmp.write_text(final.name + "\n")
     os.replace(latest_tmp, root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if p != final)[:-keep] if keep > 0 else []:
+    for old in sorted(root.glob("step_*"))[: -max(keep, 1)]:  # the newest (just written) always stays
         shutil.rmtree(old, ignore_errors=True)
     return final
 

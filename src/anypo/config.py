@@ -77,6 +77,9 @@ class TrainConfig:
     """The task: prompts, answers, reward."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """How training completions are sampled."""
+    rewards: tuple[str, ...] = ()
+    """Reward terms replacing the task's default: registered names or `module:function` / `file.py:function`,
+    each optionally `=weight` (e.g. `math_answer=1 format=0.1`). Empty: the task's default reward."""
     name: str = "grpo"
     """Run name; the run directory is <out_dir>/<name>-<timestamp>."""
     out_dir: str = "runs"

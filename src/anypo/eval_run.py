@@ -17,7 +17,8 @@ from anypo.trainer_setup import tokenize_prompts
 
 def run_eval(cfg: EvalConfig) -> Path:
     """Evaluate, write ``config.json``, ``metrics.jsonl``, ``samples.jsonl`` and ``README.md``; return the run dir."""
-    from anypo.tasks import build_task
+    from anypo.tasks import get_task
+    from anypo.trainer_setup import make_verifier
 
     torch.set_num_threads(cfg.threads)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)
@@ -26,13 +27,14 @@ def run_eval(cfg: EvalConfig) -> Path:
     tokenizer = models.load_tokenizer(cfg.model.name)
     model = models.load_model(cfg.model, seed=cfg.seed).eval()
     t_load = time.perf_counter() - t0
-    task = build_task(cfg.task)
+    task = get_task(cfg.task)
+    verify, _ = make_verifier(task)
     examples = task.heldout_examples()[: cfg.num_prompts]
-    ids, skipped = tokenize_prompts(examples, tokenizer, max_prompt_tokens=10**9)
+    examples, ids, _ = tokenize_prompts(examples, tokenizer, max_prompt_tokens=10**9)
     engine = HFEngine(model, tokenizer)
 
     def score(i: int, text: str, n_tok: int, truncated: bool) -> float:
-        return task.correct(examples[i], text)
+        return verify(examples[i], text)
 
     t1 = time.perf_counter()
     with _progress(len(ids), cfg.progress) as advance:

@@ -30,6 +30,7 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "zero_masked",
 ]
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
@@ -48,6 +49,15 @@ _TINY = 1e-8
 # ---------------------------------------------------------------------------------------------
 
 
+def zero_masked(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` with 0 wherever ``mask`` is 0 (padding may hold inf/nan, e.g. -inf log-probs).
+
+    A ``where``, not ``x * mask``: ``0 * inf`` is nan, and the gradient of ``where`` at the masked
+    positions is exactly 0 whatever ``x`` holds there.
+    """
+    return torch.where(mask != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Sum of ``x`` where ``mask`` is 1.
 
@@ -59,9 +69,7 @@ def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     Returns:
         The masked sum, in the dtype of ``x``.
     """
-    m = mask.to(x.dtype)
-    # where(), not x * m: padded positions may hold inf/nan (e.g. -inf log-probs), and 0 * inf = nan.
-    xm = torch.where(m != 0, x, torch.zeros((), dtype=x.dtype, device=x.device)) * m
+    xm = zero_masked(x, mask) * mask.to(x.dtype)
     return xm.sum() if dim is None else xm.sum(dim)
 
 
@@ -95,9 +103,7 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var
 
 
-def masked_whiten(
-    x: Tensor, mask: Tensor, unbiased: bool = True, shift_mean: bool = True, eps: float = 1e-8
-) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, unbiased: bool = True, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
     """Normalise ``x`` by the mean and variance of its masked entries.
 
     ``(x - mu) / sqrt(var + eps)`` (``+ mu`` back when ``shift_mean`` is False). Positions outside
@@ -255,9 +261,7 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator =
 # ---------------------------------------------------------------------------------------------
 
 
-def aggregate(
-    loss_mat: Tensor, mask: Tensor, mode: str, scale: LossScale, norm_length: float | None = None
-) -> Tensor:
+def aggregate(loss_mat: Tensor, mask: Tensor, mode: str, scale: LossScale, norm_length: float | None = None) -> Tensor:
     """Reduce a per-token loss matrix to the scalar loss, normalised by the mini-batch's counts.
 
     With ``m`` the mask, ``|o_i| = sum_t m_it``, ``N_seq = scale.num_seqs`` and

@@ -21,7 +21,7 @@ from anypo.evaluate import mean_pass_at_k
 from anypo.policy import Critic, Reference, batched_logprobs, response_logprobs
 from anypo.rollout import GroupRollout, concat_batches
 from anypo.runs import JsonlWriter, new_run_dir, write_json_atomic
-from anypo.types import LossScale, RolloutBatch
+from anypo.types import RolloutBatch
 
 
 class TrainingError(RuntimeError):
@@ -97,23 +97,24 @@ class Context:
 
     @classmethod
     def build(cls, cfg: TrainConfig, run_dir: Path) -> Context:
-        from anypo.tasks import build_task
-        from anypo.trainer_setup import make_reward, make_scheduler, tokenize_prompts
+        from anypo.tasks import get_task
+        from anypo.trainer_setup import make_reward, make_scheduler, make_verifier, tokenize_prompts
 
         self = cls()
         self.cfg, self.run_dir, self.algo = cfg, run_dir, cfg.algo
         self.tokenizer = models.load_tokenizer(cfg.model.name)
         self.model = models.load_model(cfg.model, seed=cfg.seed)
         self.model.train()
-        self.task = build_task(cfg.task)
-        self.train_examples = self.task.train_examples()
-        self.prompt_ids, self.skipped_prompts = tokenize_prompts(self.train_examples, self.tokenizer, cfg.max_prompt_tokens)
-        self.heldout = self.task.heldout_examples()
-        self.heldout_ids, _ = tokenize_prompts(self.heldout, self.tokenizer, cfg.max_prompt_tokens)
-        self.reward = make_reward(self.task, self.algo.reward_shaping)
+        self.task = get_task(cfg.task)
+        limit = cfg.max_prompt_tokens
+        self.train_examples, self.prompt_ids, self.skipped_prompts = tokenize_prompts(self.task.train_examples(), self.tokenizer, limit)
+        self.heldout, self.heldout_ids, _ = tokenize_prompts(self.task.heldout_examples(), self.tokenizer, limit)
+        self.reward = make_reward(self.task, self.algo.reward_shaping, cfg.rewards)
+        self.verify, _ = make_verifier(self.task)
+        self.correct_name = self.reward.names[0]  # the first term is the correctness check (reward/accuracy)
         self.engine = make_engine(cfg.engine, self.model, self.tokenizer)
         self.rollout_part = GroupRollout(
-            self.engine, self.tokenizer, self.prompt_ids, self._sample_for, self.reward, cfg.sampling, cfg.samples_per_prompt
+            self.engine, self.tokenizer, self.prompt_ids, self._sample_for, self.reward, cfg.sampling, cfg.samples_per_prompt, self.correct_name
         )
         self.advantage_fn = registry.registry("advantage").fn_for(self.algo.advantage)
         self.loss_fn = registry.registry("policy_loss").fn_for(self.algo.policy_loss)
@@ -131,10 +132,11 @@ class Context:
             self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
             self.value_fn = registry.registry("value_loss").fn_for(self.algo.value_loss)
         self.trackers = _Trackers(cfg, run_dir)
+        self._errors_seen = 0
         return self
 
     def _sample_for(self, index: int, text: str, num_tokens: int, truncated: bool):
-        return self.task.sample(self.train_examples[index], text, num_tokens, self.cfg.sampling.max_new_tokens, truncated)
+        return self.train_examples[index].to_sample(text, num_tokens, self.cfg.sampling.max_new_tokens, truncated)
 
     # ---- rollout ----
     def rollout(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
@@ -154,7 +156,11 @@ class Context:
             kept = [generated[-1]]
         batch = concat_batches(kept, self.tokenizer.pad_token_id)
         batch = _first_groups(batch, self.cfg.prompts_per_step)
-        return batch, _rollout_metrics(batch, concat_batches(generated, self.tokenizer.pad_token_id), draws, self.reward)
+        errors, self._errors_seen = self.reward.num_errors - self._errors_seen, self.reward.num_errors
+        m = _rollout_metrics(batch, concat_batches(generated, self.tokenizer.pad_token_id), draws)
+        m["reward/errors"] = float(errors)
+        m["data/skipped_long_prompts"] = float(self.skipped_prompts)
+        return batch, m
 
     def fill_needs(self, batch: RolloutBatch, m: dict[str, float]) -> None:
         """Fill what the parts declared they need; recompute old log-probs only when off-policy."""
@@ -194,7 +200,7 @@ class Context:
         """One optimizer step on ``mini``; None (and no weight change) if the loss or gradient is not finite."""
         cfg, algo = self.cfg, self.algo
         # Global counts: the micro-batch losses then sum to the mini-batch loss (the micro-batch contract).
-        scale = LossScale(num_tokens=float(mini.response_mask.sum()), num_seqs=float(mini.num_seqs))
+        scale = mini.scale()
         self.optimizer.zero_grad(set_to_none=True)
         if self.critic_opt is not None:
             self.critic_opt.zero_grad(set_to_none=True)
@@ -216,8 +222,8 @@ class Context:
             for p in parts:
                 for k, v in p.metrics.items():
                     sums[k] += float(v) * w
-            if out.entropy is not None:
-                sums["policy/entropy"] += w * float((out.entropy * micro.mask).sum() / micro.mask.sum().clamp(min=1))
+            if out.entropy is not None and not any("policy/entropy" in p.metrics for p in parts):
+                sums["policy/entropy"] += w * float((out.entropy.detach() * micro.mask).sum() / micro.mask.sum().clamp(min=1))
             sums["loss/total"] += float(loss.detach())
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -241,7 +247,7 @@ class Context:
         ids = self.heldout_ids[: cfg.eval_prompts]
 
         def score(i: int, text: str, n_tok: int, trunc: bool) -> float:
-            return self.task.correct(self.heldout[i], text)
+            return self.verify(self.heldout[i], text)
 
         rewards, _ = run_eval(self.engine, self.tokenizer, ids, score, cfg.eval_samples, cfg.eval_sampling, seed=cfg.seed + 12345)
         correct = [[r >= 1.0 for r in row] for row in rewards]
@@ -315,16 +321,15 @@ def _first_groups(batch: RolloutBatch, n_groups: int) -> RolloutBatch:
     return batch.select(keep.nonzero().flatten())
 
 
-def _rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int, reward) -> dict[str, float]:
+def _rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) -> dict[str, float]:
     r = generated.rewards
     lengths = generated.response_mask.sum(1).float()
     same = [bool((r[generated.group_ids == g] == r[generated.group_ids == g][0]).all()) for g in generated.group_ids.unique()]
-    correct = [c.get("correct", float("nan")) for c in generated.extras["components"]]
+    correct = generated.extras.get("correct", [])
     return {
         "reward/mean": float(r.mean()),
         "reward/std": float(r.std()) if len(r) > 1 else 0.0,
-        "reward/accuracy": float(sum(correct) / len(correct)) if correct else float("nan"),
-        "reward/errors": float(reward.pop_errors()),
+        **({"reward/accuracy": sum(correct) / len(correct)} if correct and all(c == c for c in correct) else {}),
         "rollout/all_equal_group_frac": sum(same) / len(same),
         "rollout/draws": float(draws),
         "rollout/trained_seqs": float(batch.num_seqs),

@@ -13,25 +13,63 @@ from anypo.runs import read_jsonl
 log = logging.getLogger(__name__)
 
 
-def tokenize_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list[list[int]], int]:
+def tokenize_prompts(examples, tokenizer, max_prompt_tokens: int) -> tuple[list, list[list[int]], int]:
     """Chat-templated token ids of each example; prompts over the limit are skipped and counted.
 
-    A skipped prompt keeps its slot (as an empty list is never sampled) so indices stay aligned with
-    ``examples``; returns the ids and the number skipped.
+    Returns the kept examples, their token ids (aligned) and the number skipped. A prompt is never
+    truncated: a cut prompt would train the policy on a question it was not asked.
     """
     from anypo.tasks import format_prompt
 
-    ids, skipped = [], 0
+    kept, ids, skipped = [], [], 0
     for ex in examples:
         toks = tokenizer(format_prompt(ex, tokenizer), add_special_tokens=False)["input_ids"]
         if len(toks) > max_prompt_tokens:
             skipped += 1
-            ids.append([])
-        else:
-            ids.append(list(toks))
+            continue
+        kept.append(ex)
+        ids.append(list(toks))
     if skipped:
         log.warning("skipped %d prompts longer than max_prompt_tokens=%d (never truncated)", skipped, max_prompt_tokens)
-    return ids, skipped
+    if not kept and examples:
+        raise ValueError(f"every prompt is longer than max_prompt_tokens={max_prompt_tokens}; raise it")
+    return kept, ids, skipped
+
+
+def parse_reward_specs(specs) -> list[tuple[str, float]]:
+    """``["math_answer=1", "my.py:fn=0.5", "format"]`` -> ``[(name_or_path, weight), ...]``."""
+    out = []
+    for spec in specs:
+        name, sep, weight = spec.rpartition("=") if "=" in spec else (spec, "", "1")
+        try:
+            out.append((name if sep else spec, float(weight)))
+        except ValueError:
+            raise ValueError(f"reward spec {spec!r}: the weight after '=' must be a number, e.g. math_answer=1.0") from None
+    return out
+
+
+def make_reward(task, shaping: tuple = (), specs=()):
+    """The task's default reward (or ``specs``) plus the method's reward shaping parts (weight 1 each)."""
+    from anypo.rewards import combine
+
+    base = parse_reward_specs(specs) if specs else list(task.default_reward())
+    return combine([*base, *((part, 1.0) for part in shaping)])
+
+
+def make_verifier(task):
+    """``verify(example, text) -> 1.0 / 0.0``: the task's first (correctness) reward term alone.
+
+    Returns the function and the component name under which the term appears in the reward.
+    """
+    from anypo.rewards import combine
+
+    runner = combine([task.default_reward()[0]])
+    name = runner.names[0]
+
+    def verify(example, text: str) -> float:
+        return runner(example.to_sample(text)).score
+
+    return verify, name
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:

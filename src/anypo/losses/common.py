@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from anypo.ops import AGGREGATIONS, Aggregation, aggregate, masked_mean, masked_sum
+from anypo.ops import AGGREGATIONS, Aggregation, aggregate, masked_mean, zero_masked
 from anypo.registry import REGISTRIES
 from anypo.types import LossOutput, PartConfig, PolicyOutput, RolloutBatch
 
@@ -88,17 +88,21 @@ class RatioLossConfig(PolicyLossConfig):
 def policy_inputs(out: PolicyOutput, batch: RolloutBatch, need_old: bool = True) -> tuple[Tensor, ...]:
     """``(logprobs, old_logprobs or None, advantages, mask)``, all [N, T], checked.
 
-    The mask is converted to the dtype of ``logprobs``; so are old log-probs and advantages.
+    Everything is converted to the dtype of ``logprobs`` and set to 0 off the mask, so that padding
+    holding -inf or garbage can neither produce nan nor receive a gradient.
     """
-    lp = out.logprobs
-    mask = batch.response_mask.to(lp.dtype)
-    if lp.shape != mask.shape:
-        raise ValueError(f"PolicyOutput.logprobs has shape {tuple(lp.shape)}, response_mask {tuple(mask.shape)}")
-    adv = batch.require("advantages", "compute them with an advantage part before the policy loss").to(lp.dtype)
+    mask = batch.response_mask.to(out.logprobs.dtype)
+    if out.logprobs.shape != mask.shape:
+        raise ValueError(
+            f"PolicyOutput.logprobs has shape {tuple(out.logprobs.shape)}, response_mask {tuple(mask.shape)}"
+        )
+    lp = zero_masked(out.logprobs, mask)
+    adv = batch.require("advantages", "compute them with an advantage part before the policy loss")
+    adv = zero_masked(adv.to(lp.dtype), mask)
     old = None
     if need_old:
         hint = "store the behaviour policy's log-probs (rollout engine or a no-grad forward) before the update"
-        old = batch.require("old_logprobs", hint).to(lp.dtype)
+        old = zero_masked(batch.require("old_logprobs", hint).to(lp.dtype), mask)
     return lp, old, adv, mask
 
 
@@ -116,12 +120,15 @@ def tis_weights(batch: RolloutBatch, cfg: RatioLossConfig, mask: Tensor) -> tupl
     old = batch.require("old_logprobs", "TIS needs the learner's old_logprobs").to(dtype)
     hint = "tis is set: store the rollout engine's per-token log-probs there, or set tis=None"
     roll = batch.require("rollout_logprobs", hint).to(dtype)
-    d = torch.where(mask != 0, old - roll, torch.zeros_like(old))  # [N, T]
+    d = zero_masked(old - roll, mask)  # [N, T]
     if cfg.tis == "sequence":
         d = d.sum(-1, keepdim=True).expand_as(d)  # [N, T]: log of the product of token weights
     w = d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()
     over = w > cfg.tis_cap
-    metrics = {"tis/weight_mean": float(masked_mean(w, mask)), "tis/capped_frac": float(masked_mean(over.to(dtype), mask))}
+    metrics = {
+        "tis/weight_mean": float(masked_mean(w, mask)),
+        "tis/capped_frac": float(masked_mean(over.to(dtype), mask)),
+    }
     w = w.clamp(max=cfg.tis_cap) if cfg.tis_mode == "truncate" else torch.where(over, torch.zeros_like(w), w)
     return w, metrics
 
@@ -159,9 +166,3 @@ def finish(
     loss = aggregate(loss_mat, mask, cfg.aggregation, batch.scale(), cfg.norm_length)
     metrics["policy/loss"] = float(loss.detach())
     return LossOutput(loss=loss, metrics=metrics)
-
-
-def sequence_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """[N] mean of ``x`` [N, T] over each response (0 for an empty one)."""
-    lengths = mask.sum(-1).clamp_min(1.0)
-    return masked_sum(x, mask, dim=-1) / lengths

@@ -35,9 +35,11 @@ class PPOClip(RatioLossConfig):
     Papers: "Proximal Policy Optimization Algorithms", https://arxiv.org/abs/1707.06347, Eq. 7
     (``L = -min(r A, clip(r, 1 - eps, 1 + eps) A)``); GRPO ("DeepSeekMath",
     https://arxiv.org/abs/2402.03300, Eq. 3) uses it with group advantages; DAPO
-    (https://arxiv.org/abs/2503.14476, Eq. 10, "clip-higher") decouples ``eps_low=0.2,
-    eps_high=0.28``; dual clip ("Mastering Complex Control in MOBA Games with Deep RL",
-    https://arxiv.org/abs/1912.09729, Eq. 5) bounds the loss of negative advantages by ``-c A``.
+    ("DAPO: An Open-Source LLM Reinforcement Learning System at Scale",
+    https://arxiv.org/abs/2503.14476, Sec. 3.1 "Clip-Higher") decouples ``eps_low=0.2,
+    eps_high=0.28``; dual clip ("Mastering Complex Control in MOBA Games with Deep Reinforcement
+    Learning", https://arxiv.org/abs/1912.09729, dual-clip PPO) bounds the loss of negative
+    advantages by ``-c A``.
     Deviation: none; the log-ratio is clamped to [-20, 20] before exp (verl).
     """
 
@@ -93,11 +95,11 @@ class CISPO(RatioLossConfig):
     """Clipped IS-weight policy optimisation: REINFORCE with a clipped, stop-gradient ratio.
 
     Paper: "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention",
-    https://arxiv.org/abs/2506.13585, Sec. 3.1, Eq. 4-5:
+    https://arxiv.org/abs/2506.13585, Sec. 3.1 (the CISPO objective):
     ``L = -sg[clip(r, 1 - eps_low, 1 + eps_high)] * A * lp`` with token-mean aggregation. The paper
     sets no lower bound (a large eps_low) and tunes only eps_high; its value is not stated in the
     material we could read, so ``eps_high=0.28`` follows Trinity-RFT's default (UNVERIFIED).
-    ``mask_clip`` adds the paper's unified-mask variant (Eq. 7, Trinity ``enable_mask_clip``): tokens
+    ``mask_clip`` adds the paper's unified token-mask variant (Trinity ``enable_mask_clip``): tokens
     with ``A > 0, r > 1 + eps_high`` or ``A < 0, r < 1 - eps_low`` are dropped.
     Note the loss *value* depends on absolute log-probs; only its gradient is meaningful.
     """

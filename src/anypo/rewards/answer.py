@@ -34,6 +34,10 @@ class MathAnswer(PartConfig):
     fallback: Literal["last_number", "none"] = "last_number"
     """Without an answer marker: ``last_number`` grades the last number of the response, ``none``
     scores 0."""
+    number_only: bool = False
+    """Grade only the number the answer states (``68``, ``23 + 45 = 68``, ``1/2``), never evaluate
+    an expression: on arithmetic tasks ``Answer: 23 + 45`` merely restates the question, and
+    math-verify would evaluate it to the right value."""
     timeout_seconds: int = 5
     """math-verify's time limit per parse and comparison (only enforced in the main thread, where
     its ``signal.alarm`` works)."""
@@ -70,40 +74,56 @@ class Format(PartConfig):
 
 
 def _math_verify_equal(gold: str, pred: str, timeout_seconds: int) -> bool:
-    """True when math-verify finds ``pred`` equal to ``gold`` (False on any parse failure)."""
+    """True when math-verify finds ``pred`` equal to ``gold`` (False on any parse failure).
+
+    The answer string is parsed both as LaTeX math (``$...$``, which reads ``x + 1`` whole) and as
+    plain text (which finds ``68`` in ``68 apples``); either reading may match.
+    """
     from math_verify import parse, verify  # imported lazily: it pulls in sympy
 
     # signal.alarm (math-verify's timeout) only works in the main thread
     timeout = timeout_seconds if threading.current_thread() is threading.main_thread() else None
-    gold_parsed = _parse_gold(gold, timeout)
+    gold_parsed = list(_parse_gold(gold, timeout))
     if not gold_parsed:
         return False
-    pred_parsed = parse(pred, parsing_timeout=timeout) or parse(f"${pred}$", parsing_timeout=timeout)
-    if not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+    for text in (f"${pred}$", pred):
+        pred_parsed = parse(text, parsing_timeout=timeout)
+        if pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=timeout):
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=4096)
 def _parse_gold(gold: str, timeout: int | None) -> tuple[Any, ...]:
-    """math-verify's parse of a reference answer; cached since every sample of a group shares it."""
+    """math-verify's parse of a reference answer; cached since every sample of a group shares it.
+
+    A reference that is not a plain number is read as LaTeX math first, so ``1 + x`` is the
+    expression, not the number 1.
+    """
     from math_verify import parse
 
-    parsed = parse(gold, parsing_timeout=timeout) or parse(f"${gold}$", parsing_timeout=timeout)
-    return tuple(parsed)
+    texts = (gold, f"${gold}$") if parse_number(gold) is not None else (f"${gold}$", gold)
+    for text in texts:
+        parsed = parse(text, parsing_timeout=timeout)
+        if parsed:
+            return tuple(parsed)
+    return ()
 
 
-def answers_match(pred: str, gold: str, timeout_seconds: int = 5) -> bool:
+def answers_match(pred: str, gold: str, timeout_seconds: int = 5, number_only: bool = False) -> bool:
     """True when the answer string ``pred`` states the reference answer ``gold``.
 
-    Exact numbers first (fast, and immune to math-verify reading ``1,234`` as a tuple), then
-    math-verify for everything else (expressions, ``2^3`` for ``8``, sets, intervals).
+    Exact numbers first (fast, and immune to math-verify reading ``1,234`` as a tuple), then, unless
+    ``number_only``, math-verify for everything else (expressions, ``2^3`` for ``8``, sets,
+    intervals).
     """
     gold_num = parse_number(gold)
     if gold_num is not None:
         pred_num = answer_number(pred)
         if pred_num is not None and pred_num == gold_num:
             return True
+    if number_only:
+        return False
     return _math_verify_equal(gold, pred, timeout_seconds)
 
 
@@ -115,7 +135,7 @@ def math_answer(sample: Sample, cfg: MathAnswer) -> float:
     pred = extract_answer(sample.completion, fallback=cfg.fallback)
     if pred is None:
         return 0.0
-    return 1.0 if answers_match(pred, str(sample.answer), cfg.timeout_seconds) else 0.0
+    return 1.0 if answers_match(pred, str(sample.answer), cfg.timeout_seconds, cfg.number_only) else 0.0
 
 
 def _normalize(text: str, case_sensitive: bool) -> str:

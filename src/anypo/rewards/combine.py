@@ -63,6 +63,14 @@ class BatchRewards(NamedTuple):
     components: dict[str, list[float]]
     num_errors: int
 
+    def metrics(self) -> dict[str, float]:
+        """Batch means for logging: ``reward/mean``, ``reward/<component>`` and ``reward/errors``."""
+        n = max(len(self.scores), 1)
+        out = {"reward/mean": sum(self.scores) / n}
+        out.update({f"reward/{name}": sum(values) / n for name, values in self.components.items()})
+        out["reward/errors"] = float(self.num_errors)
+        return out
+
 
 def load_reward_fn(spec: str) -> RewardCallable:
     """Import a user reward function ``fn(sample) -> float | RewardResult``.
@@ -178,7 +186,9 @@ class RewardRunner:
             return
         self._logged.add(key)
         if len(self._logged) > MAX_LOGGED_ERRORS:
-            logger.warning("reward errors: more than %d distinct messages; only counting from now on", MAX_LOGGED_ERRORS)
+            logger.warning(
+                "reward errors: more than %d distinct messages; only counting from now on", MAX_LOGGED_ERRORS
+            )
         else:
             logger.warning("reward %r failed and scored 0 (logged once): %s", term.name, message)
 
@@ -207,7 +217,9 @@ class RewardRunner:
             total += term.weight * score
             components[term.name] = score
             if result is not None:
-                sub = {f"{term.name}/{k}": float(v) for k, v in result.components.items() if isinstance(v, (int, float))}
+                sub = {
+                    f"{term.name}/{k}": float(v) for k, v in result.components.items() if isinstance(v, (int, float))
+                }
                 components.update(sub)
                 if result.feedback:
                     feedback.append(result.feedback)

@@ -38,7 +38,7 @@ Fallback = Literal["last_number", "none"]
 # Characters models use for minus; all become ASCII "-".
 _MINUS = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-"})
 # A plain number: thousands groups or digits, optional decimals, or a bare ".5".
-_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
 _SIGNED_NUM = re.compile(rf"(-\s?)?({_NUM})")
 _SIGNED_FRAC_OR_NUM = re.compile(rf"(-\s?)?({_NUM})(?:\s*/\s*(\d+))?")
 _FULL_NUMBER = re.compile(rf"[+-]?(?:{_NUM})")
@@ -146,9 +146,15 @@ def extract_answer(text: str, fallback: Fallback = "last_number") -> str | None:
 
 
 def _is_binary_minus(text: str, sign_start: int) -> bool:
-    """True when the ``-`` at ``sign_start`` follows an operand (``5 - 3``), i.e. is not a sign."""
+    """True when the ``-`` at ``sign_start`` follows an operand (``5 - 3``, ``x - 3``, ``(a) - 3``)
+    rather than a word or an operator (``is -3``, ``= -3``), i.e. is not a sign."""
     before = text[:sign_start].rstrip()
-    return bool(before) and (before[-1].isalnum() or before[-1] in ")]}")
+    if not before:
+        return False
+    if before[-1].isdigit() or before[-1] in ")]}":
+        return True
+    word = re.search(r"[A-Za-z]+$", before)
+    return word is not None and len(word.group(0)) == 1  # a one-letter variable, not a word
 
 
 def _numbers(text: str, with_fractions: bool = False) -> list[tuple[int, str]]:

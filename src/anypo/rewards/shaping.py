@@ -32,9 +32,10 @@ class Overlong(PartConfig):
 
     max_tokens: int | None = None
     """``L_max``; None uses ``sample.max_tokens`` (the generation limit of the rollout)."""
-    cache_tokens: int = 4096
+    cache_tokens: int | None = 4096
     """``L_cache``: length of the interval before ``L_max`` in which the penalty grows linearly
-    from 0 to -1; must be smaller than ``L_max`` (the paper's 4096 needs ``L_max > 4096``)."""
+    from 0 to -1; must be smaller than ``L_max``. None: the paper's ratio, ``L_max // 5``
+    (4096 / 20480), so the shaping scales with the run's generation limit."""
 
 
 @REGISTRIES["reward"].register("overlong", config=Overlong)
@@ -43,12 +44,13 @@ def overlong(sample: Sample, cfg: Overlong) -> float:
     max_tokens = cfg.max_tokens if cfg.max_tokens is not None else sample.max_tokens
     if max_tokens <= 0:
         raise ValueError("overlong needs a generation limit: set Overlong.max_tokens or sample.max_tokens")
-    if not 0 < cfg.cache_tokens < max_tokens:
-        raise ValueError(f"overlong: cache_tokens ({cfg.cache_tokens}) must be in (0, max_tokens={max_tokens})")
-    expected = max_tokens - cfg.cache_tokens
+    cache = cfg.cache_tokens if cfg.cache_tokens is not None else max(max_tokens // 5, 1)
+    if not 0 < cache < max_tokens:
+        raise ValueError(f"overlong: cache_tokens ({cache}) must be in (0, max_tokens={max_tokens})")
+    expected = max_tokens - cache
     length = sample.num_tokens
     if length <= expected:
         return 0.0
     if length <= max_tokens:
-        return (expected - length) / cfg.cache_tokens
+        return (expected - length) / cache
     return -1.0

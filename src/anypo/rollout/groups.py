@@ -34,9 +34,11 @@ class GroupRollout:
         reward: Callable[[Sample], RewardResult],
         sampling: SamplingConfig,
         group_size: int,
+        correct_key: str | None = None,
     ):
         self.engine, self.tokenizer, self.prompt_ids = engine, tokenizer, prompt_ids
         self.make_sample, self.reward, self.sampling, self.G = make_sample, reward, sampling, group_size
+        self.correct_key = correct_key  # reward component that says whether the answer is right
 
     def collect(self, indices: Sequence[int], seed: int, group_offset: int = 0) -> RolloutBatch:
         """Generate and score; ``group_offset`` keeps group ids unique across draws of one step."""
@@ -51,6 +53,13 @@ class GroupRollout:
             texts.append(text)
             scores.append(res.score)
             components.append(res.components)
+        extras: dict[str, Any] = {
+            "text": texts,
+            "components": components,
+            "prompt_index": [int(indices[r // G]) for r in range(len(texts))],
+        }
+        if self.correct_key is not None and all(self.correct_key in c for c in components):
+            extras["correct"] = [float(c[self.correct_key]) for c in components]
         prompt_ids, prompt_mask = left_pad([self.prompt_ids[i] for i in indices], self.tokenizer.pad_token_id)
         return RolloutBatch(
             response_mask=gen.response_mask,
@@ -61,11 +70,7 @@ class GroupRollout:
             response_ids=gen.response_ids,
             old_logprobs=gen.logprobs.float(),
             truncated=gen.truncated,
-            extras={
-                "text": texts,
-                "components": components,
-                "prompt_index": [int(indices[r // G]) for r in range(len(texts))],
-            },
+            extras=extras,
         )
 
 
@@ -95,7 +100,8 @@ def concat_batches(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch
     P = max(b.prompt_ids.shape[1] for b in batches)
     T = max(b.response_ids.shape[1] for b in batches)
     cat = lambda name, width, value, left: torch.cat([_pad_to(getattr(b, name), width, value, left) for b in batches])
-    extras = {k: [v for b in batches for v in b.extras[k]] for k in batches[0].extras}
+    keys = set.intersection(*(set(b.extras) for b in batches))
+    extras = {k: [v for b in batches for v in b.extras[k]] for k in keys}
     return RolloutBatch(
         response_mask=cat("response_mask", T, 0, False),
         group_ids=torch.cat([b.group_ids for b in batches]),

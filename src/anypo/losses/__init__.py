@@ -1,0 +1,28 @@
+"""Losses: kinds ``policy_loss`` (``fn(out, batch, cfg)``) and ``value_loss`` (``fn(values, batch, cfg)``).
+
+Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds each entry.
+"""
+
+from anypo.losses.common import PolicyLossConfig, RatioLossConfig
+from anypo.losses.sequence import GSPO, LUSPO, gspo, luspo
+from anypo.losses.token import CISPO, SAPO, PPOClip, Reinforce, cispo, ppo_clip, reinforce, sapo
+from anypo.losses.value import ClippedValueLoss, clipped
+
+__all__ = [
+    "CISPO",
+    "GSPO",
+    "LUSPO",
+    "SAPO",
+    "ClippedValueLoss",
+    "PPOClip",
+    "PolicyLossConfig",
+    "RatioLossConfig",
+    "Reinforce",
+    "cispo",
+    "clipped",
+    "gspo",
+    "luspo",
+    "ppo_clip",
+    "reinforce",
+    "sapo",
+]

@@ -1,0 +1,158 @@
+"""The contract of every registered part, parametrized over the registries' names: a new part is
+tested by registering it. Shapes, finiteness, dtype kept (float32 and float64), zero gradient on
+masked positions (whose inputs hold inf/nan garbage), namespaced finite metrics, documented configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from anypo.registry import get, names
+from anypo.types import PartConfig, PolicyOutput, RolloutBatch
+
+DTYPES = [torch.float32, torch.float64]
+N, T = 6, 5
+
+
+def random_batch(dtype: torch.dtype, seed: int = 0) -> RolloutBatch:
+    """Two groups of 3 (ids 40 and 2) with varied lengths, a mask hole, an empty response, and
+    inf/nan garbage on every padded position of every [N, T] input."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(N, T, dtype=torch.long)
+    mask[0, 3:] = 0
+    mask[1, 1:] = 0
+    mask[2, 2] = 0  # tool-output hole
+    mask[4, :] = 0  # empty response
+    pad = mask == 0
+
+    def tok(scale: float, shift: float, garbage: float) -> torch.Tensor:
+        x = torch.randn(N, T, generator=g, dtype=torch.float64) * scale + shift
+        return x.masked_fill(pad, garbage).to(dtype)
+
+    old = tok(0.3, -1.5, float("-inf"))
+    return RolloutBatch(
+        response_mask=mask,
+        group_ids=torch.tensor([40, 40, 40, 2, 2, 2]),
+        rewards=torch.tensor([1.0, 0.0, 1.0, 0.0, 0.5, 1.0], dtype=dtype),
+        old_logprobs=old,
+        ref_logprobs=tok(0.3, -1.5, float("nan")),
+        rollout_logprobs=old + tok(0.05, 0.0, float("nan")),
+        values=tok(0.5, 0.3, float("inf")),
+        returns=tok(0.5, 0.8, float("nan")),
+        advantages=tok(1.0, 0.0, float("nan")),
+    )
+
+
+def current_logprobs(batch: RolloutBatch, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    noise = (torch.rand(N, T, generator=g, dtype=torch.float64) - 0.5).to(batch.rewards.dtype)
+    lp = torch.where(batch.response_mask != 0, batch.old_logprobs + noise, torch.full_like(noise, float("-inf")))
+    return lp.requires_grad_(True)
+
+
+def check_metrics(metrics: dict) -> None:
+    for k, v in metrics.items():
+        assert isinstance(k, str) and "/" in k, f"metric {k!r} is not namespaced"
+        assert isinstance(v, float) and math.isfinite(v), f"metric {k} = {v!r}"
+
+
+def check_grad(x: torch.Tensor, mask: torch.Tensor) -> None:
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all()
+    assert (x.grad[mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["advantage", "policy_loss", "value_loss", "regularizer", "sampler"])
+def test_every_kind_has_parts_with_documented_frozen_configs(kind):
+    assert names(kind), f"no {kind} registered"
+    for name in names(kind):
+        fn, Cfg = get(kind, name)
+        assert issubclass(Cfg, PartConfig) and dataclasses.is_dataclass(Cfg)
+        assert Cfg.__dataclass_params__.frozen, f"{Cfg.__name__} must be frozen"
+        assert (Cfg.__doc__ or "").strip() and (fn.__doc__ or "").strip()
+        if kind != "sampler":
+            assert "http" in Cfg.__doc__, f"{Cfg.__name__} docstring must cite the paper's URL"
+        cfg = Cfg()
+        for need in ("ref_logprobs", "values", "entropy", "logits"):
+            assert isinstance(getattr(cfg, f"needs_{need}"), bool)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", names("advantage"))
+def test_advantage_contract(name, dtype):
+    fn, Cfg = get("advantage", name)
+    batch = random_batch(dtype)
+    batch.advantages = batch.returns = None
+    A = fn(batch, Cfg())
+    assert A.shape == (N, T) and A.dtype == dtype
+    assert torch.isfinite(A).all()
+    assert (A[batch.response_mask == 0] == 0).all()
+    if Cfg().needs_values:
+        assert batch.returns is not None and batch.returns.shape == (N, T) and torch.isfinite(batch.returns).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", names("policy_loss"))
+def test_policy_loss_contract(name, dtype):
+    fn, Cfg = get("policy_loss", name)
+    batch = random_batch(dtype)
+    lp = current_logprobs(batch)
+    for cfg in (Cfg(), *([Cfg(tis="sequence")] if "tis" in {f.name for f in dataclasses.fields(Cfg)} else [])):
+        lp.grad = None
+        out = fn(PolicyOutput(logprobs=lp), batch, cfg)
+        assert out.loss.dim() == 0 and out.loss.dtype == dtype and torch.isfinite(out.loss)
+        out.loss.backward()
+        check_grad(lp, batch.response_mask)
+        assert lp.grad.abs().sum() > 0
+        check_metrics(out.metrics)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", names("regularizer"))
+def test_regularizer_contract(name, dtype):
+    fn, Cfg = get("regularizer", name)
+    batch = random_batch(dtype)
+    lp = current_logprobs(batch)
+    ent = (torch.rand(N, T, dtype=dtype) * 2).masked_fill(batch.response_mask == 0, float("nan")).requires_grad_(True)
+    out = fn(PolicyOutput(logprobs=lp, entropy=ent), batch, Cfg())
+    assert out.loss.dim() == 0 and out.loss.dtype == dtype and torch.isfinite(out.loss)
+    out.loss.backward()
+    for x in (lp, ent):
+        if x.grad is not None:
+            check_grad(x, batch.response_mask)
+    assert lp.grad is not None or ent.grad is not None
+    check_metrics(out.metrics)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", names("value_loss"))
+def test_value_loss_contract(name, dtype):
+    fn, Cfg = get("value_loss", name)
+    batch = random_batch(dtype)
+    v = (batch.values.detach() + 0.7).masked_fill(batch.response_mask == 0, float("-inf")).requires_grad_(True)
+    out = fn(v, batch, Cfg())
+    assert out.loss.dim() == 0 and out.loss.dtype == dtype and torch.isfinite(out.loss)
+    out.loss.backward()
+    check_grad(v, batch.response_mask)
+    check_metrics(out.metrics)
+
+
+@pytest.mark.parametrize("name", names("sampler"))
+def test_sampler_contract(name):
+    Cls, Cfg = get("sampler", name)
+    cfg = Cfg()
+    assert isinstance(cfg.max_draws, int) and cfg.max_draws >= 1
+    s = Cls(cfg, 9, 2, 0)
+    idx = s.next_prompts(0)
+    assert len(idx) == 2 and all(isinstance(i, int) and 0 <= i < 9 for i in idx)
+    batch = random_batch(torch.float32)
+    s.observe(batch)
+    keep = s.keep(batch)
+    assert keep.dtype == torch.bool and keep.shape == (N,)
+    state = s.state_dict()
+    s2 = Cls(cfg, 9, 2, 0)
+    s2.load_state_dict(state)
+    assert s2.next_prompts(1) == s.next_prompts(1)

@@ -1,0 +1,130 @@
+"""Presets: every named method builds an AlgoConfig of registered parts with its paper's
+hyperparameters, declares its needs, has a docs page and a paper-index entry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from anypo import registry
+from anypo.algorithms import PRESETS
+from anypo.config import AlgoConfig
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+EXPECTED = {"grpo", "dr_grpo", "dapo", "gspo", "cispo", "sapo", "luspo", "rloo", "reinforce_pp", "ppo"}
+
+
+def build(name: str) -> AlgoConfig:
+    try:
+        return PRESETS[name].build()
+    except ImportError as e:  # only dapo imports a part written elsewhere (anypo.rewards.shaping)
+        pytest.skip(f"{name} needs a part that is not installed: {e}")
+
+
+def test_preset_names_and_metadata():
+    assert set(PRESETS) == EXPECTED
+    for name, p in PRESETS.items():
+        assert p.name == name and p.title and p.summary
+        assert re.fullmatch(r"\d{4}\.\d{4,5}", p.arxiv), p.arxiv
+        assert p.status == ("reconstructed" if name == "luspo" else "verified")
+        assert p.build.__doc__ and "arxiv.org/abs/" in p.build.__doc__
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_parts_are_registered(name):
+    algo = build(name)
+    assert isinstance(algo, AlgoConfig)
+    registry.registry("advantage").name_of(algo.advantage)
+    registry.registry("policy_loss").name_of(algo.policy_loss)
+    for r in algo.regularizers:
+        registry.registry("regularizer").name_of(r)
+    if algo.sampler is not None:
+        registry.registry("sampler").name_of(algo.sampler)
+    if algo.value_loss is not None:
+        registry.registry("value_loss").name_of(algo.value_loss)
+    for r in algo.reward_shaping:
+        registry.registry("reward").name_of(r)
+    assert algo.needs("values") == (algo.value_loss is not None)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_config_round_trips_through_json(name):
+    """The resolved config is saved as JSON and re-loaded on --resume."""
+    from anypo.config import from_jsonable
+    from anypo.runs import to_jsonable
+
+    algo = build(name)
+    assert from_jsonable(to_jsonable(algo)) == algo
+
+
+def test_grpo_hyperparameters():
+    """DeepSeekMath: beta 0.04 with k3, eps 0.2, seq-mean-token-mean, one update per batch."""
+    a = build("grpo")
+    assert registry.registry("advantage").name_of(a.advantage) == "grpo"
+    assert (a.policy_loss.eps_low, a.policy_loss.eps_high, a.policy_loss.aggregation) == (
+        0.2,
+        0.2,
+        "seq_mean_token_mean",
+    )
+    (kl,) = a.regularizers
+    assert (kl.coef, kl.estimator, kl.aggregation) == (0.04, "k3", "seq_mean_token_mean")
+    assert a.needs("ref_logprobs") and not a.needs("values")
+    assert (a.ppo_epochs, a.minibatches_per_step) == (1, 1)
+
+
+def test_dr_grpo_hyperparameters():
+    a = build("dr_grpo")
+    assert registry.registry("advantage").name_of(a.advantage) == "dr_grpo"
+    assert a.policy_loss.aggregation == "seq_mean_token_sum_norm" and not a.regularizers
+    assert PRESETS["dr_grpo"].build(norm_length=512).policy_loss.norm_length == 512
+    assert not a.needs("ref_logprobs")
+
+
+def test_dapo_hyperparameters():
+    """Clip-higher 0.2/0.28, token-mean, dynamic sampling on correctness, overlong shaping scaled to the
+    run's limit by default (L_cache = L_max // 5, the paper's 4096/20480) or the paper's 20480/4096, no KL."""
+    a = build("dapo")
+    assert (a.policy_loss.eps_low, a.policy_loss.eps_high, a.policy_loss.aggregation) == (0.2, 0.28, "token_mean")
+    assert registry.registry("sampler").name_of(a.sampler) == "dynamic_sampling"
+    assert not a.regularizers and not a.needs("ref_logprobs")
+    assert a.sampler.metric == "correct"
+    (shaping,) = a.reward_shaping
+    assert (shaping.max_tokens, shaping.cache_tokens) == (None, None)
+    (paper,) = PRESETS["dapo"].build(max_tokens=20480, cache_tokens=4096).reward_shaping
+    assert (paper.max_tokens, paper.cache_tokens) == (20480, 4096)
+    assert a.minibatches_per_step == 16
+
+
+def test_sequence_and_gate_presets():
+    g, lu, c, s = build("gspo"), build("luspo"), build("cispo"), build("sapo")
+    assert (g.policy_loss.eps_low, g.policy_loss.eps_high, g.policy_loss.level) == (3e-4, 4e-4, "sequence")
+    assert g.policy_loss.aggregation == "seq_mean_token_mean" and g.minibatches_per_step == 4
+    assert lu.policy_loss.aggregation == "seq_mean_token_sum"
+    assert (c.policy_loss.eps_low, c.policy_loss.eps_high, c.policy_loss.aggregation) == (1.0, 0.28, "token_mean")
+    assert (s.policy_loss.tau_pos, s.policy_loss.tau_neg) == (1.0, 1.05)
+    for a in (g, lu, c, s):
+        assert not a.regularizers and not a.needs("ref_logprobs")
+
+
+def test_rloo_reinforce_pp_ppo():
+    r, rpp, p = build("rloo"), build("reinforce_pp"), build("ppo")
+    assert registry.registry("policy_loss").name_of(r.policy_loss) == "reinforce"
+    assert (r.ppo_epochs, r.minibatches_per_step) == (1, 1)  # REINFORCE is on-policy only
+    assert rpp.advantage.gamma == 1.0 and rpp.needs("ref_logprobs")
+    assert registry.registry("advantage").name_of(p.advantage) == "gae"
+    assert p.needs("values") and registry.registry("value_loss").name_of(p.value_loss) == "clipped"
+    assert p.value_loss.cliprange == 0.5
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_docs_page_and_paper_index(name):
+    """The page names the paper (title, arXiv abs link), explains the metrics, and has a Result section
+    (which the trainer's 30-step run fills)."""
+    page = (DOCS / "algorithms" / f"{name}.md").read_text()
+    p = PRESETS[name]
+    assert f"https://arxiv.org/abs/{p.arxiv}" in page and p.title in " ".join(page.split())
+    assert "## Logged metrics" in page and "\n## Result\n" in page
+    index = (DOCS / "paper_index.md").read_text()
+    assert f"`{name}`" in index and p.arxiv in index
