@@ -50,7 +50,9 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save(run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], keep: int = 2) -> Path:
+def save(
+    run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], keep: int = 2
+) -> Path:
     """Write checkpoint ``step`` atomically and keep the ``keep`` newest ones."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -92,14 +94,18 @@ def load(ckpt: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]
     """Verify ``ckpt`` against its manifest and load it; raise CheckpointError naming the bad file."""
     manifest_path = ckpt / "manifest.json"
     if not manifest_path.exists():
-        raise CheckpointError(f"{ckpt} has no manifest.json: the checkpoint is incomplete; resume from an earlier step_* directory")
+        raise CheckpointError(
+            f"{ckpt} has no manifest.json: the checkpoint is incomplete; resume from an earlier step_* directory"
+        )
     manifest = json.loads(manifest_path.read_text())
     for name, digest in manifest["files"].items():
         path = ckpt / name
         if not path.exists():
             raise CheckpointError(f"{path} is missing from the checkpoint")
         if _sha256(path) != digest:
-            raise CheckpointError(f"{path} is corrupted (SHA-256 differs from manifest.json); delete {ckpt} to resume from the previous checkpoint")
+            raise CheckpointError(
+                f"{path} is corrupted (SHA-256 differs from manifest.json); delete {ckpt} to resume from the previous checkpoint"
+            )
     tensors = {p.stem: load_file(str(p)) for p in ckpt.glob("*.safetensors")}
     state = torch.load(ckpt / "trainer.pt", weights_only=False)
     return tensors, state

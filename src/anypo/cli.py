@@ -1,9 +1,9 @@
 """The ``anypo`` command: ``list``, ``eval``, ``train``.
 
-    anypo list
-    anypo eval --model.name smollm2-135m-instruct --task.name addition --samples 8
-    anypo train grpo --steps 30 --lr 1e-5
-    anypo train --resume runs/grpo-20261125-101500
+anypo list
+anypo eval --model.name smollm2-135m-instruct --task.name addition --samples 8
+anypo train grpo --steps 30 --lr 1e-5
+anypo train --resume runs/grpo-20261125-101500
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         import difflib
 
         close = difflib.get_close_matches(cmd, commands, n=1)
-        print(f"anypo: unknown command {cmd!r}" + (f"; did you mean {close[0]!r}?" if close else "") + "\n\n" + USAGE, file=sys.stderr)
+        print(
+            f"anypo: unknown command {cmd!r}" + (f"; did you mean {close[0]!r}?" if close else "") + "\n\n" + USAGE,
+            file=sys.stderr,
+        )
         return 2
     return commands[cmd](rest)
 
@@ -100,7 +103,10 @@ def cmd_train(argv: list[str]) -> int:
         cfg = from_jsonable(json.loads((run_dir / "config.json").read_text()))
         out = train(cfg, resume=run_dir)
     else:
-        presets = {name: (f"{p.title} (arXiv {p.arxiv}, {p.status})", TrainConfig(algo=p.build(), name=name)) for name, p in sorted(PRESETS.items())}
+        presets = {
+            name: (f"{p.title} (arXiv {p.arxiv}, {p.status})", TrainConfig(algo=p.build(), name=name))
+            for name, p in sorted(PRESETS.items())
+        }
         cfg = tyro.extras.overridable_config_cli(presets, args=argv, prog="anypo train")
         out = train(cfg)
     print(f"run directory: {out}")

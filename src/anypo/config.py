@@ -64,7 +64,6 @@ class Preset:
     summary: str = ""
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     """One online RL experiment. ``anypo train <preset>`` fills ``algo`` from the preset."""
@@ -148,7 +147,6 @@ def _default_algo() -> AlgoConfig:
     return PRESETS["grpo"].build()
 
 
-
 @dataclass(frozen=True)
 class EvalConfig:
     """pass@k of a model on a task's held-out split."""
@@ -181,7 +179,9 @@ def config_classes() -> dict[str, type]:
     """Every dataclass a saved config may contain, by class name (for re-loading config.json)."""
     from anypo import registry
 
-    classes: dict[str, type] = {c.__name__: c for c in (TrainConfig, EvalConfig, AlgoConfig, ModelConfig, TaskConfig, SamplingConfig)}
+    classes: dict[str, type] = {
+        c.__name__: c for c in (TrainConfig, EvalConfig, AlgoConfig, ModelConfig, TaskConfig, SamplingConfig)
+    }
     for kind in registry.REGISTRIES:
         try:
             reg = registry.registry(kind)

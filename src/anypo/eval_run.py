@@ -38,7 +38,9 @@ def run_eval(cfg: EvalConfig) -> Path:
 
     t1 = time.perf_counter()
     with _progress(len(ids), cfg.progress) as advance:
-        rewards, texts = evaluate(engine, tokenizer, ids, score, cfg.samples, cfg.sampling, cfg.batch_prompts, cfg.seed, advance)
+        rewards, texts = evaluate(
+            engine, tokenizer, ids, score, cfg.samples, cfg.sampling, cfg.batch_prompts, cfg.seed, advance
+        )
     t_eval = time.perf_counter() - t1
     correct = [[r >= 1.0 for r in row] for row in rewards]
     ks = default_ks(cfg.samples)
@@ -79,7 +81,9 @@ class _progress:
             return lambda n: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"), TimeRemainingColumn())
+        self.bar = Progress(
+            TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"), TimeRemainingColumn()
+        )
         self.bar.start()
         task = self.bar.add_task("eval", total=self.total)
         return lambda n: self.bar.advance(task, n)

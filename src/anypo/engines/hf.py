@@ -32,7 +32,9 @@ class HFEngine:
         """Nothing to copy: this engine samples from the policy module being trained."""
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None) -> Generation:
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None
+    ) -> Generation:
         """Sample ``n`` completions for each prompt (token ids, no padding)."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         was_training = self.model.training
@@ -50,7 +52,12 @@ class HFEngine:
             ids[b, P - len(p) :] = torch.tensor(p)
             attn[b, P - len(p) :] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device), position_ids=pos.to(self.device), use_cache=True)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=attn.to(self.device),
+            position_ids=pos.to(self.device),
+            use_cache=True,
+        )
         cache = out.past_key_values
         cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...]: the prompt is processed once
         N, T = B * n, s.max_new_tokens
@@ -78,10 +85,20 @@ class HFEngine:
             keep = (~done).nonzero().flatten()
             if len(keep) < len(rows):  # shrink the batch: finished rows cost nothing from now on
                 cache.batch_select_indices(keep.to(self.device))
-                attn, next_pos, tok = attn[keep.to(self.device)], next_pos[keep.to(self.device)], tok[keep.to(self.device)]
+                attn, next_pos, tok = (
+                    attn[keep.to(self.device)],
+                    next_pos[keep.to(self.device)],
+                    tok[keep.to(self.device)],
+                )
                 active = rows[keep]
             attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=1)
-            out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache, use_cache=True)
+            out = self.model(
+                input_ids=tok[:, None],
+                attention_mask=attn,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
             cache, next_pos = out.past_key_values, next_pos + 1
             logits = out.logits[:, -1].float()
         Tn = int(lengths.max()) if N else 0
