@@ -104,7 +104,7 @@ def cmd_train(argv: list[str]) -> int:
         out = train(cfg, resume=run_dir)
     else:
         presets = {
-            name: (f"{p.title} (arXiv {p.arxiv}, {p.status})", TrainConfig(algo=p.build(), name=name))
+            name: (f"{p.title} (arXiv {p.arxiv}, {p.status})", TrainConfig(algo=p.build(), name=name, preset=name))
             for name, p in sorted(PRESETS.items())
         }
         cfg = tyro.extras.overridable_config_cli(presets, args=argv, prog="anypo train")

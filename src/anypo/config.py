@@ -81,6 +81,8 @@ class TrainConfig:
     each optionally `=weight` (e.g. `math_answer=1 format=0.1`). Empty: the task's default reward."""
     name: str = "grpo"
     """Run name; the run directory is <out_dir>/<name>-<timestamp>."""
+    preset: str = ""
+    """The preset `algo` was built from (informational; `anypo train <preset>` sets it)."""
     out_dir: str = "runs"
     """Where run directories are created."""
     steps: int = 30

@@ -185,10 +185,12 @@ def write_report(run_dir: Path, cfg) -> None:
     rows = read_jsonl(run_dir / "metrics.jsonl")
     plots = plot_metrics(run_dir)
     evals = [r for r in rows if "eval/pass@1" in r]
+    method = f"Preset `{cfg.preset}`" if cfg.preset else f"Policy loss `{type(cfg.algo.policy_loss).__name__}`"
     lines = [
         f"# {run_dir.name}",
         "",
-        f"Method `{cfg.name}` on task `{cfg.task.name}`, model `{cfg.model.name}`, {cfg.steps} steps.",
+        f"{method} on task `{cfg.task.name}`, model `{cfg.model.name}`: {cfg.steps} steps of "
+        f"{cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples, lr {cfg.lr}.",
         "",
     ]
     if evals:

@@ -1,0 +1,130 @@
+"""Run every preset for the same number of steps on the embedded model and write the results.
+
+Fills the ``## Result`` section of each ``docs/algorithms/<preset>.md`` page and writes
+``docs/algorithms/presets_reward.png`` (reward curves side by side) and ``docs/algorithms/results.json``.
+
+    python scripts/preset_results.py --steps 30 --out-dir runs/presets            # all presets
+    python scripts/preset_results.py --presets grpo sapo --steps 30                # some
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+from anypo.algorithms import PRESETS
+from anypo.config import TrainConfig
+from anypo.engines.base import SamplingConfig
+from anypo.runs import read_jsonl
+from anypo.train import train
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "algorithms"
+
+
+def settings(args) -> dict:
+    return {
+        "steps": args.steps,
+        "prompts_per_step": args.prompts,
+        "samples_per_prompt": args.samples,
+        "lr": args.lr,
+        "sampling": SamplingConfig(max_new_tokens=args.max_new_tokens),
+        "eval_every": args.steps,
+        "eval_prompts": args.eval_prompts,
+        "save_every": args.steps,
+        "out_dir": args.out_dir,
+        "progress": False,
+    }
+
+
+def command(name: str, args) -> str:
+    return (
+        f"anypo train {name} --steps {args.steps} --prompts-per-step {args.prompts} --samples-per-prompt {args.samples} "
+        f"--lr {args.lr} --sampling.max-new-tokens {args.max_new_tokens} --eval-every {args.steps} --eval-prompts {args.eval_prompts}"
+    )
+
+
+def result_section(name: str, rows: list[dict], args, wall: float) -> str:
+    train_rows = [r for r in rows if "reward/mean" in r]
+    evals = {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
+    every = max(len(train_rows) // 6, 1)
+    picked = [r for i, r in enumerate(train_rows) if i % every == 0 or i == len(train_rows) - 1]
+    lines = [
+        "## Result",
+        "",
+        f"Embedded SmolLM2-135M-Instruct, 2-digit addition, {args.steps} steps of {args.prompts} prompts x "
+        f"{args.samples} samples, lr {args.lr}, at most {args.max_new_tokens} new tokens, seed 0, on a 2-core CPU "
+        f"({wall / 60:.1f} min). Held-out pass@1 ({args.eval_prompts} prompts, temperature 0.7): "
+        f"{evals.get(0, float('nan')):.2f} before, {evals.get(args.steps, float('nan')):.2f} after.",
+        "",
+        "| step | reward mean | accuracy | response length | " + ("KL to ref |" if "kl/ref" in train_rows[0] else ""),
+        "|---|---|---|---|" + ("---|" if "kl/ref" in train_rows[0] else ""),
+    ]
+    for r in picked:
+        kl = f" {r['kl/ref']:.4f} |" if "kl/ref" in r else ""
+        lines.append(
+            f"| {r['step']} | {r['reward/mean']:.3f} | {r.get('reward/accuracy', float('nan')):.3f} | "
+            f"{r['response/length_mean']:.1f} |{kl}"
+        )
+    lines += ["", "Reproduce:", "", "```bash", command(name, args), "```", "", "![rewards of every preset](presets_reward.png)", ""]
+    return "\n".join(lines)
+
+
+def write_section(name: str, section: str) -> None:
+    page = DOCS / f"{name}.md"
+    text = page.read_text()
+    text = re.sub(r"## Result\n.*?(?=\n## |\Z)", section, text, flags=re.S) if "## Result" in text else text + "\n" + section
+    page.write_text(text)
+
+
+def plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, rows in sorted(results.items()):
+        pts = [(r["step"], r["reward/mean"]) for r in rows if "reward/mean" in r]
+        # 5-step moving average: 4 x 8 samples per step are noisy
+        ys = [sum(y for _, y in pts[max(0, i - 4) : i + 1]) / len(pts[max(0, i - 4) : i + 1]) for i in range(len(pts))]
+        ax.plot([p[0] for p in pts], ys, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward (5-step moving mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(DOCS / "presets_reward.png", dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="*", default=sorted(PRESETS))
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--eval-prompts", type=int, default=100)
+    ap.add_argument("--out-dir", default="runs/presets")
+    args = ap.parse_args()
+    summary_path = DOCS / "results.json"
+    results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for name in args.presets:
+        t0 = time.perf_counter()
+        cfg = dataclasses.replace(TrainConfig(algo=PRESETS[name].build(), name=name, preset=name), **settings(args))
+        run = train(cfg)
+        rows = read_jsonl(run / "metrics.jsonl")
+        wall = time.perf_counter() - t0
+        results[name] = rows
+        write_section(name, result_section(name, rows, args, wall))
+        summary_path.write_text(json.dumps(results))
+        print(f"{name}: {wall:.0f} s, run {run}", flush=True)
+    plot(results)
+
+
+if __name__ == "__main__":
+    main()
