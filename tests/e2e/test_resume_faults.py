@@ -17,7 +17,7 @@ from anypo.config import TrainConfig
 from anypo.runs import to_jsonable
 from anypo.train import TrainingError, train
 
-from .conftest import TOY
+TOY = str(Path(__file__).with_name("toy_rewards.py"))
 
 COMPARED = ("reward/mean", "reward/std", "loss/total", "policy/loss", "train/grad_norm", "kl/ref")
 
