@@ -69,14 +69,28 @@ def result_section(name: str, rows: list[dict], args, wall: float) -> str:
             f"| {r['step']} | {r['reward/mean']:.3f} | {r.get('reward/accuracy', float('nan')):.3f} | "
             f"{r['response/length_mean']:.1f} |{kl}"
         )
-    lines += ["", "Reproduce:", "", "```bash", command(name, args), "```", "", "![rewards of every preset](presets_reward.png)", ""]
+    lines += [
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        command(name, args),
+        "```",
+        "",
+        "![rewards of every preset](presets_reward.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def write_section(name: str, section: str) -> None:
     page = DOCS / f"{name}.md"
     text = page.read_text()
-    text = re.sub(r"## Result\n.*?(?=\n## |\Z)", section, text, flags=re.S) if "## Result" in text else text + "\n" + section
+    text = (
+        re.sub(r"## Result\n.*?(?=\n## |\Z)", section, text, flags=re.S)
+        if "## Result" in text
+        else text + "\n" + section
+    )
     page.write_text(text)
 
 

@@ -6,7 +6,6 @@ The loop never branches on a method's name. It asks the chosen parts what they n
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import defaultdict
@@ -43,6 +42,25 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     ui = ctx.progress(start)
     if start == 0 and cfg.eval_every > 0:
         metrics_log.write({"step": 0, **ctx.evaluate()})
+    try:
+        _loop(cfg, ctx, run_dir, start, metrics_log, samples_log, ui)
+    except KeyboardInterrupt:
+        # Keep what was trained, but only a consistent state: the end of a fully logged step.
+        # Interrupted inside an update, the weights are half-way and the last checkpoint stands.
+        if ctx.clean_step is not None and ctx.clean_step > ctx.saved_step:
+            ctx.save(ctx.clean_step)
+        print(f"\ninterrupted; resume from {checkpoint.latest(run_dir)} with: anypo train --resume {run_dir}")
+        raise
+    finally:
+        ui.close()
+        metrics_log.close()
+        samples_log.close()
+    ctx.finish()
+    return run_dir
+
+
+def _loop(cfg: TrainConfig, ctx: Context, run_dir: Path, start: int, metrics_log, samples_log, ui) -> None:
+    """Steps ``start + 1 .. cfg.steps``."""
     bad_in_a_row = 0
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
@@ -56,6 +74,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         t_prep = time.perf_counter() - t1
         # ---- ALGO LOGIC: policy (and critic) update ----
         t2 = time.perf_counter()
+        ctx.clean_step = None  # the weights change from here until the step is logged
         upd = ctx.update(batch)
         t_train = time.perf_counter() - t2
         bad_in_a_row = bad_in_a_row + 1 if upd["train/skipped_updates"] > 0 else 0
@@ -77,6 +96,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
         metrics_log.write({"step": step, **m})
         _log_samples(samples_log, step, batch, cfg.log_samples)
         ctx.trackers_log(step, m)
+        ctx.clean_step = step
         if step % cfg.save_every == 0 or step == cfg.steps:
             ctx.save(step)
         ui.advance(step, m)
@@ -85,11 +105,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
                 f"{bad_in_a_row} updates in a row had a non-finite loss or gradient; stopped at step {step}. "
                 f"The last good checkpoint is {checkpoint.latest(run_dir)}. Lower train.lr or check the reward."
             )
-    ui.close()
-    metrics_log.close()
-    samples_log.close()
-    ctx.finish()
-    return run_dir
 
 
 class Context:
@@ -98,7 +113,7 @@ class Context:
     @classmethod
     def build(cls, cfg: TrainConfig, run_dir: Path) -> Context:
         from anypo.tasks import get_task
-        from anypo.trainer_setup import make_reward, make_scheduler, make_verifier, tokenize_prompts
+        from anypo.trainer_setup import Trackers, make_reward, make_scheduler, make_verifier, tokenize_prompts
 
         self = cls()
         self.cfg, self.run_dir, self.algo = cfg, run_dir, cfg.algo
@@ -144,8 +159,10 @@ class Context:
                 self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay
             )
             self.value_fn = registry.registry("value_loss").fn_for(self.algo.value_loss)
-        self.trackers = _Trackers(cfg, run_dir)
+        self.trackers = Trackers(cfg, run_dir)
         self._errors_seen = 0
+        self.clean_step: int | None = 0  # last step whose update and logs are complete (None: mid-update)
+        self.saved_step = 0
         return self
 
     def _sample_for(self, index: int, text: str, num_tokens: int, truncated: bool):
@@ -287,6 +304,7 @@ class Context:
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         }
         checkpoint.save(self.run_dir, step, tensors, state, keep=self.cfg.keep_checkpoints)
+        self.saved_step = step
 
     def restore(self) -> int:
         """Load the latest checkpoint of the run; metrics logged after it are dropped (they are redone)."""
@@ -307,7 +325,8 @@ class Context:
         random.setstate(state["rng"]["python"])
         for name in ("metrics.jsonl", "samples.jsonl"):
             _truncate_jsonl(self.run_dir / name, state["step"])
-        return int(state["step"])
+        self.clean_step = self.saved_step = int(state["step"])
+        return self.saved_step
 
     def progress(self, start: int):
         from anypo.trainer_setup import Progress
@@ -393,32 +412,3 @@ def _peak_rss_gb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
-
-
-class _Trackers:
-    """TensorBoard / wandb when installed and asked for; otherwise nothing."""
-
-    def __init__(self, cfg: TrainConfig, run_dir: Path):
-        self.tb = self.wandb = None
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        if cfg.wandb_project:
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, config={"run_dir": str(run_dir)})
-
-    def log(self, step: int, m: dict[str, float]) -> None:
-        finite = {k: v for k, v in m.items() if isinstance(v, float | int) and math.isfinite(v)}
-        if self.tb is not None:
-            for k, v in finite.items():
-                self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(finite, step=step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()

@@ -210,3 +210,32 @@ def write_report(run_dir: Path, cfg) -> None:
         ]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     (run_dir / "README.md").write_text("\n".join(lines) + "\n")
+
+
+class Trackers:
+    """TensorBoard / wandb when installed and asked for; otherwise nothing."""
+
+    def __init__(self, cfg, run_dir: Path):
+        self.tb = self.wandb = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        if cfg.wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, config={"run_dir": str(run_dir)})
+
+    def log(self, step: int, m: dict[str, float]) -> None:
+        finite = {k: v for k, v in m.items() if isinstance(v, float | int) and math.isfinite(v)}
+        if self.tb is not None:
+            for k, v in finite.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(finite, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

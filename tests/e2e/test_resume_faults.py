@@ -147,3 +147,26 @@ def test_corrupted_checkpoint_on_resume_is_a_clear_error(make_cfg):
     assert to_jsonable(cfg) == json.loads((run / "config.json").read_text())  # config round-trips
     with pytest.raises(checkpoint.CheckpointError, match="policy.safetensors is corrupted"):
         train(cfg, resume=run)
+
+
+def test_ctrl_c_keeps_the_last_finished_step(make_cfg, tmp_path):
+    """A KeyboardInterrupt during step 3's rollout (from the reward) checkpoints step 2, the last
+    finished step, although save_every would not have saved it; the run then resumes from it."""
+    reward = tmp_path / "interrupting.py"
+    reward.write_text(
+        "calls = 0\n"
+        "def reward(sample):\n"
+        "    global calls\n"
+        "    calls += 1\n"
+        "    if calls == 2 * 8 + 1:  # first sample of step 3 (2 prompts x 4 samples per step)\n"
+        "        raise KeyboardInterrupt\n"
+        "    return (sum(map(ord, sample.completion)) % 11) / 10\n"
+    )
+    cfg = make_cfg(steps=4, save_every=10, rewards=(f"{reward}:reward",))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    (run,) = [p for p in Path(cfg.out_dir).iterdir() if p.name.startswith("grpo-")]
+    assert checkpoint.latest(run).name == "step_000002"
+    assert sorted(_rows(run)) == [1, 2]
+    train(cfg, resume=run)
+    assert sorted(_rows(run)) == [1, 2, 3, 4]
