@@ -24,24 +24,65 @@ def _inputs(batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor, int]:
     return ids, attn, pos, resp_ids.shape[1]
 
 
+def _response_logits(model: torch.nn.Module, batch: RolloutBatch, share_prompt: bool = False) -> Tensor:
+    """[N, T, V] logits predicting each response token: row i, column t predicts response token t.
+
+    When several rows share a prompt (the G samples of a group), the prompt runs once: its KV cache
+    (with grad) is indexed out to the rows, and the responses attend to it. The backward pass then
+    sums the rows' gradients into the one prompt computation, exactly as if each row had its own
+    copy. Otherwise (or under gradient checkpointing, which forbids a cache) prompt and response run
+    as one sequence.
+    """
+    ids, attn, pos, T = _inputs(batch)
+    unique, first, inverse = _unique_prompts(batch.group_ids)
+    grad_ckpt = getattr(model, "is_gradient_checkpointing", False) and model.training
+    # Off by default: measured slower on CPU (benchmarks/train_phase.py), the cached-attention path
+    # costs more than the prompt tokens it saves at these lengths.
+    if not share_prompt or len(unique) == batch.num_seqs or grad_ckpt:
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
+        return out.logits[:, :-1]  # position P-1+t predicts response token t
+    P = batch.prompt_ids.shape[1]
+    p_out = model(
+        input_ids=ids[first, :P],
+        attention_mask=attn[first, :P],
+        position_ids=pos[first, :P],
+        logits_to_keep=1,
+        use_cache=True,
+    )
+    cache = p_out.past_key_values
+    cache.batch_select_indices(inverse)  # [U, ...] -> [N, ...]; differentiable indexing
+    r_out = model(
+        input_ids=ids[:, P:], attention_mask=attn, position_ids=pos[:, P:], past_key_values=cache, use_cache=True
+    )
+    # the prompt's last position predicts response token 0; response position t predicts token t+1
+    return torch.cat([p_out.logits[inverse], r_out.logits[:, :-1]], dim=1)
+
+
+def _unique_prompts(group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Unique group ids, the first row of each, and each row's index into them."""
+    unique, inverse = torch.unique(group_ids, return_inverse=True)
+    rows = torch.arange(len(group_ids))
+    first = torch.full((len(unique),), len(group_ids), dtype=torch.long).scatter_reduce(0, inverse, rows, "amin")
+    return unique, first, inverse
+
+
 def response_logprobs(
     model: torch.nn.Module,
     batch: RolloutBatch,
     temperature: float = 1.0,
     entropy: bool = False,
     logits: bool = False,
+    share_prompt: bool = False,
 ) -> PolicyOutput:
     """Log-probabilities of the response tokens under ``model`` (with grad if enabled).
 
-    Only the T positions that predict response tokens go through the LM head (``logits_to_keep``):
-    prompt positions never pay the [*, V] projection and log-softmax.
+    Only the T positions that predict response tokens go through the LM head: prompt positions never
+    pay the [*, V] projection and log-softmax. Rows of one group share one prompt forward pass.
 
     Returns: PolicyOutput with logprobs [N, T] (0 on padding), entropy [N, T] and logits [N, T, V]
     when asked.
     """
-    ids, attn, pos, T = _inputs(batch)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
-    lg = out.logits[:, :-1].float() / temperature  # [N, T, V]: position P-1+t predicts response token t
+    lg = _response_logits(model, batch, share_prompt).float() / temperature  # [N, T, V]
     resp = batch.response_ids
     lp = lg.gather(-1, resp.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, dim=-1)  # [N, T]
     mask = batch.response_mask.to(lp.dtype)
@@ -53,15 +94,20 @@ def response_logprobs(
 
 
 def micro_batches(batch: RolloutBatch, size: int) -> list[tuple[Tensor, RolloutBatch]]:
-    """Split ``batch`` into micro-batches of ``size`` sequences of similar length, padding trimmed.
+    """Split ``batch`` into micro-batches of ``size`` sequences, padding trimmed.
 
-    Sequences are ordered by total length (prompt + response) so each micro-batch wastes little on
-    padding; every micro-batch carries the global ``loss_scale`` of ``batch``, so the sum of their
+    Rows are ordered group by group (so samples of one prompt share its forward pass), groups by
+    their longest response and rows by length (so little is wasted on padding); every micro-batch carries the global ``loss_scale`` of ``batch``, so the sum of their
     losses is the loss of ``batch`` (the micro-batch contract). Returns (row indices, micro-batch).
     """
     scale = batch.scale()
-    length = batch.response_mask.sum(1) + (batch.prompt_mask.sum(1) if batch.prompt_mask is not None else 0)
-    order = torch.argsort(length, descending=True, stable=True)
+    length = batch.response_mask.sum(1)
+    _, _, inverse = _unique_prompts(batch.group_ids)
+    group_max = torch.zeros(int(inverse.max()) + 1, dtype=length.dtype).scatter_reduce(0, inverse, length, "amax")
+    # group-major (a group's rows share one prompt pass), longest groups first, longest rows first
+    order = torch.argsort(-length, stable=True)
+    order = order[torch.argsort(inverse[order], stable=True)]
+    order = order[torch.argsort(-group_max[inverse[order]], stable=True)]
     return [(idx, batch.select(idx, loss_scale=scale).trimmed()) for idx in order.split(size)]
 
 

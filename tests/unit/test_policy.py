@@ -91,7 +91,36 @@ def test_trimmed_micro_batch_losses_sum_to_full_loss(tiny_model, tokenizer, aggr
         part = loss_fn(response_logprobs(tiny_model, mb), mb, cfg).loss
         part.backward()
         total += float(part.detach())
-    assert total == pytest.approx(float(full), rel=1e-5, abs=1e-7)
+    assert total == pytest.approx(float(full.detach()), rel=1e-5, abs=1e-7)
     for a, c in zip(g_full, [p.grad for p in params], strict=True):
         torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-4)
     tiny_model.zero_grad()
+
+
+def test_shared_prompt_pass_equals_separate_passes(tiny_model, tokenizer):
+    """Rows of one group share one prompt forward pass (KV cache indexed out to the rows). With the
+    same rows given distinct group ids every row runs its own prompt: log-probs, entropy and the
+    gradient of a loss on every parameter must agree (the prompt's gradient is the sum over rows)."""
+    shared = _batch(tokenizer)
+    separate = _batch(tokenizer)
+    separate.group_ids = torch.arange(separate.num_seqs)  # no two rows share a prompt pass
+    params = [p for p in tiny_model.parameters() if p.requires_grad]
+    results = []
+    for b in (shared, separate):
+        tiny_model.zero_grad()
+        out = response_logprobs(tiny_model, b, temperature=0.8, entropy=True, share_prompt=True)
+        weights = torch.linspace(-1, 1, b.response_mask.numel()).view_as(b.mask)
+        ((out.logprobs * weights).sum() + 0.1 * out.entropy.sum()).backward()
+        results.append((out.logprobs.detach(), out.entropy.detach(), [p.grad.clone() for p in params]))
+    (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = results
+    torch.testing.assert_close(lp_a, lp_b, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_a, ent_b, atol=2e-5, rtol=1e-5)
+    for a, c in zip(g_a, g_b, strict=True):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
+    tiny_model.zero_grad()
+
+
+def test_micro_batches_keep_groups_together(tokenizer):
+    b = _batch(tokenizer)  # 3 groups of 2 rows
+    for _, mb in micro_batches(b, 2):
+        assert mb.group_ids.unique().numel() == 1
