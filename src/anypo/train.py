@@ -17,6 +17,7 @@ from anypo import checkpoint, models, registry
 from anypo.config import TrainConfig
 from anypo.engines import make_engine
 from anypo.evaluate import mean_pass_at_k
+from anypo.ops import masked_mean
 from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
 from anypo.rollout import GroupRollout, concat_batches
 from anypo.runs import JsonlWriter, new_run_dir, write_json_atomic
@@ -201,7 +202,7 @@ class Context:
         if not on_policy or cfg.recompute_old_logprobs:
             batch.rollout_logprobs = batch.old_logprobs  # kept for truncated importance sampling (tis)
             batch.old_logprobs = batched_logprobs(self.model, batch, cfg.sampling.temperature, micro)
-            m["rollout/engine_logprob_abs_diff"] = _masked_abs_diff(
+            m["rollout/engine_logprob_abs_diff"] = _abs_diff(
                 batch.rollout_logprobs, batch.old_logprobs, batch.response_mask
             )
         if self.reference is not None:
@@ -256,9 +257,7 @@ class Context:
                 for k, v in p.metrics.items():
                     sums[k] += float(v) * w
             if out.entropy is not None and not any("policy/entropy" in p.metrics for p in parts):
-                sums["policy/entropy"] += w * float(
-                    (out.entropy.detach() * micro.mask).sum() / micro.mask.sum().clamp(min=1)
-                )
+                sums["policy/entropy"] += w * float(masked_mean(out.entropy.detach(), micro.mask))
             sums["loss/total"] += float(loss.detach())
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -383,9 +382,8 @@ def _rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) -
     }
 
 
-def _masked_abs_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    m = mask.to(a.dtype)
-    return float(((a - b).abs() * m).sum() / m.sum().clamp(min=1))
+def _abs_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(masked_mean((a - b).abs(), mask))
 
 
 def _log_samples(writer: JsonlWriter, step: int, batch: RolloutBatch, n: int) -> None:

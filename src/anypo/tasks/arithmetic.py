@@ -23,10 +23,6 @@ class _BinaryTask(ProceduralTask):
     symbol = "+"
     default_digits = 2
 
-    @property
-    def digits(self) -> int:
-        return self.default_digits if self.config.digits is None else self.config.digits
-
     def compute(self, a: int, b: int) -> int:
         raise NotImplementedError
 
@@ -94,14 +90,6 @@ def random_expression(rng: random.Random, terms: int, lo: int, hi: int) -> tuple
 class ArithmeticTask(ProceduralTask):
     """``Calculate <expression>.`` with ``terms`` operands of ``digits`` digits (defaults 3 and 1),
     operators ``+ - *`` and parentheses; answers may be negative."""
-
-    @property
-    def digits(self) -> int:
-        return 1 if self.config.digits is None else self.config.digits
-
-    @property
-    def terms(self) -> int:
-        return 3 if self.config.terms is None else self.config.terms
 
     def generate(self, rng: random.Random) -> Example:
         text, value = random_expression(rng, self.terms, *_operand_range(self.digits))

@@ -207,6 +207,19 @@ class Task:
 class ProceduralTask(Task):
     """A task generated from a seed: subclasses implement ``generate(rng) -> Example``."""
 
+    default_digits = 1
+    default_terms = 3
+
+    @property
+    def digits(self) -> int:
+        """Digits of each operand: the config's, else the task's default."""
+        return self.default_digits if self.config.digits is None else self.config.digits
+
+    @property
+    def terms(self) -> int:
+        """Operands (numbers) per problem: the config's, else the task's default."""
+        return self.default_terms if self.config.terms is None else self.config.terms
+
     def generate(self, rng: random.Random) -> Example:
         """One random problem; its ``key`` must identify the problem (not its wording)."""
         raise NotImplementedError

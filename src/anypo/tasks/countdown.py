@@ -50,14 +50,6 @@ class CountdownTask(ProceduralTask):
     default_instruction = EXPRESSION_INSTRUCTION
 
     @property
-    def digits(self) -> int:
-        return 1 if self.config.digits is None else self.config.digits
-
-    @property
-    def terms(self) -> int:
-        return 3 if self.config.terms is None else self.config.terms
-
-    @property
     def max_target(self) -> int:
         """Largest target: 100 for 1-digit numbers, 1000 for 2 digits, ..."""
         return 10 ** (self.digits + 1)
