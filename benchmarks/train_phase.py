@@ -1,8 +1,16 @@
-"""Training-phase cost on a W1-shaped batch: forward + backward of the GRPO loss, per micro-batch layout.
+"""Training-phase cost on a W1-shaped batch: forward + backward of the GRPO loss, per layout and precision.
 
-Compares, on the same sampled batch of the embedded model (4 prompts x 8 samples, at most 64 new
-tokens), the trainer's forward pass with prompt sharing (one prompt pass per group) against the
-same rows given distinct group ids (every row runs its own prompt), for a few micro-batch sizes.
+On one sampled batch of the embedded model (4 prompts x 8 samples, at most 64 new tokens) it times,
+alternating so that machine noise hits every variant alike:
+
+* ``padded``: one left/right-padded row per sequence through the model's own forward (logits for
+  every response position, padding included);
+* ``packed``: the rows of a prompt packed into one sequence with a block attention mask (the
+  prompt runs once per group), and the fused chunked LM head + log-softmax on response tokens only
+  (``anypo.policy.response_logprobs``, the trainer's default);
+* each in float32 and under bfloat16 autocast (``--precisions``).
+
+It also prints how far each variant's log-probabilities are from the float32 padded ones.
 
     python benchmarks/train_phase.py --reps 3
 """
@@ -46,21 +54,29 @@ def sample_batch(model, tok, prompts: int, group: int, max_new: int) -> RolloutB
     return b
 
 
-def step_time(model, batch: RolloutBatch, micro: int, share: bool) -> float:
+def step_time(model, batch: RolloutBatch, micro: int, pack: bool, precision: str) -> tuple[float, torch.Tensor]:
+    """Seconds for forward + backward over ``batch`` in micro-batches; and the [N, T] log-probs."""
     loss_fn, Cfg = get("policy_loss", "ppo_clip")
     cfg = Cfg(aggregation="seq_mean_token_mean")
     model.zero_grad(set_to_none=True)
+    lp = torch.zeros(batch.response_mask.shape)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     t = time.perf_counter()
-    for _, mb in micro_batches(batch, micro):
-        loss_fn(response_logprobs(model, mb, share_prompt=share), mb, cfg).loss.backward()
-    return time.perf_counter() - t
+    for idx, mb in micro_batches(batch, micro):
+        with autocast:
+            out = response_logprobs(model, mb, pack=pack)
+            loss = loss_fn(out, mb, cfg).loss
+        loss.backward()
+        lp[idx, : out.logprobs.shape[1]] = out.logprobs.detach()
+    return time.perf_counter() - t, lp
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--micro", type=int, nargs="*", default=[8, 16, 32])
+    ap.add_argument("--micro", type=int, nargs="*", default=[8, 32])
+    ap.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = models.load_model(), models.load_tokenizer()
@@ -69,12 +85,23 @@ def main() -> None:
     n_tok = int(batch.response_mask.sum())
     p_tok = int(batch.prompt_mask.sum())
     print(f"batch: 32 sequences, {n_tok} response tokens (padded {batch.response_mask.numel()}), {p_tok} prompt tokens")
-    print(f"{'layout':<22}{'micro':>6}{'median s':>10}{'resp tok/s':>12}")
-    for micro in args.micro:
-        for name, share in (("prompt per row", False), ("shared prompt", True)):
-            times = [step_time(model, batch, micro, share) for _ in range(args.reps)]
-            med = statistics.median(times)
-            print(f"{name:<22}{micro:>6}{med:>10.2f}{n_tok / med:>12.0f}", flush=True)
+    variants = [(m, layout, prec) for m in args.micro for layout in ("padded", "packed") for prec in args.precisions]
+    times: dict[tuple, list[float]] = {v: [] for v in variants}
+    lps: dict[tuple, torch.Tensor] = {}
+    for _ in range(args.reps):
+        for v in variants:
+            sec, lp = step_time(model, batch, v[0], v[1] == "packed", v[2])
+            times[v].append(sec)
+            lps[v] = lp
+    mask = batch.response_mask.bool()
+    ref = lps[(args.micro[0], "padded", "fp32")] if "fp32" in args.precisions else None
+    print(
+        f"{'layout':<10}{'precision':>10}{'micro':>6}{'median s':>10}{'resp tok/s':>12}{'|dlogp| vs fp32 padded':>24}"
+    )
+    for v in variants:
+        med = statistics.median(times[v])
+        diff = f"{(lps[v] - ref)[mask].abs().mean():.2e}" if ref is not None else "-"
+        print(f"{v[1]:<10}{v[2]:>10}{v[0]:>6}{med:>10.2f}{n_tok / med:>12.0f}{diff:>24}", flush=True)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 

@@ -113,6 +113,10 @@ class TrainConfig:
     """Prompts longer than this are skipped and counted, never truncated."""
     engine: str = "hf"
     """Generation engine: hf or vllm."""
+    precision: str = "fp32"
+    """fp32, or bf16: matmuls of generation and of the training passes run under bfloat16 autocast
+    (weights, gradients and optimizer states stay float32). Faster where the CPU has bf16 units (see
+    benchmarks/README.md for its speed and its effect on log-probabilities and learning)."""
     seed: int = 0
     """Seed of everything: data order, sampling, initialisation."""
     threads: int = 2

@@ -7,9 +7,9 @@ import dataclasses
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from anypo.ops import entropy_from_logits, linear_logprobs, logprobs_from_logits
 from anypo.types import PolicyOutput, RolloutBatch
 
 
@@ -24,46 +24,115 @@ def _inputs(batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor, int]:
     return ids, attn, pos, resp_ids.shape[1]
 
 
-def _response_logits(model: torch.nn.Module, batch: RolloutBatch, share_prompt: bool = False) -> Tensor:
-    """[N, T, V] logits predicting each response token: row i, column t predicts response token t.
-
-    When several rows share a prompt (the G samples of a group), the prompt runs once: its KV cache
-    (with grad) is indexed out to the rows, and the responses attend to it. The backward pass then
-    sums the rows' gradients into the one prompt computation, exactly as if each row had its own
-    copy. Otherwise (or under gradient checkpointing, which forbids a cache) prompt and response run
-    as one sequence.
-    """
+def _padded_response_logits(model: torch.nn.Module, batch: RolloutBatch) -> Tensor:
+    """[N, T, V] logits predicting each response token, one padded row per sequence (the reference path)."""
     ids, attn, pos, T = _inputs(batch)
-    unique, first, inverse = _unique_prompts(batch.group_ids)
-    grad_ckpt = getattr(model, "is_gradient_checkpointing", False) and model.training
-    # Off by default: measured slower on CPU (benchmarks/train_phase.py), the cached-attention path
-    # costs more than the prompt tokens it saves at these lengths.
-    if not share_prompt or len(unique) == batch.num_seqs or grad_ckpt:
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
-        return out.logits[:, :-1]  # position P-1+t predicts response token t
-    P = batch.prompt_ids.shape[1]
-    p_out = model(
-        input_ids=ids[first, :P],
-        attention_mask=attn[first, :P],
-        position_ids=pos[first, :P],
-        logits_to_keep=1,
-        use_cache=True,
-    )
-    cache = p_out.past_key_values
-    cache.batch_select_indices(inverse)  # [U, ...] -> [N, ...]; differentiable indexing
-    r_out = model(
-        input_ids=ids[:, P:], attention_mask=attn, position_ids=pos[:, P:], past_key_values=cache, use_cache=True
-    )
-    # the prompt's last position predicts response token 0; response position t predicts token t+1
-    return torch.cat([p_out.logits[inverse], r_out.logits[:, :-1]], dim=1)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
+    return out.logits[:, :-1]  # position P-1+t predicts response token t
 
 
-def _unique_prompts(group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Unique group ids, the first row of each, and each row's index into them."""
-    unique, inverse = torch.unique(group_ids, return_inverse=True)
-    rows = torch.arange(len(group_ids))
-    first = torch.full((len(unique),), len(group_ids), dtype=torch.long).scatter_reduce(0, inverse, rows, "amin")
-    return unique, first, inverse
+@dataclasses.dataclass
+class Packed:
+    """Rows that share a prompt, packed into one sequence: ``[prompt, response_1, ..., response_k]``.
+
+    Each response attends to the shared prompt and to its own earlier tokens only (a block mask), and
+    keeps the positions it had after its prompt, so every response token sees exactly the context it
+    was sampled with. The prompt then runs once per distinct prompt instead of once per sample, and
+    no compute is spent on padding inside a sequence.
+
+    Attributes:
+        ids: [R, L] packed token ids (R distinct prompts, L the longest packed sequence).
+        positions: [R, L] position ids.
+        attention: [R, 1, L, L] bool, True where query position q may attend to key position k.
+        source: [n] index into the flattened [R * L] hidden states of the state that predicts each
+            response token, in row-major order of ``batch.response_mask`` (n = its sum).
+    """
+
+    ids: Tensor
+    positions: Tensor
+    attention: Tensor
+    source: Tensor
+
+
+def pack_by_prompt(batch: RolloutBatch) -> Packed:
+    """Pack the rows of ``batch`` by distinct prompt (see ``Packed``).
+
+    A response runs up to its last masked token; unmasked tokens before it (tool output in a
+    multi-turn rollout) stay in the context, and only masked tokens get a prediction in ``source``.
+    """
+    prompt_ids = batch.require("prompt_ids", "the rollout fills it")
+    prompt_mask = batch.require("prompt_mask", "the rollout fills it").bool()
+    resp_ids = batch.require("response_ids", "the rollout fills it")
+    mask = batch.response_mask.bool()
+    cols = torch.arange(mask.shape[1]).expand_as(mask)
+    lengths = torch.where(mask, cols + 1, 0).amax(1).tolist() if mask.numel() else [0] * batch.num_seqs
+    # rows with the same prompt tokens share a packed sequence (group ids are not trusted for this)
+    keys = torch.where(prompt_mask, prompt_ids, -1)
+    _, which = torch.unique(keys, dim=0, return_inverse=True)  # [N]
+    seqs: list[list[Tensor]] = [[] for _ in range(int(which.max()) + 1 if len(which) else 0)]
+    segs: list[list[Tensor]] = [[] for _ in seqs]
+    poss: list[list[Tensor]] = [[] for _ in seqs]
+    starts: list[int] = [0] * len(seqs)
+    pred: list[tuple[int, int, int]] = []  # per row: packed row, position predicting token 0, start of response
+    for i in range(batch.num_seqs):
+        r = int(which[i])
+        if not seqs[r]:
+            p = prompt_ids[i][prompt_mask[i]]
+            seqs[r].append(p)
+            segs[r].append(torch.zeros(len(p), dtype=torch.long))
+            poss[r].append(torch.arange(len(p)))
+            starts[r] = len(p)
+        P, n = int(prompt_mask[i].sum()), int(lengths[i])
+        pred.append((r, P - 1, starts[r]))
+        seqs[r].append(resp_ids[i, :n])
+        segs[r].append(torch.full((n,), len(segs[r]), dtype=torch.long))
+        poss[r].append(torch.arange(P, P + n))
+        starts[r] += n
+    R, L = len(seqs), max(starts, default=0)
+    ids = torch.zeros((R, L), dtype=torch.long)  # padding id: never attended to by a real token
+    positions = torch.zeros((R, L), dtype=torch.long)
+    seg = torch.full((R, L), -1, dtype=torch.long)  # -1: padding after the packed sequence
+    for r in range(R):
+        ids[r, : starts[r]] = torch.cat(seqs[r])
+        positions[r, : starts[r]] = torch.cat(poss[r])
+        seg[r, : starts[r]] = torch.cat(segs[r])
+    q, k = seg[:, :, None], seg[:, None, :]  # [R, L, 1], [R, 1, L]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    attention = causal & (q >= 0) & (k >= 0) & ((k == 0) | (k == q))  # the prompt (segment 0) or the same response
+    attention |= torch.eye(L, dtype=torch.bool)  # padding attends to itself: no fully masked row
+    # response token 0 is predicted by the prompt's last position, token t > 0 by response token t - 1
+    source = []
+    for i, (r, last_prompt, start) in enumerate(pred):
+        n = int(lengths[i])
+        if n:
+            src = torch.cat([torch.tensor([last_prompt]), torch.arange(start, start + n - 1)])
+            source.append((r * L + src)[mask[i, :n]])
+    return Packed(
+        ids=ids,
+        positions=positions,
+        attention=attention[:, None],
+        source=torch.cat(source) if source else torch.zeros(0, dtype=torch.long),
+    )
+
+
+def _body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The transformer body and the LM head of a plain causal LM, or None where packing is unsafe.
+
+    Packing needs a custom 4D attention mask (sdpa or eager attention) and a head that is a plain
+    linear map (no logit soft-capping or scaling, which some architectures add in ``forward``).
+    """
+    from anypo.models import is_lora
+
+    base = model.get_base_model() if is_lora(model) else model
+    cfg = getattr(base, "config", None)
+    if cfg is None or getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return None
+    if any(getattr(cfg, a, None) not in (None, 1.0) for a in ("final_logit_softcapping", "logit_scale")):
+        return None
+    get_decoder, head = getattr(base, "get_decoder", None), base.get_output_embeddings()
+    if get_decoder is None or not isinstance(head, torch.nn.Linear):
+        return None
+    return get_decoder(), head
 
 
 def response_logprobs(
@@ -72,25 +141,57 @@ def response_logprobs(
     temperature: float = 1.0,
     entropy: bool = False,
     logits: bool = False,
-    share_prompt: bool = False,
+    entropy_grad: bool = False,
+    pack: bool = True,
 ) -> PolicyOutput:
     """Log-probabilities of the response tokens under ``model`` (with grad if enabled).
 
-    Only the T positions that predict response tokens go through the LM head: prompt positions never
-    pay the [*, V] projection and log-softmax. Rows of one group share one prompt forward pass.
+    With ``pack`` (the default, where the model allows it) the rows that share a prompt run as one
+    packed sequence (``pack_by_prompt``), and only the hidden states that predict a response token go
+    through the LM head, in chunks that never hold the [n, V] logits at once (``ops.linear_logprobs``).
+    ``pack=False`` runs one padded row per sequence through the model's own forward.
+
+    Args:
+        entropy: also return the per-token entropy (detached, for metrics, unless ``entropy_grad``).
+        logits: also return the [N, T, V] logits (large: only for parts that declare ``needs_logits``).
+        entropy_grad: the entropy is part of a loss and needs its gradient.
 
     Returns: PolicyOutput with logprobs [N, T] (0 on padding), entropy [N, T] and logits [N, T, V]
     when asked.
     """
-    lg = _response_logits(model, batch, share_prompt).float() / temperature  # [N, T, V]
-    resp = batch.response_ids
-    lp = lg.gather(-1, resp.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, dim=-1)  # [N, T]
-    mask = batch.response_mask.to(lp.dtype)
-    ent = None
-    if entropy:
-        p = F.softmax(lg, dim=-1)
-        ent = (torch.logsumexp(lg, -1) - (p * lg).sum(-1)) * mask
-    return PolicyOutput(logprobs=lp * mask, entropy=ent, logits=lg if logits else None)
+    mask = batch.response_mask.bool()
+    parts = _body_and_head(model) if pack else None
+    if parts is None:
+        lg = _padded_response_logits(model, batch).float() / temperature  # [N, T, V]
+        return _from_logits(lg, batch.response_ids, mask, entropy, logits)
+    body, head = parts
+    pk = pack_by_prompt(batch)
+    hidden = body(input_ids=pk.ids, attention_mask=pk.attention, position_ids=pk.positions, use_cache=False)
+    h = hidden.last_hidden_state.flatten(0, 1)[pk.source]  # [n, H], n = response tokens
+    targets = batch.response_ids[mask]  # [n], row-major like pk.source
+    N, T = mask.shape
+    if logits or entropy_grad:  # materialise [n, V]: a part needs the logits or the entropy's gradient
+        lg = head(h).float() / temperature
+        full = lg.new_zeros(N, T, lg.shape[-1])
+        full[mask] = lg
+        return _from_logits(full, batch.response_ids, mask, entropy, logits)
+    lp, ent = linear_logprobs(h, head.weight, head.bias, targets, temperature, entropy=entropy)
+    out_lp = lp.new_zeros(N, T).masked_scatter(mask, lp)
+    out_ent = lp.new_zeros(N, T).masked_scatter(mask, ent) if ent is not None else None
+    return PolicyOutput(logprobs=out_lp, entropy=out_ent)
+
+
+def _from_logits(lg: Tensor, resp: Tensor, mask: Tensor, entropy: bool, keep_logits: bool) -> PolicyOutput:
+    """PolicyOutput from [N, T, V] temperature-scaled logits (masked positions give 0)."""
+    m = mask.to(torch.float32)
+    lp = logprobs_from_logits(lg, resp) * m
+    ent = entropy_from_logits(lg) * m if entropy else None
+    return PolicyOutput(logprobs=lp, entropy=ent, logits=lg if keep_logits else None)
+
+
+def _group_index(group_ids: Tensor) -> Tensor:
+    """[N] each row's index into the sorted distinct group ids."""
+    return torch.unique(group_ids, return_inverse=True)[1]
 
 
 def micro_batches(batch: RolloutBatch, size: int) -> list[tuple[Tensor, RolloutBatch]]:
@@ -102,7 +203,7 @@ def micro_batches(batch: RolloutBatch, size: int) -> list[tuple[Tensor, RolloutB
     """
     scale = batch.scale()
     length = batch.response_mask.sum(1)
-    _, _, inverse = _unique_prompts(batch.group_ids)
+    inverse = _group_index(batch.group_ids)
     group_max = torch.zeros(int(inverse.max()) + 1, dtype=length.dtype).scatter_reduce(0, inverse, length, "amax")
     # group-major (a group's rows share one prompt pass), longest groups first, longest rows first
     order = torch.argsort(-length, stable=True)

@@ -65,3 +65,30 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def log_samples(writer: JsonlWriter, step: int, batch, n: int) -> None:
+    """The first ``n`` completions of ``batch`` (a RolloutBatch) with their rewards, one line each."""
+    for i in range(min(n, batch.num_seqs)):
+        writer.write(
+            {
+                "step": step,
+                "prompt_index": batch.extras["prompt_index"][i],
+                "completion": batch.extras["text"][i],
+                "reward": float(batch.rewards[i]),
+            }
+        )
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Drop the lines logged after ``step`` (a resumed run redoes them)."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB

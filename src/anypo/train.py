@@ -20,7 +20,7 @@ from anypo.evaluate import mean_pass_at_k
 from anypo.ops import masked_mean
 from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
 from anypo.rollout import GroupRollout, concat_batches
-from anypo.runs import JsonlWriter, new_run_dir, write_json_atomic
+from anypo.runs import JsonlWriter, log_samples, new_run_dir, peak_rss_gb, truncate_jsonl, write_json_atomic
 from anypo.types import RolloutBatch
 
 
@@ -64,38 +64,12 @@ def _loop(cfg: TrainConfig, ctx: Context, run_dir: Path, start: int, metrics_log
     """Steps ``start + 1 .. cfg.steps``."""
     bad_in_a_row = 0
     for step in range(start + 1, cfg.steps + 1):
-        t0 = time.perf_counter()
-        # ---- ALGO LOGIC: rollout (with the sampler's filter, e.g. DAPO dynamic sampling) ----
-        batch, m = ctx.rollout(step)
-        t_gen = time.perf_counter() - t0
-        # ---- ALGO LOGIC: what the parts need, then advantages ----
-        t1 = time.perf_counter()
-        ctx.fill_needs(batch, m)
-        batch.advantages = ctx.advantage_fn(batch, ctx.algo.advantage)
-        t_prep = time.perf_counter() - t1
-        # ---- ALGO LOGIC: policy (and critic) update ----
-        t2 = time.perf_counter()
-        ctx.clean_step = None  # the weights change from here until the step is logged
-        upd = ctx.update(batch)
-        t_train = time.perf_counter() - t2
-        bad_in_a_row = bad_in_a_row + 1 if upd["train/skipped_updates"] > 0 else 0
-        n_tokens = float(batch.response_mask.sum())
-        m.update(upd)
-        m.update(
-            {
-                "time/generate_s": t_gen,
-                "time/prepare_s": t_prep,
-                "time/train_s": t_train,
-                "time/step_s": time.perf_counter() - t0,
-                "throughput/generate_tok_s": n_tokens / max(t_gen, 1e-9),
-                "throughput/train_tok_s": n_tokens * ctx.algo.ppo_epochs / max(t_train, 1e-9),
-                "memory/peak_rss_gb": _peak_rss_gb(),
-            }
-        )
+        batch, m = ctx.step(step)
+        bad_in_a_row = bad_in_a_row + 1 if m["train/skipped_updates"] > 0 else 0
         if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
             m.update(ctx.evaluate())
         metrics_log.write({"step": step, **m})
-        _log_samples(samples_log, step, batch, cfg.log_samples)
+        log_samples(samples_log, step, batch, cfg.log_samples)
         ctx.trackers_log(step, m)
         ctx.clean_step = step
         if step % cfg.save_every == 0 or step == cfg.steps:
@@ -161,6 +135,7 @@ class Context:
             )
             self.value_fn = registry.registry("value_loss").fn_for(self.algo.value_loss)
         self.trackers = Trackers(cfg, run_dir)
+        self.autocast = _autocast(cfg.precision)
         self._errors_seen = 0
         self.clean_step: int | None = 0  # last step whose update and logs are complete (None: mid-update)
         self.saved_step = 0
@@ -169,15 +144,47 @@ class Context:
     def _sample_for(self, index: int, text: str, num_tokens: int, truncated: bool):
         return self.train_examples[index].to_sample(text, num_tokens, self.cfg.sampling.max_new_tokens, truncated)
 
+    def step(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        """One training step: rollout, what the parts need, advantages, update. Returns the batch and metrics."""
+        t0 = time.perf_counter()
+        # ---- ALGO LOGIC: rollout (with the sampler's filter, e.g. DAPO dynamic sampling) ----
+        batch, m = self.rollout(step)
+        t_gen = time.perf_counter() - t0
+        # ---- ALGO LOGIC: what the parts need (old / reference log-probs, values), then advantages ----
+        t1 = time.perf_counter()
+        self.fill_needs(batch, m)
+        batch.advantages = self.advantage_fn(batch, self.algo.advantage)
+        t_prep = time.perf_counter() - t1
+        # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
+        t2 = time.perf_counter()
+        self.clean_step = None  # the weights change from here until the step is logged
+        m.update(self.update(batch))
+        self.engine.load_weights(self.model.state_dict())
+        t_train = time.perf_counter() - t2
+        n_tokens = float(batch.response_mask.sum())
+        m.update(
+            {
+                "time/generate_s": t_gen,
+                "time/prepare_s": t_prep,
+                "time/train_s": t_train,
+                "time/step_s": time.perf_counter() - t0,
+                "throughput/generate_tok_s": n_tokens / max(t_gen, 1e-9),
+                "throughput/train_tok_s": n_tokens * self.algo.ppo_epochs / max(t_train, 1e-9),
+                "memory/peak_rss_gb": peak_rss_gb(),
+            }
+        )
+        return batch, m
+
     # ---- rollout ----
     def rollout(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         """Draw prompts until the sampler has kept ``prompts_per_step`` groups (or ``max_draws`` is hit)."""
         kept, n_groups, draws, generated = [], 0, 0, []
         while n_groups < self.cfg.prompts_per_step and draws < self.max_draws:
             idx = self.sampler.next_prompts(step)
-            b = self.rollout_part.collect(
-                idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx)
-            )
+            with self.autocast():
+                b = self.rollout_part.collect(
+                    idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx)
+                )
             self.sampler.observe(b)
             generated.append(b)
             keep = self.sampler.keep(b)
@@ -197,6 +204,10 @@ class Context:
 
     def fill_needs(self, batch: RolloutBatch, m: dict[str, float]) -> None:
         """Fill what the parts declared they need; recompute old log-probs only when off-policy."""
+        with self.autocast():
+            self._fill_needs(batch, m)
+
+    def _fill_needs(self, batch: RolloutBatch, m: dict[str, float]) -> None:
         cfg, micro = self.cfg, self.cfg.micro_batch_size
         on_policy = self.algo.ppo_epochs == 1 and self.algo.minibatches_per_step == 1
         if not on_policy or cfg.recompute_old_logprobs:
@@ -225,7 +236,10 @@ class Context:
                     skipped += 1
                 else:
                     done.append(metrics)
-        out = {k: sum(d[k] for d in done) / len(done) for k in done[0]} if done else {}
+        # Diagnostics are averaged over optimizer steps; phase times (time/*) add up.
+        out = (
+            {k: sum(d[k] for d in done) / (1 if k.startswith("time/") else len(done)) for k in done[0]} if done else {}
+        )
         out["train/skipped_updates"] = float(skipped)
         out["train/lr"] = self.scheduler.get_last_lr()[0]
         return out
@@ -237,21 +251,31 @@ class Context:
         if self.critic_opt is not None:
             self.critic_opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
+        clock = time.perf_counter
         # Micro-batches carry the mini-batch's global counts: their losses sum to the mini-batch loss.
         for _, micro in micro_batches(mini, cfg.micro_batch_size):
             need_ent = cfg.log_entropy or algo.needs("entropy")
-            out = response_logprobs(
-                self.model, micro, cfg.sampling.temperature, entropy=need_ent, logits=algo.needs("logits")
-            )
-            parts = [self.loss_fn(out, micro, algo.policy_loss)]
-            parts += [fn(out, micro, rcfg) for fn, rcfg in zip(self.reg_fns, algo.regularizers, strict=True)]
-            if self.critic is not None:
-                parts.append(self.value_fn(self.critic(micro), micro, algo.value_loss))
-            loss = sum((p.loss for p in parts), torch.zeros(()))
+            t = clock()
+            with self.autocast():  # the backward runs outside autocast, as recommended
+                out = response_logprobs(
+                    self.model,
+                    micro,
+                    cfg.sampling.temperature,
+                    entropy=need_ent,
+                    logits=algo.needs("logits"),
+                    entropy_grad=algo.needs("entropy"),
+                )
+                parts = [self.loss_fn(out, micro, algo.policy_loss)]
+                parts += [fn(out, micro, rcfg) for fn, rcfg in zip(self.reg_fns, algo.regularizers, strict=True)]
+                if self.critic is not None:
+                    parts.append(self.value_fn(self.critic(micro), micro, algo.value_loss))
+                loss = sum((p.loss.float() for p in parts), torch.zeros(()))
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
+            t, sums["time/forward_s"] = clock(), sums["time/forward_s"] + clock() - t
             loss.backward()
+            sums["time/backward_s"] += clock() - t
             w = micro.num_seqs / mini.num_seqs  # metrics: size-weighted mean over micro-batches
             for p in parts:
                 for k, v in p.metrics.items():
@@ -259,6 +283,7 @@ class Context:
             if out.entropy is not None and not any("policy/entropy" in p.metrics for p in parts):
                 sums["policy/entropy"] += w * float(masked_mean(out.entropy.detach(), micro.mask))
             sums["loss/total"] += float(loss.detach())
+        t = clock()
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
@@ -270,6 +295,7 @@ class Context:
             torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
             self.critic_opt.step()
         sums["train/grad_norm"] = float(grad_norm)
+        sums["time/optimizer_s"] = clock() - t
         return dict(sums)
 
     # ---- evaluation, checkpoints, logging ----
@@ -283,9 +309,10 @@ class Context:
         def score(i: int, text: str, n_tok: int, trunc: bool) -> float:
             return self.verify(self.heldout[i], text)
 
-        rewards, _ = run_eval(
-            self.engine, self.tokenizer, ids, score, cfg.eval_samples, cfg.eval_sampling, seed=cfg.seed + 12345
-        )
+        with self.autocast():
+            rewards, _ = run_eval(
+                self.engine, self.tokenizer, ids, score, cfg.eval_samples, cfg.eval_sampling, seed=cfg.seed + 12345
+            )
         correct = [[r >= 1.0 for r in row] for row in rewards]
         ks = sorted({1, cfg.eval_samples})
         return {f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, ks).items()}
@@ -323,7 +350,7 @@ class Context:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         for name in ("metrics.jsonl", "samples.jsonl"):
-            _truncate_jsonl(self.run_dir / name, state["step"])
+            truncate_jsonl(self.run_dir / name, state["step"])
         self.clean_step = self.saved_step = int(state["step"])
         return self.saved_step
 
@@ -347,6 +374,13 @@ class Context:
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _autocast(precision: str):
+    """A factory of the autocast context of ``precision`` (fp32: a no-op)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _first_groups(batch: RolloutBatch, n_groups: int) -> RolloutBatch:
@@ -384,29 +418,3 @@ def _rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) -
 
 def _abs_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     return float(masked_mean((a - b).abs(), mask))
-
-
-def _log_samples(writer: JsonlWriter, step: int, batch: RolloutBatch, n: int) -> None:
-    for i in range(min(n, batch.num_seqs)):
-        writer.write(
-            {
-                "step": step,
-                "prompt_index": batch.extras["prompt_index"][i],
-                "completion": batch.extras["text"][i],
-                "reward": float(batch.rewards[i]),
-            }
-        )
-
-
-def _truncate_jsonl(path: Path, step: int) -> None:
-    import json
-
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def _peak_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB

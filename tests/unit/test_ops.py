@@ -16,6 +16,7 @@ from anypo.ops import (
     group_stats,
     kl_estimate,
     last_token_index,
+    linear_logprobs,
     logprobs_from_logits,
     masked_mean,
     masked_sum,
@@ -154,6 +155,48 @@ def test_entropy_from_logits():
     logits = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
     p = torch.softmax(logits, -1)
     torch.testing.assert_close(entropy_from_logits(logits), -(p * p.log()).sum(-1))
+
+
+def test_linear_logprobs_by_hand():
+    """h = [1, 0], W rows [1, 0], [0, 1], [0, 0], no bias: logits z = [1, 0, 0].
+
+    log p(0) = 1 - log(e + 2); with temperature 2, z / 2 = [0.5, 0, 0] and log p(0) = 0.5 - log(e^0.5 + 2),
+    log p(1) = -log(e^0.5 + 2). Entropy at temperature 1: log(e + 2) - (e * 1) / (e + 2).
+    """
+    h = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    lp, ent = linear_logprobs(h, w, None, torch.tensor([0, 0]), temperature=1.0, entropy=True)
+    e = math.e
+    assert lp.tolist() == pytest.approx([1 - math.log(e + 2)] * 2, abs=1e-6)
+    assert ent.tolist() == pytest.approx([math.log(e + 2) - e / (e + 2)] * 2, abs=1e-6)
+    lp, ent = linear_logprobs(h, w, None, torch.tensor([0, 1]), temperature=2.0)
+    z = math.exp(0.5) + 2
+    assert lp.tolist() == pytest.approx([0.5 - math.log(z), -math.log(z)], abs=1e-6)
+    assert ent is None
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_linear_logprobs_matches_log_softmax_values_and_gradients(chunk):
+    """Fused chunked head == log_softmax((h W^T + b) / t)[y] for any chunk size, in value and in the
+    gradient w.r.t. h, W and b (the backward recomputes the logits instead of saving them)."""
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(11, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(11, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 11, (7,), generator=g)
+    up = torch.randn(7, generator=g, dtype=torch.float64)
+    lp, ent = linear_logprobs(h, w, b, y, temperature=0.7, entropy=True, chunk=chunk)
+    z = (h @ w.T + b) / 0.7
+    ref = torch.log_softmax(z, -1).gather(-1, y[:, None]).squeeze(-1)
+    torch.testing.assert_close(lp, ref)
+    torch.testing.assert_close(ent, entropy_from_logits(z).detach())
+    got = torch.autograd.grad((lp * up).sum(), (h, w, b))
+    want = torch.autograd.grad((ref * up).sum(), (h, w, b))
+    for a, c in zip(got, want, strict=True):
+        torch.testing.assert_close(a, c)
+    assert torch.autograd.gradcheck(
+        lambda h_, w_, b_: linear_logprobs(h_, w_, b_, y, 0.7, chunk=chunk)[0], (h, w, b), eps=1e-6, atol=1e-6
+    )
 
 
 def test_kl_estimators_by_hand():

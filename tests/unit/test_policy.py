@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anypo.policy import batched_logprobs, micro_batches, response_logprobs
+from anypo.policy import batched_logprobs, micro_batches, pack_by_prompt, response_logprobs
 from anypo.registry import get
 from anypo.rollout.groups import left_pad
 from anypo.types import RolloutBatch
@@ -97,20 +97,18 @@ def test_trimmed_micro_batch_losses_sum_to_full_loss(tiny_model, tokenizer, aggr
     tiny_model.zero_grad()
 
 
-def test_shared_prompt_pass_equals_separate_passes(tiny_model, tokenizer):
-    """Rows of one group share one prompt forward pass (KV cache indexed out to the rows). With the
-    same rows given distinct group ids every row runs its own prompt: log-probs, entropy and the
-    gradient of a loss on every parameter must agree (the prompt's gradient is the sum over rows)."""
-    shared = _batch(tokenizer)
-    separate = _batch(tokenizer)
-    separate.group_ids = torch.arange(separate.num_seqs)  # no two rows share a prompt pass
+def test_packed_pass_equals_padded_pass(tiny_model, tokenizer):
+    """Packing the rows of a prompt into one sequence (block attention mask, the prompt run once) is
+    the same function as one padded row per sequence: log-probs, entropy and the gradient of a loss
+    on every parameter must agree (the prompt's gradient is the sum over the rows that share it)."""
+    b = _batch(tokenizer)
     params = [p for p in tiny_model.parameters() if p.requires_grad]
+    weights = torch.linspace(-1, 1, b.response_mask.numel()).view_as(b.mask)
     results = []
-    for b in (shared, separate):
+    for pack in (True, False):
         tiny_model.zero_grad()
-        out = response_logprobs(tiny_model, b, temperature=0.8, entropy=True, share_prompt=True)
-        weights = torch.linspace(-1, 1, b.response_mask.numel()).view_as(b.mask)
-        ((out.logprobs * weights).sum() + 0.1 * out.entropy.sum()).backward()
+        out = response_logprobs(tiny_model, b, temperature=0.8, entropy=True, pack=pack)
+        (out.logprobs * weights).sum().backward()
         results.append((out.logprobs.detach(), out.entropy.detach(), [p.grad.clone() for p in params]))
     (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = results
     torch.testing.assert_close(lp_a, lp_b, atol=2e-5, rtol=1e-5)
@@ -118,6 +116,69 @@ def test_shared_prompt_pass_equals_separate_passes(tiny_model, tokenizer):
     for a, c in zip(g_a, g_b, strict=True):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
     tiny_model.zero_grad()
+
+
+def test_packed_materialised_logits_path_matches_fused(tiny_model, tokenizer):
+    """``logits=True`` (parts that need [N, T, V]) takes the materialised head; log-probs agree with
+    the fused chunked head, and the returned logits reproduce them through a log-softmax."""
+    b = _batch(tokenizer)
+    with torch.no_grad():
+        fused = response_logprobs(tiny_model, b, temperature=0.7).logprobs
+        full = response_logprobs(tiny_model, b, temperature=0.7, logits=True)
+    torch.testing.assert_close(full.logprobs, fused, atol=2e-5, rtol=1e-5)
+    again = torch.log_softmax(full.logits, -1).gather(-1, b.response_ids[..., None]).squeeze(-1) * b.mask
+    torch.testing.assert_close(again, fused, atol=2e-5, rtol=1e-5)
+
+
+def test_pack_by_prompt_layout_by_hand():
+    """Rows 0 and 1 share prompt [5, 6] (responses [7, 8] and [9]); row 2 has prompt [3] (response [4, 4]).
+
+    Packed row of prompt [5, 6]: ids [5, 6, 7, 8, 9], positions [0, 1, 2, 3, 2] (row 1's response
+    starts again right after the prompt), segments [0, 0, 1, 1, 2]. Token 9 (index 4) may attend to
+    the prompt (0, 1) and itself, not to row 0's response (2, 3). Predictions: row 0's tokens 7, 8
+    come from indices 1 (last prompt token) and 2; row 1's token 9 from index 1.
+    """
+    pad = 0
+    b = RolloutBatch(
+        response_mask=torch.tensor([[1, 1], [1, 0], [1, 1]]),
+        group_ids=torch.tensor([0, 0, 1]),
+        rewards=torch.zeros(3),
+        prompt_ids=torch.tensor([[5, 6], [5, 6], [pad, 3]]),
+        prompt_mask=torch.tensor([[1, 1], [1, 1], [0, 1]]),
+        response_ids=torch.tensor([[7, 8], [9, pad], [4, 4]]),
+    )
+    pk = pack_by_prompt(b)
+    L = pk.ids.shape[1]
+    assert L == 5
+    r = [i for i in range(2) if pk.ids[i, 0] == 5][0]  # the packed row of prompt [5, 6]
+    assert pk.ids[r].tolist() == [5, 6, 7, 8, 9]
+    assert pk.positions[r].tolist() == [0, 1, 2, 3, 2]
+    assert pk.attention[r, 0, 4].tolist() == [True, True, False, False, True]
+    assert pk.attention[r, 0, 3].tolist() == [True, True, True, True, False]
+    o = 1 - r  # prompt [3]: ids [3, 4, 4] then two padding slots that attend only to themselves
+    assert pk.ids[o, :3].tolist() == [3, 4, 4] and pk.positions[o, :3].tolist() == [0, 1, 2]
+    assert pk.attention[o, 0, 4].tolist() == [False, False, False, False, True]
+    assert not pk.attention[o, 0, :3, 3:].any()  # real tokens never see padding
+    assert pk.source.tolist() == [r * L + 1, r * L + 2, r * L + 1, o * L + 0, o * L + 1]
+
+
+def test_packed_keeps_unmasked_tool_tokens_as_context(tiny_model, tokenizer):
+    """A response token with mask 0 inside a response (tool output) is context, not a loss target:
+    the masked tokens after it get the log-prob that teacher forcing on the whole sequence gives."""
+    prompt, resp = [5, 6, 7], [30, 31, 32, 33]
+    b = RolloutBatch(
+        response_mask=torch.tensor([[1, 0, 0, 1]]),
+        group_ids=torch.tensor([0]),
+        rewards=torch.zeros(1),
+        prompt_ids=torch.tensor([prompt]),
+        prompt_mask=torch.ones(1, 3, dtype=torch.long),
+        response_ids=torch.tensor([resp]),
+    )
+    with torch.no_grad():
+        lp = response_logprobs(tiny_model, b).logprobs[0]
+    ref = _teacher_forced(tiny_model, prompt, resp)
+    torch.testing.assert_close(lp[[0, 3]], ref[[0, 3]], atol=2e-5, rtol=1e-5)
+    assert lp[1] == 0 and lp[2] == 0
 
 
 def test_micro_batches_keep_groups_together(tokenizer):
