@@ -107,6 +107,10 @@ class TrainConfig:
     """Gradient clipping by global norm."""
     critic_lr: float = 1e-5
     """Learning rate of the critic (only when a part needs values)."""
+    reference_offload: bool = True
+    """With a KL term and full fine-tuning: keep the reference weights in a file in the run directory and
+    read them only for the reference pass, so they never share memory with the gradients (one model's
+    worth less peak memory, for a file read per step). False: a frozen copy stays in memory."""
     recompute_old_logprobs: bool = False
     """Recompute old log-probs with the trainer even when on-policy (the engine's are used otherwise)."""
     max_prompt_tokens: int = 512

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -223,21 +224,47 @@ def batched_logprobs(model: torch.nn.Module, batch: RolloutBatch, temperature: f
 
 
 class Reference:
-    """The frozen reference policy: the base model with adapters disabled (LoRA), else a frozen copy."""
+    """The frozen reference policy.
 
-    def __init__(self, model: torch.nn.Module):
+    With LoRA it is the base model with the adapters disabled (no copy at all). Otherwise it is a
+    frozen copy of the initial weights; with ``offload_path`` (the trainer's default) that copy lives
+    in a safetensors file and is read back only for the reference pass. The reference weights and the
+    policy's gradients are then never in memory at the same time, which takes one model's worth off
+    the peak, for one file read (from the page cache) per step.
+    """
+
+    def __init__(self, model: torch.nn.Module, offload_path: Path | None = None):
         from anypo.models import is_lora
 
         self.lora = is_lora(model)
+        self.path = None if self.lora else offload_path
         self.model = model if self.lora else copy.deepcopy(model).eval().requires_grad_(False)
+        if self.path is not None:
+            from safetensors.torch import save_file
+
+            # named_parameters() lists a tied weight once: the file holds each distinct tensor once
+            save_file({n: p.detach().contiguous() for n, p in self.model.named_parameters()}, str(self.path))
+            self._release()
+
+    def _release(self) -> None:
+        for p in self.model.parameters():
+            p.data = torch.empty(0, dtype=p.dtype)  # keeps the Parameter objects (and their tying)
 
     def logprobs(self, batch: RolloutBatch, temperature: float, micro: int) -> Tensor:
-        ctx = self.model.disable_adapter() if self.lora else nullcontext()
-        with ctx:
-            return batched_logprobs(self.model, batch, temperature, micro)
+        if self.path is not None:
+            from safetensors.torch import load_file
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {} if self.lora else self.model.state_dict()
+            weights = load_file(str(self.path))
+            for n, p in self.model.named_parameters():
+                p.data = weights[n]
+            del weights
+        ctx = self.model.disable_adapter() if self.lora else nullcontext()
+        try:
+            with ctx:
+                return batched_logprobs(self.model, batch, temperature, micro)
+        finally:
+            if self.path is not None:
+                self._release()
 
 
 class Critic(torch.nn.Module):

@@ -123,9 +123,13 @@ class Context:
             sampler_cfg, len(self.prompt_ids), cfg.prompts_per_step, cfg.seed
         )
         self.max_draws = int(getattr(sampler_cfg, "max_draws", 1))
-        self.reference = Reference(self.model) if self.algo.needs("ref_logprobs") else None
+        self.reference = None
+        if self.algo.needs("ref_logprobs"):
+            self.reference = Reference(self.model, run_dir / "reference.safetensors" if cfg.reference_offload else None)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
+        )  # fused: one kernel per parameter, no foreach temporaries
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.critic = self.critic_opt = None
         if self.algo.needs("values"):
@@ -290,6 +294,7 @@ class Context:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # free the gradients now: rollouts and reference passes need none
         self.scheduler.step()
         if self.critic_opt is not None:
             torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
@@ -368,6 +373,8 @@ class Context:
         export_final(self.model, self.tokenizer, self.run_dir / "final")
         write_report(self.run_dir, self.cfg)
         self.trackers.close()
+        if self.reference is not None and self.reference.path is not None:
+            self.reference.path.unlink(missing_ok=True)  # rebuilt from the initial weights on --resume
 
 
 # ---- SCAFFOLD: helpers ----

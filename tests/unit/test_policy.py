@@ -185,3 +185,30 @@ def test_micro_batches_keep_groups_together(tokenizer):
     b = _batch(tokenizer)  # 3 groups of 2 rows
     for _, mb in micro_batches(b, 2):
         assert mb.group_ids.unique().numel() == 1
+
+
+def test_offloaded_reference_equals_in_memory_copy_and_frees_its_weights(tiny_model, tokenizer, tmp_path):
+    """The offloaded reference (weights in a file, read per pass) gives the log-probs of the initial
+    weights even after the policy changed, and holds no weight memory between passes."""
+    from anypo.policy import Reference
+
+    b = _batch(tokenizer)
+    in_memory = Reference(tiny_model)
+    offloaded = Reference(tiny_model, tmp_path / "ref.safetensors")
+    with torch.no_grad():
+        before = response_logprobs(tiny_model, b).logprobs
+        saved = [p.clone() for p in tiny_model.parameters()]
+        for p in tiny_model.parameters():
+            p.add_(0.05)  # the policy moves on; the reference must not
+    try:
+        a = offloaded.logprobs(b, 1.0, 4)
+        torch.testing.assert_close(a, in_memory.logprobs(b, 1.0, 4))
+        torch.testing.assert_close(a, before, atol=2e-5, rtol=1e-5)
+        assert all(p.numel() == 0 for p in offloaded.model.parameters())
+        # a second pass reads the file again and agrees
+        offloaded_again = offloaded.logprobs(b, 1.0, 4)
+        torch.testing.assert_close(offloaded_again, a)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(tiny_model.parameters(), saved, strict=True):
+                p.copy_(s)
