@@ -356,6 +356,7 @@ class Context:
         random.setstate(state["rng"]["python"])
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_jsonl(self.run_dir / name, state["step"])
+        self.engine.load_weights(self.model.state_dict())  # an engine with its own copy must sample from these
         self.clean_step = self.saved_step = int(state["step"])
         return self.saved_step
 
