@@ -107,6 +107,9 @@ class TrainConfig:
     """Gradient clipping by global norm."""
     critic_lr: float = 1e-5
     """Learning rate of the critic (only when a part needs values)."""
+    pack_prompts: bool = True
+    """Training passes pack the samples of a prompt into one sequence (the prompt runs once, no padding;
+    see docs/training.md). False: one padded row per sequence (slower; the same function)."""
     reference_offload: bool = True
     """With a KL term and full fine-tuning: keep the reference weights in a file in the run directory and
     read them only for the reference pass, so they never share memory with the gradients (one model's

@@ -214,11 +214,13 @@ def micro_batches(batch: RolloutBatch, size: int) -> list[tuple[Tensor, RolloutB
 
 
 @torch.no_grad()
-def batched_logprobs(model: torch.nn.Module, batch: RolloutBatch, temperature: float, micro: int) -> Tensor:
+def batched_logprobs(
+    model: torch.nn.Module, batch: RolloutBatch, temperature: float, micro: int, pack: bool = True
+) -> Tensor:
     """[N, T] log-probs without grad, computed in trimmed micro-batches of ``micro`` sequences."""
     out = torch.zeros(batch.response_mask.shape, dtype=batch.rewards.dtype)
     for idx, mb in micro_batches(batch, micro):
-        lp = response_logprobs(model, mb, temperature).logprobs
+        lp = response_logprobs(model, mb, temperature, pack=pack).logprobs
         out[idx, : lp.shape[1]] = lp.to(out.dtype)
     return out
 
@@ -250,7 +252,7 @@ class Reference:
         for p in self.model.parameters():
             p.data = torch.empty(0, dtype=p.dtype)  # keeps the Parameter objects (and their tying)
 
-    def logprobs(self, batch: RolloutBatch, temperature: float, micro: int) -> Tensor:
+    def logprobs(self, batch: RolloutBatch, temperature: float, micro: int, pack: bool = True) -> Tensor:
         if self.path is not None:
             from safetensors.torch import load_file
 
@@ -261,7 +263,7 @@ class Reference:
         ctx = self.model.disable_adapter() if self.lora else nullcontext()
         try:
             with ctx:
-                return batched_logprobs(self.model, batch, temperature, micro)
+                return batched_logprobs(self.model, batch, temperature, micro, pack)
         finally:
             if self.path is not None:
                 self._release()

@@ -216,12 +216,12 @@ class Context:
         on_policy = self.algo.ppo_epochs == 1 and self.algo.minibatches_per_step == 1
         if not on_policy or cfg.recompute_old_logprobs:
             batch.rollout_logprobs = batch.old_logprobs  # kept for truncated importance sampling (tis)
-            batch.old_logprobs = batched_logprobs(self.model, batch, cfg.sampling.temperature, micro)
+            batch.old_logprobs = batched_logprobs(self.model, batch, cfg.sampling.temperature, micro, cfg.pack_prompts)
             m["rollout/engine_logprob_abs_diff"] = _abs_diff(
                 batch.rollout_logprobs, batch.old_logprobs, batch.response_mask
             )
         if self.reference is not None:
-            batch.ref_logprobs = self.reference.logprobs(batch, cfg.sampling.temperature, micro)
+            batch.ref_logprobs = self.reference.logprobs(batch, cfg.sampling.temperature, micro, cfg.pack_prompts)
         if self.critic is not None:
             batch.values = self.critic.values(batch, micro)
 
@@ -268,6 +268,7 @@ class Context:
                     entropy=need_ent,
                     logits=algo.needs("logits"),
                     entropy_grad=algo.needs("entropy"),
+                    pack=cfg.pack_prompts,
                 )
                 parts = [self.loss_fn(out, micro, algo.policy_loss)]
                 parts += [fn(out, micro, rcfg) for fn, rcfg in zip(self.reg_fns, algo.regularizers, strict=True)]

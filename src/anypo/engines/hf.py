@@ -57,6 +57,7 @@ class HFEngine:
             attention_mask=attn.to(self.device),
             position_ids=pos.to(self.device),
             use_cache=True,
+            logits_to_keep=1,  # only the last prompt position predicts: no [B, P, V] logits
         )
         cache = out.past_key_values
         cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...]: the prompt is processed once
