@@ -152,11 +152,13 @@ class Context:
         """One training step: rollout, what the parts need, advantages, update. Returns the batch and metrics."""
         t0 = time.perf_counter()
         # ---- ALGO LOGIC: rollout (with the sampler's filter, e.g. DAPO dynamic sampling) ----
-        batch, m = self.rollout(step)
+        with self.autocast():
+            batch, m = self.rollout(step)
         t_gen = time.perf_counter() - t0
         # ---- ALGO LOGIC: what the parts need (old / reference log-probs, values), then advantages ----
         t1 = time.perf_counter()
-        self.fill_needs(batch, m)
+        with self.autocast():
+            self.fill_needs(batch, m)
         batch.advantages = self.advantage_fn(batch, self.algo.advantage)
         t_prep = time.perf_counter() - t1
         # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
@@ -185,10 +187,9 @@ class Context:
         kept, n_groups, draws, generated = [], 0, 0, []
         while n_groups < self.cfg.prompts_per_step and draws < self.max_draws:
             idx = self.sampler.next_prompts(step)
-            with self.autocast():
-                b = self.rollout_part.collect(
-                    idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx)
-                )
+            b = self.rollout_part.collect(
+                idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx)
+            )
             self.sampler.observe(b)
             generated.append(b)
             keep = self.sampler.keep(b)
@@ -208,10 +209,6 @@ class Context:
 
     def fill_needs(self, batch: RolloutBatch, m: dict[str, float]) -> None:
         """Fill what the parts declared they need; recompute old log-probs only when off-policy."""
-        with self.autocast():
-            self._fill_needs(batch, m)
-
-    def _fill_needs(self, batch: RolloutBatch, m: dict[str, float]) -> None:
         cfg, micro = self.cfg, self.cfg.micro_batch_size
         on_policy = self.algo.ppo_epochs == 1 and self.algo.minibatches_per_step == 1
         if not on_policy or cfg.recompute_old_logprobs:

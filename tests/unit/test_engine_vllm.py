@@ -166,15 +166,20 @@ def test_stop_string_ends_response_and_is_kept(engine, tokenizer):
             assert stop not in tokenizer.decode(g2.response_ids[r, : L2 - 1])
 
 
+def _perturb(model, scale: float) -> None:
+    """Add seeded Gaussian noise of std ``scale`` to every parameter (the policy "moves")."""
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+
 def test_load_weights_syncs_in_place(engine, model, tokenizer):
     """After the policy's weights change, vLLM samples and scores with the new ones."""
     prompts, s = _prompts(tokenizer), SamplingConfig(max_new_tokens=12)
     old = {k: v.clone() for k, v in model.state_dict().items()}
     try:
-        with torch.no_grad():
-            gen = torch.Generator().manual_seed(0)
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+        _perturb(model, 0.5)
         engine.load_weights(model.state_dict())
         g = engine.generate(prompts, 3, s, seed=2)
         torch.testing.assert_close(g.logprobs, teacher_logprobs(model, prompts, g, 1.0), atol=ATOL, rtol=0)
@@ -258,10 +263,7 @@ def test_embedded_model_logprobs_and_weight_sync():
         g = eng.generate(prompts, 2, s, seed=0)
         check_contract(g, 2, 2, s, eng.eos_ids, eng.pad_id)
         torch.testing.assert_close(g.logprobs, teacher_logprobs(model, prompts, g, 0.8), atol=ATOL, rtol=0)
-        with torch.no_grad():
-            gen = torch.Generator().manual_seed(0)
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+        _perturb(model, 0.01)
         eng.load_weights(model.state_dict())
         g = eng.generate(prompts, 2, s, seed=0)
         torch.testing.assert_close(g.logprobs, teacher_logprobs(model, prompts, g, 0.8), atol=ATOL, rtol=0)
