@@ -237,7 +237,7 @@ class _LinearLogprobs(torch.autograd.Function):
         lse = torch.empty(n, dtype=acc, device=h.device)
         ent = torch.empty(n, dtype=acc, device=h.device) if want_entropy else None
         for s in range(0, n, chunk):
-            z = _chunk_logits(h[s : s + chunk], weight, bias, temperature)  # [c, V] float32
+            z = _chunk_logits(h[s : s + chunk], weight, bias, temperature)  # [c, V] in the accumulation dtype
             lse_c = torch.logsumexp(z, dim=-1)
             lp[s : s + chunk] = z.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - lse_c
             lse[s : s + chunk] = lse_c

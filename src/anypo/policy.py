@@ -26,7 +26,7 @@ def _inputs(batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor, int]:
 
 
 def _padded_response_logits(model: torch.nn.Module, batch: RolloutBatch) -> Tensor:
-    """[N, T, V] logits predicting each response token, one padded row per sequence (the reference path)."""
+    """[N, T, V] logits predicting each response token, one padded row per sequence (the unpacked fallback)."""
     ids, attn, pos, T = _inputs(batch)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
     return out.logits[:, :-1]  # position P-1+t predicts response token t
