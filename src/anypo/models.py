@@ -42,6 +42,9 @@ class ModelConfig:
     """Module names LoRA adapts."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
+    onednn_linear: bool = True
+    """Run float32 linear layers on the CPU through oneDNN instead of MKL's sgemm (``anypo.onednn``:
+    about 2x faster on AMD CPUs, same float32 arithmetic). False keeps PyTorch's default kernel."""
 
 
 def cache_dir() -> Path:
@@ -183,6 +186,10 @@ def load_model(cfg: ModelConfig | str = EMBEDDED, seed: int = 0) -> torch.nn.Mod
     )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.onednn_linear:
+        from anypo.onednn import use_onednn
+
+        use_onednn(model)
     if cfg.lora_rank > 0:
         model = wrap_lora(model, cfg)
     return model

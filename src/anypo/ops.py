@@ -13,6 +13,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from anypo import onednn
 from anypo.types import LossScale
 
 __all__ = [
@@ -227,24 +228,36 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 
 
 class _LinearLogprobs(torch.autograd.Function):
-    """log softmax(h W^T + b)[target] / temperature, chunked, recomputing the logits in backward."""
+    """log softmax(h W^T + b)[target] / temperature, chunked; the backward reuses the forward's
+    softmax where it fits in ``stash`` bytes, and recomputes the logits where it does not."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
-    def forward(ctx, h, weight, bias, targets, temperature, chunk, want_entropy):
+    def forward(ctx, h, weight, bias, targets, temperature, chunk, want_entropy, stash):
         n, acc = h.shape[0], _acc_dtype(h)
+        keep = n * weight.shape[0] * torch.finfo(acc).bits // 8 <= stash
+        if keep:  # all of the softmax is kept anyway: one chunk, one matmul per direction
+            chunk = max(chunk, n)
         lp = torch.empty(n, dtype=acc, device=h.device)
         lse = torch.empty(n, dtype=acc, device=h.device)
         ent = torch.empty(n, dtype=acc, device=h.device) if want_entropy else None
+        probs = []
         for s in range(0, n, chunk):
             z = _chunk_logits(h[s : s + chunk], weight, bias, temperature)  # [c, V] in the accumulation dtype
-            lse_c = torch.logsumexp(z, dim=-1)
-            lp[s : s + chunk] = z.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - lse_c
+            target_z = z.gather(-1, targets[s : s + chunk, None]).squeeze(-1)
+            m = z.amax(-1, keepdim=True)
+            z.sub_(m)  # z - max: exp cannot overflow
+            e = z.exp() if ent is not None else z.exp_()
+            total = e.sum(-1, keepdim=True)
+            lse_c = (m + total.log()).squeeze(-1)
+            lp[s : s + chunk] = target_z - lse_c
             lse[s : s + chunk] = lse_c
-            if ent is not None:
-                ent[s : s + chunk] = lse_c - (torch.exp(z - lse_c[:, None]) * z).sum(-1)
+            if ent is not None:  # H = lse - sum_v p_v z_v = log(total) - sum_v p_v (z_v - max)
+                ent[s : s + chunk] = total.log().squeeze(-1) - (e * z).sum(-1) / total.squeeze(-1)
+            if keep:
+                probs.append(e.div_(total))  # softmax of the chunk, reused by the backward
         ctx.save_for_backward(h, weight, bias, targets, lse)
-        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.temperature, ctx.chunk, ctx.probs = temperature, chunk, probs if keep else None
         if ent is None:
             return lp, lp.new_zeros(0)
         ctx.mark_non_differentiable(ent)
@@ -254,27 +267,32 @@ class _LinearLogprobs(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_lp, _grad_ent):
         h, weight, bias, targets, lse = ctx.saved_tensors
-        temperature, chunk = ctx.temperature, ctx.chunk
+        temperature, chunk, probs = ctx.temperature, ctx.chunk, ctx.probs
+        ctx.probs = None  # consumed in place below; a second backward (retain_graph) recomputes
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         acc = _acc_dtype(h)
-        grad_w = torch.zeros_like(weight, dtype=acc) if ctx.needs_input_grad[1] else None
-        grad_b = torch.zeros_like(bias, dtype=acc) if bias is not None and ctx.needs_input_grad[2] else None
-        for s in range(0, h.shape[0], chunk):
+        grad_w = grad_b = None
+        for i, s in enumerate(range(0, h.shape[0], chunk)):
             hc, g = h[s : s + chunk], grad_lp[s : s + chunk]
-            z = _chunk_logits(hc, weight, bias, temperature)
+            if probs is not None:
+                p = probs[i]
+            else:
+                p = _chunk_logits(hc, weight, bias, temperature).sub_(lse[s : s + chunk, None]).exp_()
             # d lp / d z = onehot(target) - softmax(z); d z / d logits = 1 / temperature
-            dz = torch.exp(z - lse[s : s + chunk, None]).mul_(-g[:, None])
+            dz = p.mul_(-g[:, None].to(p.dtype))
             dz.scatter_add_(-1, targets[s : s + chunk, None], g[:, None].to(dz.dtype))
-            dz.div_(temperature)
+            if temperature != 1.0:
+                dz.div_(temperature)
             if grad_h is not None:
-                grad_h[s : s + chunk] = (dz.to(weight.dtype) @ weight).to(h.dtype)
-            if grad_w is not None:
-                grad_w.addmm_(dz.t(), hc.to(acc))
-            if grad_b is not None:
-                grad_b += dz.sum(0)
+                grad_h[s : s + chunk] = onednn.mm_nt(dz.to(weight.dtype), weight.t()).to(h.dtype)  # dz @ W
+            if ctx.needs_input_grad[1]:
+                part = onednn.mm_nt(dz.t(), hc.to(acc).t())  # dz^T @ h: [V, H]
+                grad_w = part if grad_w is None else grad_w.add_(part)
+            if bias is not None and ctx.needs_input_grad[2]:
+                grad_b = dz.sum(0) if grad_b is None else grad_b.add_(dz.sum(0))
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def _acc_dtype(h: Tensor) -> torch.dtype:
@@ -286,7 +304,7 @@ def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None, temperature: f
     """[c, V] temperature-scaled logits in the accumulation dtype; the matmul runs in the dtype that
     autocast (if on) or ``h`` chose."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else h.dtype
-    z = torch.nn.functional.linear(h.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+    z = onednn.linear(h.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
     return z.to(_acc_dtype(h)).div_(temperature)
 
 
@@ -298,13 +316,17 @@ def linear_logprobs(
     temperature: float = 1.0,
     entropy: bool = False,
     chunk: int = 256,
+    stash: int = 128 << 20,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probabilities of ``targets`` under ``softmax((hidden @ weight.T + bias) / temperature)``.
 
-    The LM head and the log-softmax fused and chunked: at most [chunk, V] logits exist at a time, in
-    the forward and in the backward (which recomputes them from ``hidden`` instead of keeping the
-    [n, V] logits and softmax that autograd would save: 400 MB per 1,000 tokens at V = 49k). The
-    gradient is the exact one: d log p_y / d z = onehot(y) - softmax(z), divided by the temperature.
+    The LM head and the log-softmax fused and chunked: the [n, V] logits are never materialised at
+    once the way ``log_softmax(head(hidden))`` does (400 MB per 1,000 tokens at V = 49k, kept twice
+    by autograd: logits and softmax). The forward works [chunk, V] at a time. For the backward it
+    keeps each chunk's softmax (overwritten in place by the gradient) while their total stays within
+    ``stash`` bytes, and otherwise recomputes the chunk's logits from ``hidden``, trading one more
+    head matmul for memory. The gradient is the exact one: d log p_y / d z = onehot(y) - softmax(z),
+    divided by the temperature.
 
     Args:
         hidden: [n, H] final hidden states, one per predicted token.
@@ -313,12 +335,17 @@ def linear_logprobs(
         temperature: the sampling temperature the logits are divided by.
         entropy: also return the entropy of each position's distribution (no gradient: metrics).
         chunk: rows of logits materialised at once.
+        stash: bytes of softmax the forward may keep for the backward (0: always recompute). Nothing
+            is kept when no gradient is needed.
 
     Returns:
         log-probs [n] (float32, or float64 for float64 inputs; differentiable) and entropy [n] (same
         dtype, detached) or None.
     """
-    lp, ent = _LinearLogprobs.apply(hidden, weight, bias, targets.long(), float(temperature), chunk, entropy)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    lp, ent = _LinearLogprobs.apply(
+        hidden, weight, bias, targets.long(), float(temperature), chunk, entropy, stash if needs_grad else 0
+    )
     return lp, (ent if entropy else None)
 
 

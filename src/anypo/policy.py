@@ -167,7 +167,12 @@ def response_logprobs(
         return _from_logits(lg, batch.response_ids, mask, entropy, logits)
     body, head = parts
     pk = pack_by_prompt(batch)
-    hidden = body(input_ids=pk.ids, attention_mask=pk.attention, position_ids=pk.positions, use_cache=False)
+    hidden = body(
+        inputs_embeds=_embed(body, head, pk.ids),
+        attention_mask=pk.attention,
+        position_ids=pk.positions,
+        use_cache=False,
+    )
     h = hidden.last_hidden_state.flatten(0, 1)[pk.source]  # [n, H], n = response tokens
     targets = batch.response_ids[mask]  # [n], row-major like pk.source
     N, T = mask.shape
@@ -180,6 +185,23 @@ def response_logprobs(
     out_lp = lp.new_zeros(N, T).masked_scatter(mask, lp)
     out_ent = lp.new_zeros(N, T).masked_scatter(mask, ent) if ent is not None else None
     return PolicyOutput(logprobs=out_lp, entropy=out_ent)
+
+
+def _embed(body: torch.nn.Module, head: torch.nn.Module, ids: Tensor) -> Tensor:
+    """Input embeddings of ``ids``; with a sparse gradient where the embedding is tied to the head.
+
+    The dense gradient of an embedding lookup is a zero [V, H] table with a few rows filled in (113 MB
+    to fill and add per micro-batch at V = 49k). When the table is the LM head's weight, autograd
+    sums the lookup's gradient with the head's dense one before it reaches ``.grad``, so a sparse
+    gradient is added in place into that and the gradient stays dense, as the optimizer expects.
+    An untied table keeps the dense gradient (a sparse ``.grad`` would reach the optimizer).
+    """
+    table = body.get_input_embeddings()
+    w = table.weight
+    tied = w is head.weight and w.requires_grad and torch.is_grad_enabled()
+    if not tied or type(table) is not torch.nn.Embedding:
+        return table(ids)
+    return torch.nn.functional.embedding(ids, w, table.padding_idx, sparse=True)
 
 
 def _from_logits(lg: Tensor, resp: Tensor, mask: Tensor, entropy: bool, keep_logits: bool) -> PolicyOutput:

@@ -1,7 +1,7 @@
 import torch
 
 from anypo.engines.base import SamplingConfig
-from anypo.engines.hf import HFEngine, _sample
+from anypo.engines.hf import HFEngine, _categorical, _sample
 
 
 def _prompts(tokenizer):
@@ -52,6 +52,23 @@ def test_top_p_keeps_smallest_prefix():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(2000, 1)
     tok, _ = _sample(logits, SamplingConfig(top_p=0.6), torch.Generator().manual_seed(0))
     assert set(tok.tolist()) == {0, 1}
+
+
+def test_categorical_draws_match_probabilities():
+    """Inverse-CDF draws: rows [1, 0, 6, 3] (unnormalised: sum 10) and [0, 0, 0, 2] (one token).
+
+    With n = 100,000 draws of row 0, token v appears with probability p_v = [0.1, 0, 0.6, 0.3] and
+    its count has standard deviation sqrt(n p (1 - p)) <= sqrt(25,000) = 158: each count must be
+    within 5 standard deviations of n p, and the zero-probability token 1 must never appear.
+    """
+    n = 100_000
+    probs = torch.tensor([[1.0, 0.0, 6.0, 3.0], [0.0, 0.0, 0.0, 2.0]]).repeat(n, 1)
+    tok = _categorical(probs, torch.Generator().manual_seed(0)).view(n, 2)
+    assert torch.all(tok[:, 1] == 3)
+    counts = torch.bincount(tok[:, 0], minlength=4).double()
+    assert counts[1] == 0
+    for v, p in ((0, 0.1), (2, 0.6), (3, 0.3)):
+        assert abs(counts[v] - n * p) < 5 * (n * p * (1 - p)) ** 0.5
 
 
 def test_stop_string_ends_response(tiny_model, tokenizer):

@@ -175,17 +175,19 @@ def test_linear_logprobs_by_hand():
     assert ent is None
 
 
+@pytest.mark.parametrize("stash", [0, 128 << 20])
 @pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_linear_logprobs_matches_log_softmax_values_and_gradients(chunk):
+def test_linear_logprobs_matches_log_softmax_values_and_gradients(chunk, stash):
     """Fused chunked head == log_softmax((h W^T + b) / t)[y] for any chunk size, in value and in the
-    gradient w.r.t. h, W and b (the backward recomputes the logits instead of saving them)."""
+    gradient w.r.t. h, W and b, whether the backward reuses the forward's softmax (stash) or
+    recomputes the logits (stash=0)."""
     g = torch.Generator().manual_seed(4)
     h = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(11, 5, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(11, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 11, (7,), generator=g)
     up = torch.randn(7, generator=g, dtype=torch.float64)
-    lp, ent = linear_logprobs(h, w, b, y, temperature=0.7, entropy=True, chunk=chunk)
+    lp, ent = linear_logprobs(h, w, b, y, temperature=0.7, entropy=True, chunk=chunk, stash=stash)
     z = (h @ w.T + b) / 0.7
     ref = torch.log_softmax(z, -1).gather(-1, y[:, None]).squeeze(-1)
     torch.testing.assert_close(lp, ref)
@@ -195,8 +197,30 @@ def test_linear_logprobs_matches_log_softmax_values_and_gradients(chunk):
     for a, c in zip(got, want, strict=True):
         torch.testing.assert_close(a, c)
     assert torch.autograd.gradcheck(
-        lambda h_, w_, b_: linear_logprobs(h_, w_, b_, y, 0.7, chunk=chunk)[0], (h, w, b), eps=1e-6, atol=1e-6
+        lambda h_, w_, b_: linear_logprobs(h_, w_, b_, y, 0.7, chunk=chunk, stash=stash)[0],
+        (h, w, b),
+        eps=1e-6,
+        atol=1e-6,
+        # gradcheck runs the backward twice; the second recomputes the softmax the first consumed,
+        # which may differ from the stashed one in the last bits
+        nondet_tol=1e-12,
     )
+
+
+def test_linear_logprobs_second_backward_recomputes():
+    """The backward overwrites the stashed softmax; a second backward through the same graph
+    (retain_graph) must recompute it and give the same gradient as the first."""
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 9, (6,), generator=g)
+    lp, _ = linear_logprobs(h, w, None, y, chunk=4)
+    first = torch.autograd.grad(lp.sum(), (h, w), retain_graph=True)
+    second = torch.autograd.grad(lp.sum(), (h, w))
+    want = torch.autograd.grad(torch.log_softmax(h @ w.T, -1).gather(-1, y[:, None]).sum(), (h, w))
+    for a, b_, c in zip(first, second, want, strict=True):
+        torch.testing.assert_close(a, c)
+        torch.testing.assert_close(b_, c)
 
 
 def test_kl_estimators_by_hand():

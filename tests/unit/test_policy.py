@@ -111,10 +111,29 @@ def test_packed_pass_equals_padded_pass(tiny_model, tokenizer):
         (out.logprobs * weights).sum().backward()
         results.append((out.logprobs.detach(), out.entropy.detach(), [p.grad.clone() for p in params]))
     (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = results
+    # the tied embedding's lookup gradient is sparse in the packed path, but is summed into the
+    # head's dense gradient: the optimizer sees dense gradients only
+    assert tiny_model.get_input_embeddings().weight is tiny_model.get_output_embeddings().weight
+    assert all(g.layout == torch.strided for g in g_a)
     torch.testing.assert_close(lp_a, lp_b, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(ent_a, ent_b, atol=2e-5, rtol=1e-5)
     for a, c in zip(g_a, g_b, strict=True):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
+    tiny_model.zero_grad()
+
+
+def test_packed_gradients_accumulate_over_micro_batches(tiny_model, tokenizer):
+    """Two backward passes into the same ``.grad`` (gradient accumulation) give twice one pass, for
+    every parameter, the tied embedding included (its sparse lookup gradient is added in place)."""
+    b = _batch(tokenizer)
+    params = [p for p in tiny_model.parameters() if p.requires_grad]
+    tiny_model.zero_grad()
+    response_logprobs(tiny_model, b).logprobs.sum().backward()
+    once = [p.grad.clone() for p in params]
+    response_logprobs(tiny_model, b).logprobs.sum().backward()
+    for p, g in zip(params, once, strict=True):
+        assert p.grad.layout == torch.strided
+        torch.testing.assert_close(p.grad, 2 * g)
     tiny_model.zero_grad()
 
 

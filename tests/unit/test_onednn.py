@@ -1,0 +1,79 @@
+"""The oneDNN float32 linear: same function and gradients as F.linear, fallbacks where it does not apply."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anypo import onednn
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN linear")
+
+
+def _float64_reference(x, w, b, up):
+    """y = x W^T + b and the gradients of sum(y * up), computed in float64 by autograd on F.linear."""
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    b64 = b.double().requires_grad_() if b is not None else None
+    y = F.linear(x64, w64, b64)
+    grads = torch.autograd.grad((y * up.double()).sum(), [t for t in (x64, w64, b64) if t is not None])
+    return y, grads
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 5), (2, 3, 5), (1, 5)])
+def test_linear_matches_float64_values_and_gradients(shape, bias):
+    """Values and the gradients w.r.t. x, W and b agree with a float64 F.linear to float32 precision
+    (the sums have 5 to 21 terms of size ~1: errors of a few 1e-7)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g, requires_grad=True)
+    w = torch.randn(4, 5, generator=g, requires_grad=True)
+    b = torch.randn(4, generator=g, requires_grad=True) if bias else None
+    up = torch.randn(*shape[:-1], 4, generator=g)
+    y = onednn.linear(x, w, b)
+    grads = torch.autograd.grad((y * up).sum(), [t for t in (x, w, b) if t is not None])
+    y_ref, grads_ref = _float64_reference(x, w, b, up)
+    assert y.dtype == torch.float32 and y.shape == (*shape[:-1], 4)
+    torch.testing.assert_close(y.double(), y_ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_no_grad_path_and_strided_operands():
+    """Without grad the kernel is called directly; transposed (strided) operands give a @ b^T."""
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(6, 3, generator=g), torch.randn(3, 4, generator=g)  # b.t() is a strided [4, 3] view
+    with torch.no_grad():
+        torch.testing.assert_close(onednn.linear(a, b.t()), a @ b)
+    torch.testing.assert_close(onednn.mm_nt(a.t().contiguous().t(), b.t()), a @ b)
+
+
+def test_falls_back_to_f_linear_outside_float32_cpu():
+    """float64 (gradient checks) and bfloat16 autocast take F.linear: float64 stays exact, autocast
+    gives a bfloat16 result as F.linear would."""
+    x, w = torch.randn(3, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    assert torch.equal(onednn.linear(x, w), F.linear(x, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn.linear(x.float(), w.float()).dtype == torch.bfloat16
+
+
+def test_use_onednn_keeps_the_model_function_and_state(tiny_model):
+    """Routing a model's linears through oneDNN changes neither its state dict nor (beyond float32
+    rounding) its logits and gradients."""
+    import copy
+
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    plain = copy.deepcopy(tiny_model)
+    for m in plain.modules():  # undo any routing the fixture's loader applied
+        m.__dict__.pop("forward", None)
+    routed = copy.deepcopy(plain)
+    n = onednn.use_onednn(routed)
+    assert n == sum(type(m) is torch.nn.Linear for m in plain.modules()) > 0
+    assert routed.state_dict().keys() == plain.state_dict().keys()
+    out = []
+    for model in (plain, routed):
+        model.zero_grad()
+        logits = model(ids).logits
+        logits.square().mean().backward()
+        out.append((logits.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-5, rtol=1e-4)
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
