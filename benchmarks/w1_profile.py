@@ -76,14 +76,17 @@ def wrap(obj, name: str, sampler: RSSSampler, phase: str) -> None:
     setattr(obj, name, labelled)
 
 
-def matmul_rate(threads: int) -> float:
-    """fp32 FLOP/s of this machine on a training-sized matmul ([400, 576] x [576, 1536])."""
-    a, b = torch.randn(400, 576), torch.randn(576, 1536)
+def matmul_rate() -> float:
+    """fp32 FLOP/s of this machine on a training-sized matmul ([400, 576] x [576, 1536]), with the
+    kernel the model's linears use (``anypo.onednn``)."""
+    from anypo import onednn
+
+    a, b = torch.randn(400, 576), torch.randn(1536, 576)
     for _ in range(3):
-        a @ b
+        onednn.mm_nt(a, b)
     n, t = 50, time.perf_counter()
     for _ in range(n):
-        a @ b
+        onednn.mm_nt(a, b)
     return n * 2 * 400 * 576 * 1536 / (time.perf_counter() - t)
 
 
@@ -130,9 +133,13 @@ def main() -> None:
     with sampler.label("build"):
         ctx = Context.build(cfg, Path(tmp))
     wrap(ctx.engine, "generate", sampler, "generate")
+    import anypo.train
+
     wrap(ctx, "fill_needs", sampler, "prepare")
-    wrap(ctx, "update", sampler, "update")
-    rate = matmul_rate(W1["threads"])
+    wrap(ctx, "update", sampler, "backward")  # the update less its forward passes and optimizer step
+    wrap(anypo.train, "response_logprobs", sampler, "forward")
+    wrap(ctx.optimizer, "step", sampler, "optimizer")
+    rate = matmul_rate()
     n_body = sum(p.numel() for n, p in ctx.model.named_parameters() if "embed_tokens" not in n)
     n_head = ctx.model.get_output_embeddings().weight.numel()
 

@@ -234,30 +234,35 @@ class _LinearLogprobs(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, h, weight, bias, targets, temperature, chunk, want_entropy, stash):
-        n, acc = h.shape[0], _acc_dtype(h)
-        keep = n * weight.shape[0] * torch.finfo(acc).bits // 8 <= stash
-        if keep:  # all of the softmax is kept anyway: one chunk, one matmul per direction
-            chunk = max(chunk, n)
+        n, V, acc = h.shape[0], weight.shape[0], _acc_dtype(h)
         lp = torch.empty(n, dtype=acc, device=h.device)
         lse = torch.empty(n, dtype=acc, device=h.device)
         ent = torch.empty(n, dtype=acc, device=h.device) if want_entropy else None
-        probs = []
+        # the softmax of every row, written chunk by chunk, when it fits the budget
+        probs = torch.empty(n, V, dtype=acc, device=h.device) if n * V * acc.itemsize <= stash else None
         for s in range(0, n, chunk):
             z = _chunk_logits(h[s : s + chunk], weight, bias, temperature)  # [c, V] in the accumulation dtype
             target_z = z.gather(-1, targets[s : s + chunk, None]).squeeze(-1)
             m = z.amax(-1, keepdim=True)
             z.sub_(m)  # z - max: exp cannot overflow
-            e = z.exp() if ent is not None else z.exp_()
+            if probs is not None:
+                e = probs[s : s + chunk]
+            elif ent is not None:
+                e = torch.empty_like(z)  # z is still needed for the entropy
+            else:
+                e = z  # exp in place
+            torch.exp(z, out=e)
             total = e.sum(-1, keepdim=True)
             lse_c = (m + total.log()).squeeze(-1)
             lp[s : s + chunk] = target_z - lse_c
             lse[s : s + chunk] = lse_c
-            if ent is not None:  # H = lse - sum_v p_v z_v = log(total) - sum_v p_v (z_v - max)
-                ent[s : s + chunk] = total.log().squeeze(-1) - (e * z).sum(-1) / total.squeeze(-1)
-            if keep:
-                probs.append(e.div_(total))  # softmax of the chunk, reused by the backward
+            if ent is not None:  # H = lse - sum_v p_v z_v = log(total) - sum_v e_v (z_v - max) / total
+                dot = (e.unsqueeze(1) @ z.unsqueeze(2)).view(-1, 1)  # row-wise sum of e * z, no [c, V] temporary
+                ent[s : s + chunk] = (total.log() - dot / total).squeeze(-1)
+            if probs is not None:
+                e.div_(total)
         ctx.save_for_backward(h, weight, bias, targets, lse)
-        ctx.temperature, ctx.chunk, ctx.probs = temperature, chunk, probs if keep else None
+        ctx.temperature, ctx.chunk, ctx.probs = temperature, chunk, probs
         if ent is None:
             return lp, lp.new_zeros(0)
         ctx.mark_non_differentiable(ent)
@@ -267,15 +272,17 @@ class _LinearLogprobs(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_lp, _grad_ent):
         h, weight, bias, targets, lse = ctx.saved_tensors
-        temperature, chunk, probs = ctx.temperature, ctx.chunk, ctx.probs
+        temperature, probs = ctx.temperature, ctx.probs
         ctx.probs = None  # consumed in place below; a second backward (retain_graph) recomputes
+        # with the softmax kept, all rows go through each matmul at once
+        chunk = h.shape[0] if probs is not None else ctx.chunk
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         acc = _acc_dtype(h)
         grad_w = grad_b = None
-        for i, s in enumerate(range(0, h.shape[0], chunk)):
+        for s in range(0, h.shape[0], chunk):
             hc, g = h[s : s + chunk], grad_lp[s : s + chunk]
             if probs is not None:
-                p = probs[i]
+                p = probs
             else:
                 p = _chunk_logits(hc, weight, bias, temperature).sub_(lse[s : s + chunk, None]).exp_()
             # d lp / d z = onehot(target) - softmax(z); d z / d logits = 1 / temperature
