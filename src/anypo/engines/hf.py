@@ -154,7 +154,8 @@ def _categorical(probs: Tensor, gen: torch.Generator | None) -> Tensor:
     """
     cdf = probs.double().cumsum(-1)  # [A, V]
     u = torch.rand(len(probs), 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]
-    tok = torch.searchsorted(cdf, u, right=True).squeeze(-1)
-    # u rounds up to cdf[-1] with probability ~1e-16: take the last token with mass
-    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)
-    return torch.minimum(tok, last)
+    tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    bad = probs.gather(-1, tok[:, None]).squeeze(-1) <= 0  # u rounded up to cdf[-1] (probability ~1e-16)
+    if bool(bad.any()):  # take the last token with mass instead
+        tok[bad] = probs.shape[-1] - 1 - (probs[bad].flip(-1) > 0).int().argmax(-1)
+    return tok
