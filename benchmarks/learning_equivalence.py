@@ -3,8 +3,9 @@
 Runs W1 (KL 0; see README.md in this folder) for ``--steps`` steps with each variant, from the same
 initial weights and seed:
 
-* ``padded fp32``: the unoptimised path, one padded row per sequence (``pack_prompts=False``);
-* ``packed fp32``: the default, prompts packed and the fused chunked LM head;
+* ``padded fp32``: the unoptimised path, one padded row per sequence (``pack_prompts=False``)
+  through PyTorch's default float32 linear (MKL; ``onednn_linear=False``);
+* ``packed fp32``: the default, prompts packed, the fused chunked LM head, linears on oneDNN;
 * ``packed bf16``: the default with ``precision="bf16"`` (bfloat16 autocast).
 
 Floating-point differences make the sampled trajectories diverge after the first update, so the
@@ -30,10 +31,11 @@ import torch
 from anypo.algorithms import PRESETS
 from anypo.config import TrainConfig
 from anypo.engines.base import SamplingConfig
+from anypo.models import ModelConfig
 from anypo.train import Context
 
 VARIANTS = {
-    "padded fp32": {"pack_prompts": False, "precision": "fp32"},
+    "padded fp32": {"pack_prompts": False, "precision": "fp32", "model": ModelConfig(onednn_linear=False)},
     "packed fp32": {"pack_prompts": True, "precision": "fp32"},
     "packed bf16": {"pack_prompts": True, "precision": "bf16"},
 }

@@ -97,17 +97,21 @@ def main() -> None:
     ap.add_argument("--kl", type=float, default=0.0)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--micro-batch-size", type=int, default=W1["micro_batch_size"])
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward")
+    ap.add_argument("--no-onednn", action="store_true", help="keep PyTorch's default (MKL) float32 linear")
     ap.add_argument("--out", default=None, help="write the per-step records here (JSON)")
     args = ap.parse_args()
 
     from anypo.config import TrainConfig
     from anypo.engines.base import SamplingConfig
+    from anypo.models import ModelConfig
     from anypo.train import Context
 
     torch.set_num_threads(W1["threads"])
     sampler = RSSSampler()
     tmp = tempfile.mkdtemp(prefix="w1-profile-")
     cfg = TrainConfig(
+        model=ModelConfig(onednn_linear=not args.no_onednn, gradient_checkpointing=args.gradient_checkpointing),
         algo=w1_algo(args.kl),
         name="w1-profile",
         steps=args.warmup + args.steps,
