@@ -164,11 +164,13 @@ def anypo_worker(args: argparse.Namespace, proto: Protocol) -> None:
 
     from anypo.config import TrainConfig
     from anypo.engines.base import SamplingConfig
+    from anypo.models import ModelConfig
     from anypo.train import Context
 
     torch.set_num_threads(W1["threads"])
     t0 = time.perf_counter()
     cfg = TrainConfig(
+        model=ModelConfig(onednn_linear=not args.anypo_no_onednn),
         algo=w1_algo(args.kl),
         name="bench-anypo",
         steps=args.total_steps,
@@ -512,6 +514,7 @@ class Worker:
         cmd += ["--seed", str(args.seed), "--micro-batch-size", str(micro_batch_size(args, lib))]
         cmd += ["--trl-bf16"] if args.trl_bf16 else []
         cmd += ["--bf16"] if args.bf16 else []
+        cmd += ["--anypo-no-onednn"] if args.anypo_no_onednn else []
         cmd += ["--tmp", str(tmp / lib)]
         self.lib, self.log = lib, log
         self.log_file = open(log, "w")  # noqa: SIM115 (closed in close())
@@ -733,6 +736,11 @@ def main() -> None:
         "--bf16",
         action="store_true",
         help="both libraries under bfloat16 autocast (anypo --precision bf16, TRL bf16=True); not W1, which is float32",
+    )
+    ap.add_argument(
+        "--anypo-no-onednn",
+        action="store_true",
+        help="anypo with PyTorch's default float32 linear (MKL) instead of oneDNN (ModelConfig.onednn_linear=False)",
     )
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 warm-up + 1 step, 16 new tokens")
     ap.add_argument("--seed", type=int, default=0, help="anypo's seed and the prompt order of both")
