@@ -113,6 +113,50 @@ def w1_algo(kl: float):
     return dataclasses.replace(algo, regularizers=tuple(dataclasses.replace(r, coef=kl) for r in algo.regularizers))
 
 
+def w1_train_config(
+    kl: float,
+    *,
+    name: str,
+    steps: int,
+    max_new_tokens: int,
+    micro_batch_size: int,
+    precision: str,
+    seed: int,
+    out_dir: str,
+    model,
+):
+    """anypo's TrainConfig for W1 (the ``grpo`` preset with KL coefficient ``kl``), no evaluation."""
+    from anypo.config import TrainConfig
+    from anypo.engines.base import SamplingConfig
+
+    return TrainConfig(
+        model=model,
+        algo=w1_algo(kl),
+        name=name,
+        steps=steps,
+        prompts_per_step=W1["prompts_per_step"],
+        samples_per_prompt=W1["samples_per_prompt"],
+        sampling=SamplingConfig(
+            temperature=W1["temperature"], top_p=W1["top_p"], top_k=W1["top_k"], max_new_tokens=max_new_tokens
+        ),
+        lr=W1["lr"],
+        betas=W1["betas"],
+        weight_decay=W1["weight_decay"],
+        warmup_steps=0,
+        lr_schedule="constant",
+        max_grad_norm=W1["max_grad_norm"],
+        micro_batch_size=micro_batch_size,
+        precision=precision,
+        max_prompt_tokens=MAX_PROMPT_TOKENS,
+        seed=seed,
+        threads=W1["threads"],
+        eval_every=0,
+        progress=False,
+        log_samples=0,
+        out_dir=out_dir,
+    )
+
+
 def prompt_order(algo, num_prompts: int, steps: int, seed: int) -> list[int]:
     """The prompt indices anypo's sampler draws in steps 1..steps (4 per step), in order."""
     from anypo import registry
@@ -162,38 +206,21 @@ def anypo_worker(args: argparse.Namespace, proto: Protocol) -> None:
 
     import torch
 
-    from anypo.config import TrainConfig
-    from anypo.engines.base import SamplingConfig
     from anypo.models import ModelConfig
     from anypo.train import Context
 
     torch.set_num_threads(W1["threads"])
     t0 = time.perf_counter()
-    cfg = TrainConfig(
-        model=ModelConfig(onednn_linear=not args.anypo_no_onednn),
-        algo=w1_algo(args.kl),
+    cfg = w1_train_config(
+        args.kl,
         name="bench-anypo",
         steps=args.total_steps,
-        prompts_per_step=W1["prompts_per_step"],
-        samples_per_prompt=W1["samples_per_prompt"],
-        sampling=SamplingConfig(
-            temperature=W1["temperature"], top_p=W1["top_p"], top_k=W1["top_k"], max_new_tokens=args.max_new_tokens
-        ),
-        lr=W1["lr"],
-        betas=W1["betas"],
-        weight_decay=W1["weight_decay"],
-        warmup_steps=0,
-        lr_schedule="constant",
-        max_grad_norm=W1["max_grad_norm"],
+        max_new_tokens=args.max_new_tokens,
         micro_batch_size=args.micro_batch_size,
         precision="bf16" if args.bf16 else "fp32",
-        max_prompt_tokens=MAX_PROMPT_TOKENS,
         seed=args.seed,
-        threads=W1["threads"],
-        eval_every=0,
-        progress=False,
-        log_samples=0,
         out_dir=args.tmp,  # the run directory (reference weights offloaded there); the driver removes it
+        model=ModelConfig(onednn_linear=not args.anypo_no_onednn),
     )
     random.seed(cfg.seed)  # as anypo.train.train does before building the context
     torch.manual_seed(cfg.seed)

@@ -21,13 +21,14 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpo_vs_trl import W1, w1_algo  # noqa: E402
+from grpo_vs_trl import W1, w1_train_config  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -102,36 +103,22 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the per-step records here (JSON)")
     args = ap.parse_args()
 
-    from anypo.config import TrainConfig
-    from anypo.engines.base import SamplingConfig
     from anypo.models import ModelConfig
     from anypo.train import Context
 
     torch.set_num_threads(W1["threads"])
     sampler = RSSSampler()
     tmp = tempfile.mkdtemp(prefix="w1-profile-")
-    cfg = TrainConfig(
-        model=ModelConfig(onednn_linear=not args.no_onednn, gradient_checkpointing=args.gradient_checkpointing),
-        algo=w1_algo(args.kl),
+    cfg = w1_train_config(
+        args.kl,
         name="w1-profile",
         steps=args.warmup + args.steps,
-        prompts_per_step=W1["prompts_per_step"],
-        samples_per_prompt=W1["samples_per_prompt"],
-        sampling=SamplingConfig(temperature=W1["temperature"], max_new_tokens=W1["max_new_tokens"]),
-        lr=W1["lr"],
-        betas=W1["betas"],
-        weight_decay=W1["weight_decay"],
-        warmup_steps=0,
-        lr_schedule="constant",
-        max_grad_norm=W1["max_grad_norm"],
+        max_new_tokens=W1["max_new_tokens"],
         micro_batch_size=args.micro_batch_size,
         precision=args.precision,
         seed=0,
-        threads=W1["threads"],
-        eval_every=0,
-        progress=False,
-        log_samples=0,
         out_dir=tmp,
+        model=ModelConfig(onednn_linear=not args.no_onednn, gradient_checkpointing=args.gradient_checkpointing),
     )
     torch.manual_seed(cfg.seed)
     with sampler.label("build"):
@@ -143,6 +130,8 @@ def main() -> None:
     wrap(ctx, "update", sampler, "backward")  # the update less its forward passes and optimizer step
     wrap(anypo.train, "response_logprobs", sampler, "forward")
     wrap(ctx.optimizer, "step", sampler, "optimizer")
+    # the scheduler notices the wrapper (a timing label, not a change of order) and would warn every step
+    warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
     rate = matmul_rate()
     n_body = sum(p.numel() for n, p in ctx.model.named_parameters() if "embed_tokens" not in n)
     n_head = ctx.model.get_output_embeddings().weight.numel()
