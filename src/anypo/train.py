@@ -211,7 +211,10 @@ class Context:
         """Fill what the parts declared they need; recompute old log-probs only when off-policy."""
         cfg, micro = self.cfg, self.cfg.micro_batch_size
         on_policy = self.algo.ppo_epochs == 1 and self.algo.minibatches_per_step == 1
-        if not on_policy or cfg.recompute_old_logprobs:
+        # an engine whose log-probs are not the contract's for these sampling settings (vLLM with
+        # top-k / top-p) cannot stand in for the policy's, even on-policy
+        exact = getattr(self.engine, "logprobs_exact", lambda _s: True)(cfg.sampling)
+        if not on_policy or not exact or cfg.recompute_old_logprobs:
             batch.rollout_logprobs = batch.old_logprobs  # kept for truncated importance sampling (tis)
             batch.old_logprobs = batched_logprobs(self.model, batch, cfg.sampling.temperature, micro, cfg.pack_prompts)
             m["rollout/engine_logprob_abs_diff"] = _abs_diff(

@@ -196,12 +196,14 @@ def test_load_weights_syncs_in_place(engine, model, tokenizer):
     torch.testing.assert_close(g.logprobs, teacher_logprobs(model, prompts, g, 1.0), atol=ATOL, rtol=0)
 
 
-def test_top_k_warns_and_uses_truncated_distribution(engine, model, tokenizer):
-    """Documented difference: with top-k, vLLM's log-probs are of the renormalised top-k distribution."""
+def test_top_k_is_flagged_and_uses_truncated_distribution(engine, model, tokenizer):
+    """Documented difference: with top-k, vLLM's log-probs are of the renormalised top-k distribution,
+    and ``logprobs_exact`` says so (the trainer then recomputes them)."""
     prompts = _prompts(tokenizer)
-    engine._warned_truncated_logprobs = False
-    with pytest.warns(UserWarning, match="truncated"):
-        g = engine.generate(prompts, 2, SamplingConfig(top_k=5, max_new_tokens=6), seed=3)
+    assert engine.logprobs_exact(SamplingConfig()) and engine.logprobs_exact(SamplingConfig(temperature=0.7))
+    assert not engine.logprobs_exact(SamplingConfig(top_k=5))
+    assert not engine.logprobs_exact(SamplingConfig(top_p=0.9))
+    g = engine.generate(prompts, 2, SamplingConfig(top_k=5, max_new_tokens=6), seed=3)
     ref = teacher_logprobs(model, prompts, g, 1.0)
     mask = g.response_mask.bool()
     assert bool((g.logprobs[mask] > ref[mask] + 1.0).all())  # 5 of 49152 near-uniform tokens kept

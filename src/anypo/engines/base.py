@@ -51,3 +51,6 @@ class Engine(Protocol):
     ) -> Generation: ...
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
+
+    # Optional: ``logprobs_exact(sampling) -> bool``, False where the engine's log-probs are not
+    # log softmax(logits / temperature) for these settings; the trainer then recomputes them.

@@ -30,7 +30,6 @@ import os
 import random
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +65,8 @@ class VLLMEngine:
     - with top-k or top-p on, it is the log-prob under the *truncated, renormalised* distribution,
       ``log p(token) - log(sum of p over the kept tokens)``, which is >= the contract's value (equal
       only when nothing was cut). That differs from ``HFEngine`` and from the trainer's teacher-forced
-      log-probs; the engine warns once, and ``TrainConfig.recompute_old_logprobs=True`` makes the
-      trainer recompute them. (``raw_logprobs`` would be untruncated but ignores the temperature, and
+      log-probs. ``logprobs_exact`` says so, and the trainer then recomputes the old log-probs with
+      the policy (a no-grad pass), as ``TrainConfig.recompute_old_logprobs=True`` does. (``raw_logprobs`` would be untruncated but ignores the temperature, and
       no vLLM mode returns untruncated log-probs at a temperature other than 1.)
 
     The remaining gap to the trainer's log-probs is float32 round-off between two implementations of
@@ -102,7 +101,6 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model, tokenizer)
-        self._warned_truncated_logprobs = False
         self._tmpdir: Path | None = None
 
         model_dir = _reusable_dir(model)
@@ -159,6 +157,11 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # cached prompt keys / values were computed with the old weights
 
     @torch.no_grad()
+    def logprobs_exact(self, sampling: SamplingConfig) -> bool:
+        """Whether this engine's log-probs are the contract's under ``sampling``: not with top-k or
+        top-p, where vLLM returns those of the truncated, renormalised distribution."""
+        return sampling.top_k <= 0 and sampling.top_p >= 1.0
+
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None
     ) -> Generation:
@@ -179,14 +182,6 @@ class VLLMEngine:
         """
         if sampling.temperature <= 0:
             raise ValueError("temperature must be > 0 for sampling; for greedy decoding use a small value like 1e-4")
-        if (sampling.top_k > 0 or sampling.top_p < 1.0) and not self._warned_truncated_logprobs:
-            self._warned_truncated_logprobs = True
-            warnings.warn(
-                "vllm engine with top_k/top_p: its log-probs are of the truncated, renormalised distribution, "
-                "not softmax(logits / temperature); set recompute_old_logprobs=True to have the trainer "
-                "recompute them",
-                stacklevel=2,
-            )
         B = len(prompts)
         params = [self._params(n, sampling, None if seed is None else _derive_seed(seed, b)) for b in range(B)]
         requests = [{"prompt_token_ids": list(map(int, p))} for p in prompts]
