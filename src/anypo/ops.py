@@ -327,9 +327,9 @@ def linear_logprobs(
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probabilities of ``targets`` under ``softmax((hidden @ weight.T + bias) / temperature)``.
 
-    The LM head and the log-softmax fused and chunked: the [n, V] logits are never materialised at
-    once the way ``log_softmax(head(hidden))`` does (400 MB per 1,000 tokens at V = 49k, kept twice
-    by autograd: logits and softmax). The forward works [chunk, V] at a time. For the backward it
+    The LM head and the log-softmax fused and chunked, without the [n, V] logits and softmax that
+    autograd keeps for ``log_softmax(head(hidden))`` (800 MB per 1,000 tokens at V = 49k). The
+    forward works [chunk, V] at a time. For the backward it
     keeps each chunk's softmax (overwritten in place by the gradient) while their total stays within
     ``stash`` bytes, and otherwise recomputes the chunk's logits from ``hidden``, trading one more
     head matmul for memory. The gradient is the exact one: d log p_y / d z = onehot(y) - softmax(z),

@@ -191,10 +191,11 @@ def _embed(body: torch.nn.Module, head: torch.nn.Module, ids: Tensor) -> Tensor:
     """Input embeddings of ``ids``; with a sparse gradient where the embedding is tied to the head.
 
     The dense gradient of an embedding lookup is a zero [V, H] table with a few rows filled in (113 MB
-    to fill and add per micro-batch at V = 49k). When the table is the LM head's weight, autograd
-    sums the lookup's gradient with the head's dense one before it reaches ``.grad``, so a sparse
-    gradient is added in place into that and the gradient stays dense, as the optimizer expects.
-    An untied table keeps the dense gradient (a sparse ``.grad`` would reach the optimizer).
+    to fill at V = 49k, per micro-batch). When the table is the LM head's weight, autograd sums the
+    lookup's gradient with the head's dense one before it reaches ``.grad``; a sparse lookup gradient
+    makes that sum a copy of the head's plus a few rows, with no table of zeros to fill, and the
+    result is dense, as the optimizer expects. An untied table keeps the dense gradient (a sparse
+    ``.grad`` would reach the optimizer).
     """
     table = body.get_input_embeddings()
     w = table.weight
