@@ -43,8 +43,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
     onednn_linear: bool = True
-    """Run float32 linear layers on the CPU through oneDNN instead of MKL's sgemm (``anypo.onednn``:
-    about 2x faster on AMD CPUs, same float32 arithmetic). False keeps PyTorch's default kernel."""
+    """Run float32 linear layers on the CPU through oneDNN instead of MKL's sgemm (anypo.onednn; 2x
+    faster on the AMD EPYC of benchmarks/README.md, float32 either way). False keeps PyTorch's kernel."""
 
 
 def cache_dir() -> Path:
