@@ -8,6 +8,8 @@ log-probability of every sampled token without keeping [N, T, V] scores.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,7 +33,6 @@ class HFEngine:
     def load_weights(self, state_dict: dict[str, Tensor]) -> None:
         """Nothing to copy: this engine samples from the policy module being trained."""
 
-    @torch.no_grad()
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None
     ) -> Generation:
@@ -40,9 +41,13 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._generate(prompts, n, sampling, gen)
+            # inference mode skips autograd's view and version tracking on every op of the decode loop
+            with torch.inference_mode():
+                out = self._generate(prompts, n, sampling, gen)
         finally:
             self.model.train(was_training)
+        # ordinary tensors again: the trainer uses them next to tensors that require grad
+        return Generation(**{f.name: getattr(out, f.name).clone() for f in dataclasses.fields(out)})
 
     def _generate(self, prompts: list[list[int]], n: int, s: SamplingConfig, gen: torch.Generator | None) -> Generation:
         B, P = len(prompts), max(len(p) for p in prompts)
