@@ -52,18 +52,22 @@ def _eligible(x: Tensor, weight: Tensor) -> bool:
     )
 
 
+def _linear_nograd(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x W^T + b for x of any leading shape, on oneDNN, recording no graph."""
+    y = _mm_nt(x.reshape(-1, x.shape[-1]), weight)
+    if bias is not None:
+        y.add_(bias)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
 class _Linear(torch.autograd.Function):
     """y = x W^T + b with the three matmuls (y, dx = dy W, dW = dy^T x) on oneDNN."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        y = _mm_nt(x2, weight)
-        if bias is not None:
-            y.add_(bias)
-        ctx.save_for_backward(x2, weight)
+        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
         ctx.has_bias, ctx.in_shape = bias is not None, x.shape
-        return y.view(*x.shape[:-1], weight.shape[0])
+        return _linear_nograd(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
@@ -83,10 +87,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return _Linear.apply(x, weight, bias)
-    y = _mm_nt(x.reshape(-1, x.shape[-1]), weight)  # no graph to record: skip the autograd.Function
-    if bias is not None:
-        y.add_(bias)
-    return y.view(*x.shape[:-1], weight.shape[0])
+    return _linear_nograd(x, weight, bias)  # no graph to record: skip the autograd.Function
 
 
 def mm_nt(a: Tensor, b: Tensor) -> Tensor:
