@@ -1,7 +1,7 @@
 """Float32 linear layers on the CPU through oneDNN instead of the BLAS that ``torch.nn.functional.linear`` calls.
 
-PyTorch's CPU build runs a float32 ``linear`` / ``mm`` through MKL's sgemm. On AMD CPUs MKL does not
-take its AVX-512 code path, and on the 2-core AMD EPYC machine of ``benchmarks/README.md`` the
+PyTorch's CPU build runs a float32 ``linear`` / ``mm`` through MKL's sgemm. On the 2-core AMD EPYC
+machine of ``benchmarks/README.md`` (where ``MKL_ENABLE_INSTRUCTIONS`` changes nothing) the
 oneDNN matmul that PyTorch also ships (``torch.ops.mkldnn._linear_pointwise``, the kernel its
 compiler uses for CPU linears) is about 2x faster on every shape a small LM's step has: 1.5 against
 3.1 ms for [340, 576] x [576, 1536], 0.23 against 0.44 ms for 32 decode rows, 47 against 100 ms for

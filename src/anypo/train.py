@@ -208,7 +208,8 @@ class Context:
         return batch, m
 
     def fill_needs(self, batch: RolloutBatch, m: dict[str, float]) -> None:
-        """Fill what the parts declared they need; recompute old log-probs only when off-policy."""
+        """Fill what the parts declared they need; recompute old log-probs only when off-policy or
+        when the engine's are not the policy's (``logprobs_exact``)."""
         cfg, micro = self.cfg, self.cfg.micro_batch_size
         on_policy = self.algo.ppo_epochs == 1 and self.algo.minibatches_per_step == 1
         # an engine whose log-probs are not the contract's for these sampling settings (vLLM with

@@ -66,8 +66,9 @@ class VLLMEngine:
       ``log p(token) - log(sum of p over the kept tokens)``, which is >= the contract's value (equal
       only when nothing was cut). That differs from ``HFEngine`` and from the trainer's teacher-forced
       log-probs. ``logprobs_exact`` says so, and the trainer then recomputes the old log-probs with
-      the policy (a no-grad pass), as ``TrainConfig.recompute_old_logprobs=True`` does. (``raw_logprobs`` would be untruncated but ignores the temperature, and
-      no vLLM mode returns untruncated log-probs at a temperature other than 1.)
+      the policy (a no-grad pass), as ``TrainConfig.recompute_old_logprobs=True`` does.
+      (``raw_logprobs`` would be untruncated but ignores the temperature, and no vLLM mode returns
+      untruncated log-probs at a temperature other than 1.)
 
     The remaining gap to the trainer's log-probs is float32 round-off between two implementations of
     the same network (fused kernels, a different attention kernel, batch-dependent reduction order).
@@ -156,12 +157,12 @@ class VLLMEngine:
         )
         self.llm.reset_prefix_cache()  # cached prompt keys / values were computed with the old weights
 
-    @torch.no_grad()
     def logprobs_exact(self, sampling: SamplingConfig) -> bool:
         """Whether this engine's log-probs are the contract's under ``sampling``: not with top-k or
         top-p, where vLLM returns those of the truncated, renormalised distribution."""
         return sampling.top_k <= 0 and sampling.top_p >= 1.0
 
+    @torch.no_grad()
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None
     ) -> Generation:
