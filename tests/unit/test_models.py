@@ -1,4 +1,9 @@
+import contextlib
+import hashlib
+import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,3 +49,145 @@ def test_embedded_model_loads_from_cache_and_generates():
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     new = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert len(out[0]) > ids["input_ids"].shape[1] and new.strip()
+
+
+# ---- embedded-model cache: keyed by content, safe under concurrent first loads (issue 10, item 9) ----
+
+
+def test_cache_key_depends_on_gguf_bytes_and_transformers_not_on_path(tmp_path, monkeypatch):
+    """Two copies of the same bytes in different places (two virtual environments) share one cache
+    entry; other bytes, or another transformers version (another converter), get their own."""
+    import transformers
+
+    monkeypatch.setenv("ANYPO_CACHE", str(tmp_path / "cache"))
+    payload = b"GGUF" + bytes(range(256)) * 100
+    a, b, c = tmp_path / "venv1" / "m.gguf", tmp_path / "venv2" / "site" / "m.gguf", tmp_path / "other.gguf"
+    for path, data in ((a, payload), (b, payload), (c, payload[:-1] + b"x")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    name = models.embedded_cache_name(a)
+    assert models.embedded_cache_name(b) == name
+    assert models.embedded_cache_name(c) != name
+    assert hashlib.sha256(payload).hexdigest()[:16] in name  # the key is the content hash, computed here independently
+    monkeypatch.setattr(transformers, "__version__", "0.0.0-other")
+    assert models.embedded_cache_name(a) != name
+
+
+def test_file_digest_is_memoised_by_path_size_and_mtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANYPO_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"abc" * 1000)
+    calls = []
+    real = hashlib.sha256
+
+    def counting():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(models.hashlib, "sha256", counting)
+    first = models.file_digest(path)
+    assert first == real(b"abc" * 1000).hexdigest() and len(calls) == 1
+    assert models.file_digest(path) == first and len(calls) == 1  # read from the sidecar memo
+    path.write_bytes(b"abd" * 1000)  # same size, new content and mtime
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))
+    assert models.file_digest(path) == real(b"abd" * 1000).hexdigest() and len(calls) == 2
+
+
+def _convert_in_child(root: str, gguf: str, barrier, results) -> None:
+    """One process's first load of the embedded model, once with file locks and once without, into a
+    fresh cache each time. The 10 s conversion is replaced by a fake that writes the same kind of files
+    and stays inside the conversion long enough for the other process to arrive (both processes import
+    torch once for the two scenarios, which is most of the test's time)."""
+    from anypo import models as m
+
+    real_exclusive = m._exclusive
+    m.gguf_path = lambda: Path(gguf)
+    for use_lock in (True, False):
+        os.environ["ANYPO_CACHE"] = str(Path(root) / f"lock={use_lock}")
+        # without locks (a file system that has none) both convert and the rename decides
+        m._exclusive = real_exclusive if use_lock else (lambda path: contextlib.nullcontext())
+        converted = []
+
+        def fake_convert(src: Path, out: Path, converted=converted) -> None:
+            converted.append(os.getpid())
+            (out / "model.safetensors").write_bytes(src.read_bytes())
+            time.sleep(1.0)  # the other process reaches the conversion meanwhile (or waits on the lock)
+            (out / "config.json").write_text(json.dumps({"writer": os.getpid()}))
+
+        m._convert_gguf = fake_convert
+        barrier.wait()
+        try:
+            target = m.embedded_dir()
+            writer = json.loads((target / "config.json").read_text())["writer"]
+            results.put((use_lock, os.getpid(), str(target), writer, len(converted), None))
+        except BaseException as e:  # report it, so that the parent's assertion shows it
+            results.put((use_lock, os.getpid(), None, None, len(converted), repr(e)))
+
+
+def test_concurrent_first_loads_share_one_complete_cache(tmp_path):
+    """Two processes load the embedded model for the first time at once. Before the fix the second to
+    finish its conversion got OSError [Errno 39] (Directory not empty) from os.replace."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF fake weights")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_convert_in_child, args=(str(tmp_path), str(gguf), barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    out = [results.get(timeout=120) for _ in range(4)]
+    for p in procs:
+        p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs)
+    for use_lock in (True, False):
+        rows = [r for r in out if r[0] == use_lock]
+        assert [r[-1] for r in rows] == [None, None], rows
+        (_, pid_a, dir_a, writer_a, n_a, _), (_, pid_b, dir_b, writer_b, n_b, _) = rows
+        assert dir_a == dir_b and writer_a == writer_b in {pid_a, pid_b}  # both read the one directory in place
+        assert n_a + n_b == (1 if use_lock else 2)  # with the lock the second waits and converts nothing
+        assert (Path(dir_a) / "model.safetensors").read_bytes() == gguf.read_bytes()
+        assert not [p for p in Path(dir_a).parent.iterdir() if ".tmp-" in p.name]  # the loser's copy is gone
+
+
+# ---- dropout is disabled on load (issue 10, item 8) ----
+
+
+def _dropout_models(tmp_path) -> dict[str, Path]:
+    """Two tiny models saved with dropout 0.5: Llama (functional attention dropout) and GPT-2 (nn.Dropout)."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    cfgs = {
+        "llama": models.tiny_config(vocab_size=128),
+        "gpt2": GPT2Config(vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=2),
+    }
+    cfgs["llama"].attention_dropout = 0.5
+    cfgs["gpt2"].resid_pdrop = cfgs["gpt2"].embd_pdrop = cfgs["gpt2"].attn_pdrop = 0.5
+    out = {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+        out[name] = tmp_path / name
+        model.save_pretrained(out[name])
+    return out
+
+
+def _two_train_passes(model) -> tuple[torch.Tensor, torch.Tensor]:
+    model.train()
+    ids = torch.arange(1, 17).view(2, 8)
+    return model(ids).logits, model(ids).logits
+
+
+def test_dropout_is_disabled_on_load(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    for name, path in _dropout_models(tmp_path).items():
+        control = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+        a, b = _two_train_passes(control)
+        assert not torch.equal(a, b), f"{name}: the control has no active dropout; the test would prove nothing"
+        model = models.load_model(models.ModelConfig(name=str(path), onednn_linear=False))
+        a, b = _two_train_passes(model)
+        assert torch.equal(a, b), name
+        assert not [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p != 0]
+        rates = {k: v for k, v in model.config.to_dict().items() if "dropout" in k or k.endswith("pdrop")}
+        assert rates and all(v == 0 for v in rates.values()), rates
