@@ -36,8 +36,22 @@ class AlgoConfig:
     """Config of a registered ``value_loss``; used only when a part ``needs_values``."""
     ppo_epochs: int = 1
     """Passes over each rollout batch in the policy update."""
-    minibatches_per_step: int = 1
-    """Optimizer steps per pass: the rollout batch is split into this many mini-batches of sequences."""
+    minibatch_prompts: int | None = None
+    """Mini-batch size in whole groups (prompts): each pass over the rollout batch takes one optimizer step
+    per ``minibatch_prompts`` prompts, over a seeded permutation of the groups, and never splits a group
+    (verl's ``ppo_mini_batch_size`` counts prompts too). None: the whole rollout batch, one step per pass.
+    A size larger than the rollout batch is the whole batch. It must divide the rollout batch."""
+
+    def minibatches(self, prompts_per_step: int) -> int:
+        """Optimizer steps per pass at ``prompts_per_step`` prompts (ceil; the config check asks for a divisor)."""
+        size = self.minibatch_prompts
+        if size is None or size >= prompts_per_step:
+            return 1
+        return -(-prompts_per_step // size)
+
+    def on_policy(self, prompts_per_step: int) -> bool:
+        """One optimizer step per rollout batch: the behaviour policy is the policy being trained."""
+        return self.ppo_epochs == 1 and self.minibatches(prompts_per_step) == 1
 
     def parts(self) -> tuple[PartConfig, ...]:
         out: list[PartConfig] = [self.advantage, self.policy_loss, *self.regularizers, *self.reward_shaping]
@@ -86,7 +100,12 @@ class TrainConfig:
     out_dir: str = "runs"
     """Where run directories are created."""
     steps: int = 30
-    """Training steps (one rollout batch and its updates each)."""
+    """Training steps (one rollout batch and its updates each); the upper bound when a budget is set."""
+    budget_tokens: int = 0
+    """Stop once this many response tokens have been generated for training (every draw counts, kept or
+    dropped), so methods that sample more pay for it; 0: no token budget."""
+    budget_seconds: float = 0.0
+    """Stop after the first step that ends past this much training wall time (evaluations excluded); 0: none."""
     prompts_per_step: int = 4
     """B: prompts per step (counts prompts, not sequences)."""
     samples_per_prompt: int = 8
@@ -116,6 +135,9 @@ class TrainConfig:
     worth less peak memory, for a file read per step). False: a frozen copy stays in memory."""
     recompute_old_logprobs: bool = False
     """Recompute old log-probs with the trainer even when on-policy (the engine's are used otherwise)."""
+    reward_error_warn_frac: float = 0.1
+    """Warn (once per run) when the reward fails on more than this fraction of a step's samples. Failed
+    samples are always dropped from training and counted as reward/error_samples."""
     max_prompt_tokens: int = 512
     """Prompts longer than this are skipped and counted, never truncated."""
     engine: str = "hf"

@@ -176,6 +176,11 @@ def group_stats(x: Tensor, group_ids: Tensor, unbiased: bool = True) -> tuple[Te
     K = int(inv.max()) + 1 if inv.numel() else 0
     count = x.new_zeros(K).index_add_(0, inv, torch.ones_like(x))  # [K]
     mean = x.new_zeros(K).index_add_(0, inv, x) / count  # [K]
+    # a group of equal values has exactly that mean (a rounded sum / n may be off by an ulp, which a
+    # z-score would blow up to a spurious non-zero advantage)
+    gmax = x.new_zeros(K).scatter_reduce(0, inv, x, reduce="amax", include_self=False)
+    gmin = x.new_zeros(K).scatter_reduce(0, inv, x, reduce="amin", include_self=False)
+    mean = torch.where(gmax == gmin, gmax, mean)
     sq = x.new_zeros(K).index_add_(0, inv, (x - mean[inv]) ** 2)  # [K]
     denom = (count - 1).clamp_min(1) if unbiased else count
     std = (sq / denom).sqrt()  # [K]; sq == 0 for singletons, so std == 0

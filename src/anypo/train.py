@@ -6,9 +6,11 @@ The loop never branches on a method's name. It asks the chosen parts what they n
 
 from __future__ import annotations
 
+import copy
+import logging
 import random
 import time
-from collections import defaultdict
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,11 +19,14 @@ from anypo import checkpoint, models, registry
 from anypo.config import TrainConfig
 from anypo.engines import make_engine
 from anypo.evaluate import mean_pass_at_k
-from anypo.ops import masked_mean
+from anypo.metrics import MetricAccumulator, mean_over_steps
+from anypo.ops import masked_mean, masked_sum
 from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
 from anypo.rollout import GroupRollout, concat_batches
 from anypo.runs import JsonlWriter, log_samples, new_run_dir, peak_rss_gb, truncate_jsonl, write_json_atomic
-from anypo.types import RolloutBatch
+from anypo.types import LossScale, MetricReduction, RolloutBatch
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -64,15 +69,18 @@ def _loop(cfg: TrainConfig, ctx: Context, run_dir: Path, start: int, metrics_log
     """Steps ``start + 1 .. cfg.steps``."""
     bad_in_a_row = 0
     for step in range(start + 1, cfg.steps + 1):
+        if ctx.budget_reached():  # a resumed run whose budget was already spent
+            break
         batch, m = ctx.step(step)
+        last = step == cfg.steps or ctx.budget_reached()
         bad_in_a_row = bad_in_a_row + 1 if m["train/skipped_updates"] > 0 else 0
-        if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
             m.update(ctx.evaluate())
         metrics_log.write({"step": step, **m})
         log_samples(samples_log, step, batch, cfg.log_samples)
         ctx.trackers_log(step, m)
-        ctx.clean_step = step
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        ctx.end_step(step)
+        if step % cfg.save_every == 0 or last:
             ctx.save(step)
         ui.advance(step, m)
         if bad_in_a_row >= cfg.max_bad_updates:
@@ -80,6 +88,8 @@ def _loop(cfg: TrainConfig, ctx: Context, run_dir: Path, start: int, metrics_log
                 f"{bad_in_a_row} updates in a row had a non-finite loss or gradient; stopped at step {step}. "
                 f"The last good checkpoint is {checkpoint.latest(run_dir)}. Lower train.lr or check the reward."
             )
+        if last:
+            break
 
 
 class Context:
@@ -141,9 +151,40 @@ class Context:
         self.trackers = Trackers(cfg, run_dir)
         self.autocast = _autocast(cfg.precision)
         self._errors_seen = 0
+        self._warned_reward_errors = False
+        self.tokens_total = 0  # response tokens generated for training so far (every draw)
+        self.train_seconds = 0.0  # training wall time so far (evaluations excluded)
         self.clean_step: int | None = 0  # last step whose update and logs are complete (None: mid-update)
         self.saved_step = 0
+        self._snapshot = self._step_state()
         return self
+
+    def _step_state(self) -> dict:
+        """What changes during a step besides the weights and optimizer: sampler, RNGs, budget counters.
+
+        Taken when a step completes, so that a checkpoint written later (Ctrl-C during the next
+        step's rollout, after the sampler already drew its prompts) holds the state of that step's end.
+        """
+        return copy.deepcopy(
+            {
+                "sampler": self.sampler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                "tokens_total": self.tokens_total,
+                "train_seconds": self.train_seconds,
+            }
+        )
+
+    def end_step(self, step: int) -> None:
+        """Mark ``step`` as complete (update applied, logs written) and snapshot its end state."""
+        self.clean_step = step
+        self._snapshot = self._step_state()
+
+    def budget_reached(self) -> bool:
+        """True once the run's token or wall-time budget is spent (``steps`` bounds it regardless)."""
+        cfg = self.cfg
+        return (cfg.budget_tokens > 0 and self.tokens_total >= cfg.budget_tokens) or (
+            cfg.budget_seconds > 0 and self.train_seconds >= cfg.budget_seconds
+        )
 
     def _sample_for(self, index: int, text: str, num_tokens: int, truncated: bool):
         return self.train_examples[index].to_sample(text, num_tokens, self.cfg.sampling.max_new_tokens, truncated)
@@ -157,17 +198,20 @@ class Context:
         t_gen = time.perf_counter() - t0
         # ---- ALGO LOGIC: what the parts need (old / reference log-probs, values), then advantages ----
         t1 = time.perf_counter()
-        with self.autocast():
-            self.fill_needs(batch, m)
-        batch.advantages = self.advantage_fn(batch, self.algo.advantage)
+        if batch.num_seqs:
+            with self.autocast():
+                self.fill_needs(batch, m)
+            batch.advantages = self.advantage_fn(batch, self.algo.advantage)
         t_prep = time.perf_counter() - t1
         # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
         t2 = time.perf_counter()
         self.clean_step = None  # the weights change from here until the step is logged
         m.update(self.update(batch))
-        self.engine.load_weights(self.model.state_dict())
+        if m["train/optimizer_steps"] > 0:
+            self.engine.load_weights(self.model.state_dict())
         t_train = time.perf_counter() - t2
         n_tokens = float(batch.response_mask.sum())
+        self.train_seconds += time.perf_counter() - t0
         m.update(
             {
                 "time/generate_s": t_gen,
@@ -184,37 +228,58 @@ class Context:
     # ---- rollout ----
     def rollout(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         """Draw prompts until the sampler has kept ``prompts_per_step`` groups (or ``max_draws`` is hit)."""
-        kept, n_groups, draws, generated = [], 0, 0, []
+        kept, n_groups, draws, scored = [], 0, 0, []
+        n_generated = n_failed = tokens = 0
         while n_groups < self.cfg.prompts_per_step and draws < self.max_draws:
             idx = self.sampler.next_prompts(step)
             b = self.rollout_part.collect(
                 idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx)
             )
+            n_generated, tokens = n_generated + b.num_seqs, tokens + int(b.response_mask.sum())
+            # a sample whose reward failed has no judgement: out of the group statistics, the loss and
+            # the sampler's keep test (its group is then smaller)
+            ok = ~torch.tensor(b.extras.get("reward_error", [False] * b.num_seqs), dtype=torch.bool)
+            n_failed += int((~ok).sum())
+            b = b if bool(ok.all()) else b.select(ok.nonzero().flatten())
             self.sampler.observe(b)
-            generated.append(b)
+            scored.append(b)
             keep = self.sampler.keep(b)
             if bool(keep.any()):
                 kept.append(b.select(keep.nonzero().flatten()))
                 n_groups += int(torch.unique(kept[-1].group_ids).numel())
             draws += 1
         if not kept:  # nothing kept after max_draws: train on the last draw rather than stall
-            kept = [generated[-1]]
+            kept = [scored[-1]]
         batch = concat_batches(kept, self.tokenizer.pad_token_id)
         batch = _first_groups(batch, self.cfg.prompts_per_step)
+        self.tokens_total += tokens
         errors, self._errors_seen = self.reward.num_errors - self._errors_seen, self.reward.num_errors
-        m = _rollout_metrics(batch, concat_batches(generated, self.tokenizer.pad_token_id), draws)
+        m = _rollout_metrics(batch, concat_batches(scored, self.tokenizer.pad_token_id), draws)
         m["reward/errors"] = float(errors)
+        m["reward/error_samples"] = float(n_failed)
+        m["rollout/generated_tokens"] = float(tokens)
+        m["rollout/generated_tokens_total"] = float(self.tokens_total)
         m["data/skipped_long_prompts"] = float(self.skipped_prompts)
+        frac = n_failed / max(n_generated, 1)
+        if frac > self.cfg.reward_error_warn_frac and not self._warned_reward_errors:
+            self._warned_reward_errors = True
+            log.warning(
+                "step %d: the reward failed on %d of %d samples (%.0f%%); they are dropped from training and "
+                "counted as reward/error_samples (warned once per run; see reward_error_warn_frac)",
+                step, n_failed, n_generated, 100 * frac,
+            )  # fmt: skip
         return batch, m
 
     def fill_needs(self, batch: RolloutBatch, m: dict[str, float]) -> None:
         """Fill what the parts declared they need; recompute old log-probs only when off-policy or
         when the engine's are not the policy's (``logprobs_exact``)."""
         cfg, micro = self.cfg, self.cfg.micro_batch_size
-        on_policy = self.algo.ppo_epochs == 1 and self.algo.minibatches_per_step == 1
+        on_policy = self.algo.on_policy(cfg.prompts_per_step)
         # an engine whose log-probs are not the contract's for these sampling settings (vLLM with
-        # top-k / top-p) cannot stand in for the policy's, even on-policy
-        exact = getattr(self.engine, "logprobs_exact", lambda _s: True)(cfg.sampling)
+        # top-k / top-p) cannot stand in for the policy's, even on-policy; under bf16 autocast the
+        # cached decode and the packed training forward round differently, so the ratio of the first
+        # update would not be 1 either: the old log-probs come from the training forward then
+        exact = getattr(self.engine, "logprobs_exact", lambda _s: True)(cfg.sampling) and cfg.precision == "fp32"
         if not on_policy or not exact or cfg.recompute_old_logprobs:
             batch.rollout_logprobs = batch.old_logprobs  # kept for truncated importance sampling (tis)
             batch.old_logprobs = batched_logprobs(self.model, batch, cfg.sampling.temperature, micro, cfg.pack_prompts)
@@ -228,35 +293,57 @@ class Context:
 
     # ---- update ----
     def update(self, batch: RolloutBatch) -> dict[str, float]:
-        """``ppo_epochs`` passes of ``minibatches_per_step`` optimizer steps, in micro-batches."""
+        """``ppo_epochs`` passes over the batch, each one optimizer step per mini-batch of whole groups.
+
+        A pass splits a seeded permutation of the batch's groups into mini-batches of
+        ``algo.minibatch_prompts`` groups (one mini-batch when None), so the samples of a prompt are
+        always in the same optimizer step: the group baseline cancels inside the step and a
+        token-mean is a mean over whole groups. Each mini-batch is normalised by its own global
+        counts, with the generation budget ``max_new_tokens`` as the constant length of Dr. GRPO's
+        ``seq_mean_token_sum_norm``.
+        """
         algo = self.algo
         gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.scheduler.last_epoch)
-        done, skipped = [], 0
-        for _ in range(algo.ppo_epochs):
-            shuffle = algo.minibatches_per_step > 1
-            order = torch.randperm(batch.num_seqs, generator=gen) if shuffle else torch.arange(batch.num_seqs)
-            for mini_idx in order.chunk(algo.minibatches_per_step):
-                metrics = self._minibatch_step(batch.select(mini_idx))
+        groups = torch.unique(batch.group_ids)  # [K] sorted
+        size = algo.minibatch_prompts or max(len(groups), 1)
+        done, reductions, bad, no_signal = [], {}, 0, 0
+        for _ in range(algo.ppo_epochs if batch.num_seqs else 0):
+            order = groups[torch.randperm(len(groups), generator=gen)] if size < len(groups) else groups
+            for chunk in order.split(size):
+                idx = torch.isin(batch.group_ids, chunk).nonzero().flatten()
+                mini = batch.select(idx)
+                mini.loss_scale = LossScale(
+                    num_tokens=float(mini.response_mask.sum()),
+                    num_seqs=float(mini.num_seqs),
+                    norm_length=float(self.cfg.sampling.max_new_tokens),
+                )
+                metrics = self._minibatch_step(mini, reductions)
                 if metrics is None:
-                    skipped += 1
+                    bad += 1
+                elif metrics.pop("train/no_signal", 0.0):
+                    no_signal += 1
+                    done.append(metrics)
                 else:
                     done.append(metrics)
-        # Diagnostics are averaged over optimizer steps; phase times (time/*) add up.
-        out = (
-            {k: sum(d[k] for d in done) / (1 if k.startswith("time/") else len(done)) for k in done[0]} if done else {}
-        )
-        out["train/skipped_updates"] = float(skipped)
+        out = mean_over_steps(done, reductions)
+        out["train/skipped_updates"] = float(bad)  # non-finite loss or gradient: no weight change
+        out["train/skipped_no_signal"] = float(no_signal + (0 if batch.num_seqs else 1))  # zero gradient
+        out["train/optimizer_steps"] = float(len(done) - no_signal)
         out["train/lr"] = self.scheduler.get_last_lr()[0]
         return out
 
-    def _minibatch_step(self, mini: RolloutBatch) -> dict[str, float] | None:
-        """One optimizer step on ``mini``; None (and no weight change) if the loss or gradient is not finite."""
+    def _minibatch_step(self, mini: RolloutBatch, reductions: dict[str, MetricReduction]) -> dict[str, float] | None:
+        """One optimizer step on ``mini``; None (and no weight change) if the loss or a gradient is not
+        finite. A mini-batch whose policy gradient is exactly zero (every advantage 0 and no
+        regularizer gradient) takes no AdamW step: its momentum would still move the weights."""
         cfg, algo = self.cfg, self.algo
         self.optimizer.zero_grad(set_to_none=True)
         if self.critic_opt is not None:
             self.critic_opt.zero_grad(set_to_none=True)
-        sums: dict[str, float] = defaultdict(float)
+        acc = MetricAccumulator()
+        times = {"time/forward_s": 0.0, "time/backward_s": 0.0}
         clock = time.perf_counter
+        scale = mini.loss_scale
         # Micro-batches carry the mini-batch's global counts: their losses sum to the mini-batch loss.
         for _, micro in micro_batches(mini, cfg.micro_batch_size):
             need_ent = cfg.log_entropy or algo.needs("entropy")
@@ -279,31 +366,49 @@ class Context:
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-            t, sums["time/forward_s"] = clock(), sums["time/forward_s"] + clock() - t
+            t, times["time/forward_s"] = clock(), times["time/forward_s"] + clock() - t
             loss.backward()
-            sums["time/backward_s"] += clock() - t
-            w = micro.num_seqs / mini.num_seqs  # metrics: size-weighted mean over micro-batches
+            times["time/backward_s"] += clock() - t
+            tok_share = float(micro.response_mask.sum()) / max(scale.num_tokens, 1.0)
+            seq_share = micro.num_seqs / max(scale.num_seqs, 1.0)
             for p in parts:
                 for k, v in p.metrics.items():
-                    sums[k] += float(v) * w
+                    acc.add(k, float(v), p.reduction(k), tok_share, seq_share)
             if out.entropy is not None and not any("policy/entropy" in p.metrics for p in parts):
-                sums["policy/entropy"] += w * float(masked_mean(out.entropy.detach(), micro.mask))
-            sums["loss/total"] += float(loss.detach())
+                ent = float(masked_sum(out.entropy.detach(), micro.mask)) / max(scale.num_tokens, 1.0)
+                acc.add("policy/entropy", ent, "sum", tok_share, seq_share)
+            acc.add("loss/total", float(loss.detach()), "sum", tok_share, seq_share)
         t = clock()
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if not torch.isfinite(grad_norm):
+        critic_norm = None
+        if self.critic is not None:
+            critic_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm) or (critic_norm is not None and not torch.isfinite(critic_norm)):
             self.optimizer.zero_grad(set_to_none=True)
+            if self.critic_opt is not None:
+                self.critic_opt.zero_grad(set_to_none=True)
             return None
-        self.optimizer.step()
+        no_signal = float(grad_norm) == 0.0
+        if not no_signal:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients now: rollouts and reference passes need none
-        self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule follows planned steps, taken or skipped for no signal
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+            self.scheduler.step()
         if self.critic_opt is not None:
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
             self.critic_opt.step()
-        sums["train/grad_norm"] = float(grad_norm)
-        sums["time/optimizer_s"] = clock() - t
-        return dict(sums)
+            self.critic_opt.zero_grad(set_to_none=True)
+        out_m = acc.result()
+        for k in out_m:
+            reductions.setdefault(k, acc.reduction(k))
+        out_m.update(times)
+        out_m["train/grad_norm"] = float(grad_norm)
+        if critic_norm is not None:
+            out_m["value/grad_norm"] = float(critic_norm)
+        out_m["time/optimizer_s"] = clock() - t
+        out_m["train/no_signal"] = float(no_signal)
+        return out_m
 
     # ---- evaluation, checkpoints, logging ----
     def evaluate(self) -> dict[str, float]:
@@ -333,8 +438,7 @@ class Context:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "critic_optimizer": self.critic_opt.state_dict() if self.critic_opt else None,
-            "sampler": self.sampler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            **self._snapshot,  # sampler, RNGs and counters as they were when the last step completed
         }
         checkpoint.save(self.run_dir, step, tensors, state, keep=self.cfg.keep_checkpoints)
         self.saved_step = step
@@ -356,10 +460,14 @@ class Context:
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
+        self.tokens_total = int(state.get("tokens_total", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self._errors_seen = self.reward.num_errors  # the runner's count restarts with the process
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_jsonl(self.run_dir / name, state["step"])
         self.engine.load_weights(self.model.state_dict())  # an engine with its own copy must sample from these
         self.clean_step = self.saved_step = int(state["step"])
+        self._snapshot = self._step_state()
         return self.saved_step
 
     def progress(self, start: int):
@@ -406,6 +514,9 @@ def _first_groups(batch: RolloutBatch, n_groups: int) -> RolloutBatch:
 
 
 def _rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) -> dict[str, float]:
+    """Reward and length statistics of every scored sample of the step (all draws, reward errors out)."""
+    if generated.num_seqs == 0:
+        return {"rollout/draws": float(draws), "rollout/trained_seqs": 0.0}
     r = generated.rewards
     lengths = generated.response_mask.sum(1).float()
     same = [

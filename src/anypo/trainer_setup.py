@@ -76,7 +76,7 @@ def make_verifier(task):
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup_steps`` optimizer steps, then constant, linear or cosine decay."""
-    total = max(cfg.steps * cfg.algo.ppo_epochs * cfg.algo.minibatches_per_step, 1)
+    total = max(cfg.steps * cfg.algo.ppo_epochs * cfg.algo.minibatches(cfg.prompts_per_step), 1)
     warm = cfg.warmup_steps
 
     def factor(i: int) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -40,10 +40,11 @@ class LossScale:
     Attributes:
         num_tokens: number of response tokens (``response_mask.sum()``) in the whole mini-batch.
         num_seqs: number of sequences in the whole mini-batch.
-        norm_length: the constant length of the ``seq_mean_token_sum_norm`` aggregation (Dr. GRPO);
-            ``RolloutBatch.scale()`` sets it to the mini-batch's padded length ``T`` so that
-            micro-batches (possibly re-padded shorter) keep dividing by the same constant. ``None``:
-            the padded length of the tensor being aggregated.
+        norm_length: the constant length of the ``seq_mean_token_sum_norm`` aggregation (Dr. GRPO).
+            The online loop sets it to the generation budget ``max_new_tokens`` for every
+            mini-batch; ``RolloutBatch.scale()`` of a batch without a scale uses its padded length
+            ``T``, so that micro-batches (re-padded shorter) keep dividing by the same constant.
+            ``None``: the padded length of the tensor being aggregated.
     """
 
     num_tokens: float
@@ -219,17 +220,40 @@ class PolicyOutput:
     logits: Tensor | None = None
 
 
+MetricReduction = Literal["sum", "token_mean", "seq_mean", "max", "min"]
+
+
 @dataclass
 class LossOutput:
     """A loss to minimise and its diagnostics.
 
+    A loss is computed per micro-batch and the loop combines the micro-batches' metrics into the
+    mini-batch's, so that no logged value depends on ``micro_batch_size``. How a metric combines is
+    ``reduction(key)``: ``sum`` for values aggregated with the mini-batch's global counts (the loss
+    itself, a KL estimate: their micro-batch values are partial sums), ``token_mean`` / ``seq_mean``
+    for averages over this micro-batch's tokens / sequences (clip fractions, ratio means), ``max`` /
+    ``min`` for extremes. Unlisted keys: ``max`` / ``min`` by a ``_max`` / ``_min`` suffix, else
+    ``token_mean``.
+
     Attributes:
         loss: 0-d tensor, the quantity minimised.
         metrics: namespaced scalars (``policy/clipfrac``, ``kl/ref``, ...).
+        reductions: metric name -> how it combines over micro-batches (see above).
     """
 
     loss: Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    reductions: dict[str, MetricReduction] = field(default_factory=dict)
+
+    def reduction(self, key: str) -> MetricReduction:
+        """How metric ``key`` combines over the micro-batches of a mini-batch."""
+        if key in self.reductions:
+            return self.reductions[key]
+        if key.endswith("_max"):
+            return "max"
+        if key.endswith("_min"):
+            return "min"
+        return "token_mean"
 
 
 @dataclass
@@ -239,6 +263,9 @@ class RewardResult:
     score: float
     components: dict[str, float] = field(default_factory=dict)
     feedback: str | None = None
+    error: bool = False
+    """True when a term raised or returned a non-finite or non-numeric value: the score is then not a
+    judgement of the sample, and the online loop drops the sample (counted as ``reward/errors``)."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +294,17 @@ class PartConfig:
     @property
     def needs_logits(self) -> bool:
         """The policy forward must return full logits."""
+        return False
+
+    @property
+    def requires_on_policy(self) -> bool:
+        """The part is only correct on data from the current policy (one update per rollout batch): the
+        config check refuses it with ``ppo_epochs > 1`` or several mini-batches."""
+        return False
+
+    @property
+    def group_relative(self) -> bool:
+        """The part compares the samples of a prompt with each other: groups need at least 2 samples."""
         return False
 
 

@@ -91,7 +91,7 @@ def test_trimmed_micro_batch_losses_sum_to_full_loss(tiny_model, tokenizer, aggr
         part = loss_fn(response_logprobs(tiny_model, mb), mb, cfg).loss
         part.backward()
         total += float(part.detach())
-    assert total == pytest.approx(float(full.detach()), rel=1e-5, abs=1e-7)
+    assert total == pytest.approx(float(full.detach()), rel=1e-5, abs=1e-6)  # float32 sums of O(1) terms
     for a, c in zip(g_full, [p.grad for p in params], strict=True):
         torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-4)
     tiny_model.zero_grad()

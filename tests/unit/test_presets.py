@@ -71,7 +71,7 @@ def test_grpo_hyperparameters():
     (kl,) = a.regularizers
     assert (kl.coef, kl.estimator, kl.aggregation) == (0.04, "k3", "seq_mean_token_mean")
     assert a.needs("ref_logprobs") and not a.needs("values")
-    assert (a.ppo_epochs, a.minibatches_per_step) == (1, 1)
+    assert (a.ppo_epochs, a.minibatch_prompts) == (1, None)
 
 
 def test_dr_grpo_hyperparameters():
@@ -94,13 +94,13 @@ def test_dapo_hyperparameters():
     assert (shaping.max_tokens, shaping.cache_tokens) == (None, None)
     (paper,) = PRESETS["dapo"].build(max_tokens=20480, cache_tokens=4096).reward_shaping
     assert (paper.max_tokens, paper.cache_tokens) == (20480, 4096)
-    assert a.minibatches_per_step == 16
+    assert a.minibatch_prompts == 32  # 512 prompts / 16 updates (paper Sec. 4.1)
 
 
 def test_sequence_and_gate_presets():
     g, lu, c, s = build("gspo"), build("luspo"), build("cispo"), build("sapo")
     assert (g.policy_loss.eps_low, g.policy_loss.eps_high, g.policy_loss.level) == (3e-4, 4e-4, "sequence")
-    assert g.policy_loss.aggregation == "seq_mean_token_mean" and g.minibatches_per_step == 4
+    assert g.policy_loss.aggregation == "seq_mean_token_mean" and g.minibatch_prompts == 64
     assert lu.policy_loss.aggregation == "seq_mean_token_sum"
     assert (c.policy_loss.eps_low, c.policy_loss.eps_high, c.policy_loss.aggregation) == (1.0, 0.28, "token_mean")
     assert (s.policy_loss.tau_pos, s.policy_loss.tau_neg) == (1.0, 1.05)
@@ -111,7 +111,7 @@ def test_sequence_and_gate_presets():
 def test_rloo_reinforce_pp_ppo():
     r, rpp, p = build("rloo"), build("reinforce_pp"), build("ppo")
     assert registry.registry("policy_loss").name_of(r.policy_loss) == "reinforce"
-    assert (r.ppo_epochs, r.minibatches_per_step) == (1, 1)  # REINFORCE is on-policy only
+    assert (r.ppo_epochs, r.minibatch_prompts) == (1, None)  # REINFORCE is on-policy only
     assert rpp.advantage.gamma == 1.0 and rpp.needs("ref_logprobs")
     assert registry.registry("advantage").name_of(p.advantage) == "gae"
     assert p.needs("values") and registry.registry("value_loss").name_of(p.value_loss) == "clipped"

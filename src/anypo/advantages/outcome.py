@@ -22,6 +22,7 @@ ADVANTAGES = REGISTRIES["advantage"]
 __all__ = [
     "DrGRPOAdvantage",
     "GRPOAdvantage",
+    "GroupRelativeConfig",
     "RLOOAdvantage",
     "ReinforcePPBaselineAdvantage",
     "broadcast",
@@ -47,7 +48,16 @@ def broadcast(a: Tensor, batch: RolloutBatch) -> Tensor:
 
 
 @dataclass(frozen=True)
-class GRPOAdvantage(PartConfig):
+class GroupRelativeConfig(PartConfig):
+    """Base of advantages that compare the samples of one prompt: a group needs at least 2 samples."""
+
+    @property
+    def group_relative(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class GRPOAdvantage(GroupRelativeConfig):
     """Group-relative z-score advantage of GRPO.
 
     Paper: "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
@@ -94,7 +104,7 @@ def grpo(batch: RolloutBatch, cfg: GRPOAdvantage) -> Tensor:
 
 
 @dataclass(frozen=True)
-class DrGRPOAdvantage(PartConfig):
+class DrGRPOAdvantage(GroupRelativeConfig):
     """Dr. GRPO advantage: the group-centred reward without std division.
 
     Paper: "Understanding R1-Zero-Like Training: A Critical Perspective",
@@ -120,7 +130,7 @@ def dr_grpo(batch: RolloutBatch, cfg: DrGRPOAdvantage) -> Tensor:
 
 
 @dataclass(frozen=True)
-class RLOOAdvantage(PartConfig):
+class RLOOAdvantage(GroupRelativeConfig):
     """REINFORCE Leave-One-Out baseline.
 
     Paper: "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
@@ -150,7 +160,7 @@ def rloo(batch: RolloutBatch, cfg: RLOOAdvantage) -> Tensor:
 
 
 @dataclass(frozen=True)
-class ReinforcePPBaselineAdvantage(PartConfig):
+class ReinforcePPBaselineAdvantage(GroupRelativeConfig):
     """REINFORCE++-baseline: group-centred reward, then whitening over all tokens of the batch.
 
     Paper: "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models"

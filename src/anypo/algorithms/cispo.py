@@ -15,11 +15,18 @@ def cispo() -> AlgoConfig:
     https://arxiv.org/abs/2506.13585, Sec. 3.1: no lower bound on the IS weight (``eps_low=1``), only
     ``eps_high`` tuned; its value is UNVERIFIED here and follows Trinity-RFT's 0.28. Token-level
     (``token_mean``) normalisation and no KL term as in the paper.
+
+    Mini-batches: the clipped weight is 1 at ratio 1, so on-policy CISPO is plain token-mean policy
+    gradient; it acts from the second mini-batch of a rollout on. We found no mini-batch size in the
+    paper; the preset takes DAPO's (32 prompts, 16 updates per 512-prompt batch), an assumption. At
+    a rollout batch of at most 32 prompts that is one on-policy update: pass
+    ``--algo.minibatch-prompts 1`` for the off-policy regime.
     """
     return AlgoConfig(
         advantage=GRPOAdvantage(),
         policy_loss=CISPO(eps_low=1.0, eps_high=0.28, aggregation="token_mean"),
         sampler=UniformConfig(),
+        minibatch_prompts=32,
     )
 
 

@@ -14,9 +14,12 @@ def dapo(max_tokens: int | None = None, cache_tokens: int | None = None) -> Algo
     "DAPO: An Open-Source LLM Reinforcement Learning System at Scale",
     https://arxiv.org/abs/2503.14476, Sec. 3.1-3.4: ``eps_low=0.2, eps_high=0.28``; keep groups with
     ``0 < #correct < G``; ``token_mean`` over all tokens of the batch; soft overlong punishment with
-    ``L_max=20480, L_cache=4096``; KL removed. The paper takes 16 gradient steps per rollout batch
-    (``minibatches_per_step=16``) with G = 16, 512 prompts per step, lr 1e-6 (run settings). verl's
-    DAPO recipe bounds the over-sampling with ``max_num_gen_batches=10`` (our ``max_draws``).
+    ``L_max=20480, L_cache=4096``; KL removed. The paper takes 16 gradient steps per rollout batch of
+    512 prompts x G = 16, that is mini-batches of 32 whole prompts (``minibatch_prompts=32``), lr
+    1e-6. At a rollout batch of at most 32 prompts that is a single on-policy update, where the ratio
+    is 1 and clip-higher never binds: to keep the paper's off-policy regime at a small batch, pass a
+    smaller size (``--algo.minibatch-prompts 1`` gives B updates of one group each). verl's DAPO
+    recipe bounds the over-sampling with ``max_num_gen_batches=10`` (our ``max_draws``).
 
     Deviation: by default the shaping scales with the run's generation limit (``L_max =
     max_new_tokens``, ``L_cache = L_max // 5``, the paper's 4096/20480 ratio): the paper's absolute
@@ -38,7 +41,7 @@ def dapo(max_tokens: int | None = None, cache_tokens: int | None = None) -> Algo
         sampler=DynamicSamplingConfig(max_draws=10, metric="correct"),
         reward_shaping=(Overlong(max_tokens=max_tokens, cache_tokens=cache_tokens),),
         ppo_epochs=1,
-        minibatches_per_step=16,
+        minibatch_prompts=32,
     )
 
 

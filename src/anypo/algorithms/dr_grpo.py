@@ -14,9 +14,11 @@ def dr_grpo(norm_length: float | None = None) -> AlgoConfig:
     "Understanding R1-Zero-Like Training: A Critical Perspective", https://arxiv.org/abs/2503.20783,
     Sec. 3.2: removes GRPO's ``1/|o_i|`` (length bias) and ``1/std(R)`` (difficulty bias); the loss
     is ``sum_i sum_t m L / (N * L_max)`` (``seq_mean_token_sum_norm``). eps = 0.2; no KL (beta = 0,
-    as spec'd; UNVERIFIED against the PDF). ``norm_length`` is the constant ``L_max`` (the
-    generation budget); None uses the padded length of each mini-batch. verl divides by ``L_max``
-    only (no ``1/N``), a constant factor that changes the effective learning rate.
+    as spec'd; UNVERIFIED against the PDF). ``norm_length`` is the constant ``L_max``; None (the
+    default) takes the run's generation budget ``max_new_tokens``, which the online loop puts in
+    every mini-batch's loss scale, as the paper and verl do: a constant, never the longest response
+    of the batch (which would change step to step and re-couple the update size to length). verl
+    divides by ``L_max`` only (no ``1/N``), a constant factor that changes the effective learning rate.
 
     Args:
         norm_length: the constant L_max of the aggregation (e.g. ``max_new_tokens``).

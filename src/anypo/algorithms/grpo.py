@@ -25,7 +25,6 @@ def grpo() -> AlgoConfig:
         regularizers=(KLPenalty(coef=0.04, estimator="k3", aggregation="seq_mean_token_mean"),),
         sampler=UniformConfig(),
         ppo_epochs=1,
-        minibatches_per_step=1,
     )
 
 

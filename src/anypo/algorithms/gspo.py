@@ -13,14 +13,17 @@ def gspo() -> AlgoConfig:
 
     "Group Sequence Policy Optimization", https://arxiv.org/abs/2507.18071, Eq. 5 and Sec. 5.1 (v2):
     clip ranges 3e-4 / 4e-4, each rollout batch split into 4 mini-batches, no KL (as TRL's paper
-    index quotes). verl's GSPO example uses the same ranges with ``seq-mean-token-mean``.
+    index quotes). verl's GSPO recipe for Qwen3 uses the same ranges with ``seq-mean-token-mean`` and
+    makes the 4 mini-batches 64 of 256 prompts: ``minibatch_prompts=64``. At a rollout batch of at
+    most 64 prompts that is one on-policy update, where every sequence ratio is 1 and the clip never
+    binds; pass ``--algo.minibatch-prompts`` B/4 (or 1) for the paper's off-policy regime.
     """
     return AlgoConfig(
         advantage=GRPOAdvantage(),
         policy_loss=GSPO(eps_low=3e-4, eps_high=4e-4, level="sequence", aggregation="seq_mean_token_mean"),
         sampler=UniformConfig(),
         ppo_epochs=1,
-        minibatches_per_step=4,
+        minibatch_prompts=64,
     )
 
 

@@ -13,15 +13,15 @@ def luspo() -> AlgoConfig:
 
     "Length-Unbiased Sequence Policy Optimization: Revealing and Controlling Response Length
     Variation in RLVR", https://arxiv.org/abs/2602.05261. Only summaries could be read: the
-    normaliser (here ``1/N``, ``seq_mean_token_sum``) and the clip ranges (here GSPO's 3e-4 / 4e-4
-    with 4 mini-batches) are UNVERIFIED.
+    normaliser (here ``1/N``, ``seq_mean_token_sum``) and the clip ranges and mini-batches (here
+    GSPO's 3e-4 / 4e-4 with mini-batches of 64 prompts, 4 per 256-prompt batch) are UNVERIFIED.
     """
     return AlgoConfig(
         advantage=GRPOAdvantage(),
         policy_loss=LUSPO(eps_low=3e-4, eps_high=4e-4, aggregation="seq_mean_token_sum"),
         sampler=UniformConfig(),
         ppo_epochs=1,
-        minibatches_per_step=4,
+        minibatch_prompts=64,
     )
 
 

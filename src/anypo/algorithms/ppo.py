@@ -24,7 +24,6 @@ def ppo() -> AlgoConfig:
         value_loss=ClippedValueLoss(cliprange=0.5, aggregation="token_mean"),
         sampler=UniformConfig(),
         ppo_epochs=4,
-        minibatches_per_step=1,
     )
 
 

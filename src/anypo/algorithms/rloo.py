@@ -23,7 +23,6 @@ def rloo() -> AlgoConfig:
         policy_loss=Reinforce(aggregation="seq_mean_token_sum"),
         sampler=UniformConfig(),
         ppo_epochs=1,
-        minibatches_per_step=1,
     )
 
 

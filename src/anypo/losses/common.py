@@ -159,10 +159,15 @@ def finish(
     cfg: PolicyLossConfig,
     metrics: dict[str, float],
     weights: Tensor | None = None,
+    reductions: dict | None = None,
 ) -> LossOutput:
-    """Apply the TIS weights, aggregate the [N, T] loss with the mini-batch scale, add metrics."""
+    """Apply the TIS weights, aggregate the [N, T] loss with the mini-batch scale, add metrics.
+
+    ``policy/loss`` is a partial sum over the mini-batch's global counts (summed over micro-batches);
+    ``reductions`` names how other metrics combine when they are not token means (``LossOutput``).
+    """
     if weights is not None:
         loss_mat = loss_mat * weights
     loss = aggregate(loss_mat, mask, cfg.aggregation, batch.scale(), cfg.norm_length)
     metrics["policy/loss"] = float(loss.detach())
-    return LossOutput(loss=loss, metrics=metrics)
+    return LossOutput(loss=loss, metrics=metrics, reductions={"policy/loss": "sum", **(reductions or {})})

@@ -110,7 +110,8 @@ def _sequence_clip_loss(out: PolicyOutput, batch: RolloutBatch, cfg: _SequenceRa
             metrics["policy/seq_ratio_min"] = float(seq_r.min())
             metrics["policy/clipfrac"] = float(clipped.to(lp.dtype).mean())
     weights, tis_metrics = tis_weights(batch, cfg, mask)
-    return finish(loss_mat, mask, batch, cfg, metrics | tis_metrics, weights)
+    seq_level = {"policy/seq_ratio_mean": "seq_mean", "policy/clipfrac": "seq_mean"}  # over sequences
+    return finish(loss_mat, mask, batch, cfg, metrics | tis_metrics, weights, seq_level)
 
 
 @POLICY_LOSSES.register("gspo", config=GSPO)

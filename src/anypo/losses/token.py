@@ -204,6 +204,11 @@ class Reinforce(PolicyLossConfig):
 
     aggregation: Aggregation = "seq_mean_token_sum"
 
+    @property
+    def requires_on_policy(self) -> bool:
+        """The gradient ``-A grad lp`` is only unbiased on samples of the current policy."""
+        return True
+
 
 @POLICY_LOSSES.register("reinforce", config=Reinforce)
 def reinforce(out: PolicyOutput, batch: RolloutBatch, cfg: Reinforce) -> LossOutput:

@@ -83,4 +83,4 @@ def clipped(values: Tensor, batch: RolloutBatch, cfg: ClippedValueLoss) -> LossO
             "value/pred_mean": float(masked_mean(values, mask)),
             "value/error": float(masked_mean(err, mask)),
         }
-    return LossOutput(loss=loss, metrics=metrics)
+    return LossOutput(loss=loss, metrics=metrics, reductions={"value/loss": "sum"})

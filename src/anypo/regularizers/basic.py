@@ -72,7 +72,7 @@ def kl(out: PolicyOutput, batch: RolloutBatch, cfg: KLPenalty) -> LossOutput:
     mask = batch.response_mask
     est = kl_estimate(zero_masked(lp, mask), zero_masked(ref, mask), cfg.estimator)  # [N, T]
     value = aggregate(est, mask, cfg.aggregation, batch.scale(), cfg.norm_length)
-    return LossOutput(loss=cfg.coef * value, metrics={"kl/ref": float(value.detach())})
+    return LossOutput(loss=cfg.coef * value, metrics={"kl/ref": float(value.detach())}, reductions={"kl/ref": "sum"})
 
 
 @dataclass(frozen=True)
@@ -114,4 +114,5 @@ def entropy(out: PolicyOutput, batch: RolloutBatch, cfg: EntropyBonus) -> LossOu
     if out.entropy is None:
         raise ValueError("PolicyOutput.entropy is None, but the entropy regularizer needs it (needs_entropy)")
     value = aggregate(out.entropy, batch.response_mask, cfg.aggregation, batch.scale(), cfg.norm_length)
-    return LossOutput(loss=-cfg.coef * value, metrics={"policy/entropy": float(value.detach())})
+    metrics = {"policy/entropy": float(value.detach())}
+    return LossOutput(loss=-cfg.coef * value, metrics=metrics, reductions={"policy/entropy": "sum"})

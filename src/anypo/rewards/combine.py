@@ -210,8 +210,13 @@ class RewardRunner:
         return float(value), result
 
     def __call__(self, sample: Sample) -> RewardResult:
-        """The weighted sum for one sample, with each term's score (and sub-components) and feedback."""
+        """The weighted sum for one sample, with each term's score (and sub-components) and feedback.
+
+        ``error`` is True when any term failed (its score then stands in as 0, which is no judgement of
+        the sample: the online loop drops such samples instead of training on them).
+        """
         total, components, feedback = 0.0, {}, []
+        errors_before = self.num_errors
         for term in self.terms:
             score, result = self._score_term(term, sample)
             total += term.weight * score
@@ -223,7 +228,7 @@ class RewardRunner:
                 components.update(sub)
                 if result.feedback:
                     feedback.append(result.feedback)
-        return RewardResult(total, components, "\n".join(feedback) or None)
+        return RewardResult(total, components, "\n".join(feedback) or None, error=self.num_errors > errors_before)
 
     def score_batch(self, samples: Sequence[Sample]) -> BatchRewards:
         """Score every sample; ``num_errors`` counts this batch's failures only."""

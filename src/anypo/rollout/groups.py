@@ -20,7 +20,8 @@ class GroupRollout:
         tokenizer: decodes completions for the reward.
         prompt_ids: token ids (chat template applied) of every training prompt.
         samples: ``samples[i]`` builds the reward's Sample of prompt i from a completion.
-        reward: ``reward(sample) -> RewardResult`` (errors already turned into 0 and counted).
+        reward: ``reward(sample) -> RewardResult`` (errors already turned into 0, counted and flagged
+            with ``RewardResult.error``; the flags go to ``extras["reward_error"]``).
         sampling: sampling settings.
         group_size: G.
     """
@@ -45,7 +46,7 @@ class GroupRollout:
         G = self.G
         gen = self.engine.generate([self.prompt_ids[i] for i in indices], G, self.sampling, seed=seed)
         lengths = gen.response_mask.sum(1).tolist()
-        texts, scores, components = [], [], []
+        texts, scores, components, errors = [], [], [], []
         for row in range(len(indices) * G):
             text = self.tokenizer.decode(gen.response_ids[row, : int(lengths[row])], skip_special_tokens=True)
             sample = self.make_sample(indices[row // G], text, int(lengths[row]), bool(gen.truncated[row]))
@@ -53,10 +54,12 @@ class GroupRollout:
             texts.append(text)
             scores.append(res.score)
             components.append(res.components)
+            errors.append(bool(getattr(res, "error", False)))
         extras: dict[str, Any] = {
             "text": texts,
             "components": components,
             "prompt_index": [int(indices[r // G]) for r in range(len(texts))],
+            "reward_error": errors,  # True: a reward term failed, the score is no judgement (the loop drops it)
         }
         if self.correct_key is not None and all(self.correct_key in c for c in components):
             extras["correct"] = [float(c[self.correct_key]) for c in components]
