@@ -18,11 +18,21 @@ USAGE = """usage: anypo {list,eval,train} [options]
   eval  [options]           pass@k of a model on a task's held-out split (anypo eval --help)
   train PRESET [options]    online RL with a preset (anypo train PRESET --help)
   train --resume RUN_DIR    continue a run from its latest checkpoint
+
+  --debug (anywhere)        show the traceback of a user error (bad option, missing file, malformed row)
 """
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``anypo`` command; returns the exit code.
+
+    A user error (a bad option, a missing file, a malformed data row: see ``anypo.errors``) prints
+    ``anypo: error: <message>`` on stderr and returns 2, without a traceback; ``--debug`` anywhere in
+    ``argv`` re-raises it with its traceback. Any other exception keeps its traceback (exit code 1).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # before the subcommand parses its options
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
@@ -37,7 +47,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return commands[cmd](rest)
+    try:
+        return commands[cmd](rest)
+    except Exception as e:
+        from anypo.errors import is_user_error, message
+
+        if debug or not is_user_error(e):
+            raise
+        print(f"anypo: error: {message(e)}", file=sys.stderr)
+        return 2
 
 
 def cmd_list(argv: list[str]) -> int:
@@ -91,6 +109,7 @@ def cmd_train(argv: list[str]) -> int:
     from anypo.algorithms import PRESETS
     from anypo.config import TrainConfig, from_jsonable
     from anypo.train import train
+    from anypo.validate import check_train_config
 
     if argv and argv[0] == "--resume":
         if len(argv) != 2:
@@ -101,6 +120,7 @@ def cmd_train(argv: list[str]) -> int:
             print(f"anypo: {run_dir} is not a run directory (no config.json)", file=sys.stderr)
             return 2
         cfg = from_jsonable(json.loads((run_dir / "config.json").read_text()))
+        check_train_config(cfg)  # before any model is loaded
         out = train(cfg, resume=run_dir)
     else:
         presets = {
@@ -108,6 +128,7 @@ def cmd_train(argv: list[str]) -> int:
             for name, p in sorted(PRESETS.items())
         }
         cfg = tyro.extras.overridable_config_cli(presets, args=argv, prog="anypo train")
+        check_train_config(cfg)  # before any model is loaded
         out = train(cfg)
     print(f"run directory: {out}")
     print((out / "README.md").read_text())
