@@ -76,6 +76,8 @@ class Preset:
     status: str  # "verified" (formulas checked against paper/official code) or "reconstructed"
     build: Any = field(repr=False)
     summary: str = ""
+    kind: str = "online"
+    """The loop it runs in: online, preference, agentic, selfplay or classic."""
 
 
 @dataclass(frozen=True)

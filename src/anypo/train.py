@@ -22,7 +22,7 @@ from anypo.evaluate import mean_pass_at_k
 from anypo.metrics import MetricAccumulator, mean_over_steps
 from anypo.ops import masked_mean, masked_sum
 from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
-from anypo.rollout import GroupRollout, concat_batches
+from anypo.rollout import GroupRollout, concat_batches, drop_reward_errors
 from anypo.runs import JsonlWriter, log_samples, new_run_dir, peak_rss_gb, truncate_jsonl, write_json_atomic
 from anypo.types import LossScale, MetricReduction, RolloutBatch
 
@@ -236,11 +236,8 @@ class Context:
                 idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx)
             )
             n_generated, tokens = n_generated + b.num_seqs, tokens + int(b.response_mask.sum())
-            # a sample whose reward failed has no judgement: out of the group statistics, the loss and
-            # the sampler's keep test (its group is then smaller)
-            ok = ~torch.tensor(b.extras.get("reward_error", [False] * b.num_seqs), dtype=torch.bool)
-            n_failed += int((~ok).sum())
-            b = b if bool(ok.all()) else b.select(ok.nonzero().flatten())
+            b, failed = drop_reward_errors(b)
+            n_failed += failed
             self.sampler.observe(b)
             scored.append(b)
             keep = self.sampler.keep(b)
@@ -394,7 +391,7 @@ class Context:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients now: rollouts and reference passes need none
         with warnings.catch_warnings():  # the schedule follows planned steps, taken or skipped for no signal
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before", UserWarning)
             self.scheduler.step()
         if self.critic_opt is not None:
             self.critic_opt.step()

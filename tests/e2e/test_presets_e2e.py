@@ -3,21 +3,30 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from anypo import checkpoint
+from anypo import checkpoint, cli
 from anypo.algorithms import PRESETS
+from anypo.config import from_jsonable
 from anypo.models import load_model
 from anypo.train import train
 
+TOY = str(Path(__file__).with_name("toy_rewards.py"))
+
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_preset_trains_tiny_model(preset, make_cfg):
-    cfg = make_cfg(algo=PRESETS[preset].build(), name=preset)
-    run = train(cfg)
+def test_preset_smoke_trains_tiny_model(preset, tmp_path):
+    """`anypo train <preset> --smoke` (what CI runs for every preset), with the toy reward so that
+    groups have a reward spread: 2 steps, parameters change, metrics finite, checkpoints load."""
+    rc = cli.main(["train", preset, "--smoke", "--rewards", f"{TOY}:char_sum", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    cfg = from_jsonable(json.loads((run / "config.json").read_text()))
+    assert (cfg.model.name, cfg.steps, cfg.eval_every) == ("tiny", 2, 0)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
@@ -32,6 +41,18 @@ def test_preset_trains_tiny_model(preset, make_cfg):
     tensors, state = checkpoint.load(checkpoint.latest(run))
     assert state["step"] == 2 and "policy" in tensors
     assert (run / "README.md").exists() and (run / "reward.png").exists()
+
+
+def test_list_json_has_every_preset_with_its_docs_page(capsys):
+    """`anypo list --json`: name, title, arXiv, status, kind and an existing docs page per preset."""
+    assert cli.main(["list", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert sorted(r["name"] for r in records) == sorted(PRESETS)
+    root = Path(__file__).parents[2]
+    for r in records:
+        assert r["status"] in ("verified", "reconstructed") and r["kind"] == "online"
+        assert r["arxiv"] == PRESETS[r["name"]].arxiv and r["title"]
+        assert (root / r["docs"]).exists(), r["docs"]
 
 
 def test_dynamic_sampling_keeps_only_mixed_groups(make_cfg):

@@ -1,5 +1,5 @@
 """Rollout parts: turn prompts into a RolloutBatch using an engine."""
 
-from anypo.rollout.groups import GroupRollout, concat_batches
+from anypo.rollout.groups import GroupRollout, concat_batches, drop_reward_errors
 
-__all__ = ["GroupRollout", "concat_batches"]
+__all__ = ["GroupRollout", "concat_batches", "drop_reward_errors"]

@@ -77,6 +77,20 @@ class GroupRollout:
         )
 
 
+def drop_reward_errors(batch: RolloutBatch) -> tuple[RolloutBatch, int]:
+    """The rows whose reward did not fail (``extras["reward_error"]``), and how many were dropped.
+
+    A failed reward scores 0, which is no judgement of the sample: kept, it would enter its group's
+    baseline and push the group's correct answers down. Dropped, it is out of the group statistics,
+    the loss and the sampler's keep test; its group is one sample smaller.
+    """
+    flags = batch.extras.get("reward_error")
+    if not flags or not any(flags):
+        return batch, 0
+    ok = ~torch.tensor(flags, dtype=torch.bool)
+    return batch.select(ok.nonzero().flatten()), int((~ok).sum())
+
+
 def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """[n, P] ids and mask with every sequence ending in the last column."""
     P = max(len(s) for s in seqs)
