@@ -221,12 +221,22 @@ def resolve(name: str) -> str:
         return str(embedded_dir())
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
-    if _offline():
+    if _offline() and not hub_cached(name):
         raise FileNotFoundError(
             f"model {name!r} is neither a local directory nor available offline. Use the embedded default "
             f"{EMBEDDED!r}, `tiny`, or a local directory holding config.json and the weights."
         )
     return name
+
+
+def hub_cached(repo_id: str) -> bool:
+    """True when the hub model ``repo_id`` is in the local Hugging Face cache (loadable offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id, or an old huggingface_hub: not known to be cached
+        return False
 
 
 def _offline() -> bool:

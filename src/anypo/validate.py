@@ -266,7 +266,7 @@ def _dataset_path_problems(path: str, option: str) -> list[str]:
 
 
 def _model_problems(model: Any) -> list[str]:
-    from anypo.models import EMBEDDED, TINY
+    from anypo.models import EMBEDDED, TINY, hub_cached
 
     out: list[str] = []
     name = model.name
@@ -282,7 +282,7 @@ def _model_problems(model: Any) -> list[str]:
     elif local.exists():
         out.append(f"--model.name is {name!r}: a file, not a model directory (config.json and weights)")
     elif _HUB_ID.match(name) and not name.startswith((".", "~")):
-        if os.environ.get("HF_HUB_OFFLINE") == "1" and not _hub_cached(name):
+        if os.environ.get("HF_HUB_OFFLINE") == "1" and not hub_cached(name):
             log.warning(
                 "--model.name %r is not a local directory and HF_HUB_OFFLINE is set: it loads only if it is in "
                 "the Hugging Face cache",
@@ -300,15 +300,6 @@ def _model_problems(model: Any) -> list[str]:
     if model.lora_rank < 0:
         out.append(f"--model.lora-rank is {model.lora_rank}: it must be >= 0 (0 trains all weights)")
     return out
-
-
-def _hub_cached(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:  # an odd id or an old huggingface_hub: say nothing rather than guess
-        return False
 
 
 def _reward_problems(specs: tuple[str, ...]) -> list[str]:

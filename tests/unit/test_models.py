@@ -191,3 +191,25 @@ def test_dropout_is_disabled_on_load(tmp_path):
         assert not [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p != 0]
         rates = {k: v for k, v in model.config.to_dict().items() if "dropout" in k or k.endswith("pdrop")}
         assert rates and all(v == 0 for v in rates.values()), rates
+
+
+def test_a_cached_hub_model_resolves_offline(tmp_path, monkeypatch):
+    """Offline, a hub id resolves when the Hugging Face cache holds it (the validator's warning says so)."""
+    import huggingface_hub.constants
+
+    from anypo.validate import train_config_problems
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        models.resolve("someone/cached-model")
+    repo = tmp_path / "models--someone--cached-model"  # the hub cache layout: refs/main -> snapshots/<rev>/
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+    assert models.hub_cached("someone/cached-model")
+    assert models.resolve("someone/cached-model") == "someone/cached-model"
+    from anypo.config import TrainConfig
+
+    assert train_config_problems(TrainConfig(model=models.ModelConfig(name="someone/cached-model"))) == []
