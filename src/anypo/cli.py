@@ -12,12 +12,16 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = """usage: anypo {list,eval,train} [options]
+USAGE = """usage: anypo {list,eval,train,compare,report} [options]
 
   list                      presets and registered parts, with their papers
   eval  [options]           pass@k of a model on a task's held-out split (anypo eval --help)
   train PRESET [options]    online RL with a preset (anypo train PRESET --help)
   train --resume RUN_DIR    continue a run from its latest checkpoint
+  compare PRESET PRESET ... [--seeds 0 1 2] [--budget steps|tokens|seconds N] [overrides]
+                            every preset x seed on the same workload, one report (anypo compare --help)
+  compare --resume DIR      finish an interrupted compare
+  report DIR                re-render report.md + report.html of a compare or run directory from its logs
 
   --debug (anywhere)        show the traceback of a user error (bad option, missing file, malformed row)
 """
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     cmd, rest = argv[0], argv[1:]
-    commands = {"list": cmd_list, "eval": cmd_eval, "train": cmd_train}
+    commands = {"list": cmd_list, "eval": cmd_eval, "train": cmd_train, "compare": cmd_compare, "report": cmd_report}
     if cmd not in commands:
         import difflib
 
@@ -133,6 +137,20 @@ def cmd_train(argv: list[str]) -> int:
     print(f"run directory: {out}")
     print((out / "README.md").read_text())
     return 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    """``anypo compare``: launches ``anypo train`` subprocesses and reads their files (no torch here)."""
+    from anypo.compare import main
+
+    return main(argv)
+
+
+def cmd_report(argv: list[str]) -> int:
+    """``anypo report DIR``: report.md + report.html from a compare or run directory's logs."""
+    from anypo.report import main
+
+    return main(argv)
 
 
 if __name__ == "__main__":
