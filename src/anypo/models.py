@@ -181,6 +181,7 @@ def _publish(target: Path, write) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is readable like any directory
         (tmp / _COMPLETE).write_text(json.dumps({"name": target.name, "pid": os.getpid()}))
         if target.exists() and not _complete(target):
             shutil.rmtree(target, ignore_errors=True)  # debris of a writer older than the completion marker

@@ -147,6 +147,7 @@ def test_concurrent_first_loads_share_one_complete_cache(tmp_path):
         assert dir_a == dir_b and writer_a == writer_b in {pid_a, pid_b}  # both read the one directory in place
         assert n_a + n_b == (1 if use_lock else 2)  # with the lock the second waits and converts nothing
         assert (Path(dir_a) / "model.safetensors").read_bytes() == gguf.read_bytes()
+        assert Path(dir_a).stat().st_mode & 0o777 == 0o755
         assert not [p for p in Path(dir_a).parent.iterdir() if ".tmp-" in p.name]  # the loser's copy is gone
 
 
