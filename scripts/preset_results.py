@@ -5,6 +5,7 @@ Fills the ``## Result`` section of each ``docs/algorithms/<preset>.md`` page and
 
     python scripts/preset_results.py --steps 30 --out-dir runs/presets            # all presets
     python scripts/preset_results.py --presets grpo sapo --steps 30                # some
+    python scripts/preset_results.py --presets sapo --minibatch-prompts 1          # off-policy updates
 """
 
 from __future__ import annotations
@@ -41,10 +42,21 @@ def settings(args) -> dict:
 
 
 def command(name: str, args) -> str:
+    mb = f" --algo.minibatch-prompts {args.minibatch_prompts}" if args.minibatch_prompts else ""
     return (
         f"anypo train {name} --steps {args.steps} --prompts-per-step {args.prompts} --samples-per-prompt {args.samples} "
         f"--lr {args.lr} --sampling.max-new-tokens {args.max_new_tokens} --eval-every {args.steps} --eval-prompts {args.eval_prompts}"
+        + mb
     )
+
+
+# the metric that shows a method's mechanism acting, when its loss logs it
+MECHANISM = [
+    ("policy/clipfrac", "clip fraction"),
+    ("policy/gate_weight", "gate weight"),
+    ("policy/ratio_min", "ratio min"),
+    ("policy/ratio_max", "ratio max"),
+]
 
 
 def result_section(name: str, rows: list[dict], args, wall: float) -> str:
@@ -52,22 +64,34 @@ def result_section(name: str, rows: list[dict], args, wall: float) -> str:
     evals = {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
     every = max(len(train_rows) // 6, 1)
     picked = [r for i, r in enumerate(train_rows) if i % every == 0 or i == len(train_rows) - 1]
+    has_kl = "kl/ref" in train_rows[0]
+    mech = [(k, label) for k, label in MECHANISM if any(k in r for r in train_rows)]
+    updates = train_rows[0].get("train/optimizer_steps", 1.0)
+    mb_text = (
+        f"mini-batches of {args.minibatch_prompts} prompt(s), {updates:.0f} optimizer steps per rollout"
+        if args.minibatch_prompts
+        else f"{updates:.0f} optimizer step(s) per rollout"
+    )
     lines = [
         "## Result",
         "",
         f"Embedded SmolLM2-135M-Instruct, 2-digit addition, {args.steps} steps of {args.prompts} prompts x "
         f"{args.samples} samples, lr {args.lr}, at most {args.max_new_tokens} new tokens, seed 0, on a 2-core CPU "
         f"({wall / 60:.1f} min). Held-out pass@1 ({args.eval_prompts} prompts, temperature 0.7): "
-        f"{evals.get(0, float('nan')):.2f} before, {evals.get(args.steps, float('nan')):.2f} after.",
+        f"{evals.get(0, float('nan')):.2f} before, {evals.get(args.steps, float('nan')):.2f} after; {mb_text}.",
         "",
-        "| step | reward mean | accuracy | response length | " + ("KL to ref |" if "kl/ref" in train_rows[0] else ""),
-        "|---|---|---|---|" + ("---|" if "kl/ref" in train_rows[0] else ""),
+        "| step | reward mean | accuracy | response length | entropy | "
+        + ("KL to ref | " if has_kl else "")
+        + "".join(f"{label} | " for _, label in mech),
+        "|---|---|---|---|---|" + ("---|" if has_kl else "") + "---|" * len(mech),
     ]
+    nan = float("nan")
     for r in picked:
-        kl = f" {r['kl/ref']:.4f} |" if "kl/ref" in r else ""
+        kl = f" {r['kl/ref']:.4f} |" if has_kl else ""
+        extra = "".join(f" {r.get(k, nan):.4f} |" for k, _ in mech)
         lines.append(
-            f"| {r['step']} | {r['reward/mean']:.3f} | {r.get('reward/accuracy', float('nan')):.3f} | "
-            f"{r['response/length_mean']:.1f} |{kl}"
+            f"| {r['step']} | {r['reward/mean']:.3f} | {r.get('reward/accuracy', nan):.3f} | "
+            f"{r['response/length_mean']:.1f} | {r.get('policy/entropy', nan):.3f} |{kl}{extra}"
         )
     lines += [
         "",
@@ -124,12 +148,16 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--eval-prompts", type=int, default=100)
     ap.add_argument("--out-dir", default="runs/presets")
+    ap.add_argument("--minibatch-prompts", type=int, default=None, help="override the presets' mini-batch size")
     args = ap.parse_args()
     summary_path = DOCS / "results.json"
     results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for name in args.presets:
         t0 = time.perf_counter()
-        cfg = dataclasses.replace(TrainConfig(algo=PRESETS[name].build(), name=name, preset=name), **settings(args))
+        algo = PRESETS[name].build()
+        if args.minibatch_prompts:
+            algo = dataclasses.replace(algo, minibatch_prompts=args.minibatch_prompts)
+        cfg = dataclasses.replace(TrainConfig(algo=algo, name=name, preset=name), **settings(args))
         run = train(cfg)
         rows = read_jsonl(run / "metrics.jsonl")
         wall = time.perf_counter() - t0
