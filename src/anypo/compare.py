@@ -456,6 +456,8 @@ class Launcher:
             preexec_fn=_die_with_parent,
         )
         run["status"], run["attempts"], run["pid"] = "running", run.get("attempts", 0) + 1, proc.pid
+        if argv[:2] != ["train", "--resume"]:
+            run["command"] = shlex.join(["anypo", *argv])  # what the report shows as this run's command
         print(f"anypo compare: [{index + 1}/{len(self.data['runs'])}] started {run['name']}: anypo {shlex.join(argv)}")
         self.save()
         return _Running(index, proc, log)

@@ -15,17 +15,16 @@ What is computed (``docs/compare.md`` explains it for users):
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from anypo import stats
 from anypo.compare import COMPARE_FILE, CompareError, find_run_dir, load_compare, run_state, train_command
+from anypo.report_doc import Doc, to_html, to_markdown
 
 LAST_N = 5
 """Training metrics are the mean of the last LAST_N training steps of a run (one step is noisy)."""
@@ -173,89 +172,6 @@ def fmt_summary(s: stats.Summary, decimals: int) -> str:
     if s.lo is None:
         return f"{fnum(s.mean, decimals)} (n={s.n})"
     return f"{fnum(s.mean, decimals)} [{fnum(s.lo, decimals)}, {fnum(s.hi, decimals)}]"
-
-
-# ---- document model: rendered to both Markdown and HTML ----
-@dataclass
-class Doc:
-    """A report as a list of blocks: ("h1"|"h2"|"p"|"code", text), ("table", header, rows), ("img", path, alt)."""
-
-    blocks: list[tuple] = field(default_factory=list)
-
-    def add(self, *block: Any) -> None:
-        self.blocks.append(block)
-
-
-def to_markdown(doc: Doc, base: Path) -> str:
-    """The report as GitHub Markdown; images are relative links to their PNG files."""
-    out = []
-    for b in doc.blocks:
-        if b[0] in ("h1", "h2"):
-            out.append("#" * int(b[0][1]) + " " + b[1])
-        elif b[0] == "p":
-            out.append(b[1])
-        elif b[0] == "code":
-            out.append("```bash\n" + b[1] + "\n```")
-        elif b[0] == "table":
-            out.append("| " + " | ".join(b[1]) + " |\n|" + "---|" * len(b[1]))
-            out[-1] += "".join("\n| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in b[2])
-        elif b[0] == "img":
-            out.append(f"![{b[2]}]({b[1].relative_to(base).as_posix()})")
-    return "\n\n".join(out) + "\n"
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#1b1b1b;line-height:1.45}
-h1{font-size:1.6em;border-bottom:2px solid #ddd;padding-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.88em;display:block;overflow-x:auto}
-th,td{border:1px solid #ccc;padding:.3em .55em;text-align:right;white-space:nowrap}
-th{background:#f1f3f5;text-align:center}td:first-child,th:first-child{text-align:left}
-tr:nth-child(even) td{background:#fafafa}code{background:#f1f3f5;padding:.05em .3em;border-radius:3px;font-size:.9em}
-pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;border-radius:4px}pre code{background:none;padding:0}
-img{max-width:100%;display:block;margin:.6em 0}.ci{color:#666;font-size:.85em}
-"""
-
-
-def _inline_html(text: str) -> str:
-    """Escape ``text`` and turn `code` spans and **bold** into tags."""
-    t = html.escape(text, quote=False)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
-
-
-def _cell_html(text: str) -> str:
-    """A table cell; ``mean [lo, hi]`` puts the interval on a second, smaller line to keep tables narrow."""
-    m = re.fullmatch(r"(\S+) (\[[^\]]+\]|\(n=\d+\))", text)
-    if m is None:
-        return _inline_html(text)
-    return f'{html.escape(m.group(1))}<br><span class="ci">{html.escape(m.group(2))}</span>'
-
-
-def to_html(doc: Doc, title: str) -> str:
-    """The report as one self-contained HTML file: inline CSS, PNG plots as base64 data URIs, no scripts."""
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-    ]
-    for b in doc.blocks:
-        if b[0] in ("h1", "h2"):
-            out.append(f"<{b[0]}>{_inline_html(b[1])}</{b[0]}>")
-        elif b[0] == "p":
-            out.append(f"<p>{_inline_html(b[1])}</p>")
-        elif b[0] == "code":
-            out.append(f"<pre><code>{html.escape(b[1], quote=False)}</code></pre>")
-        elif b[0] == "table":
-            head = "".join(f"<th>{_inline_html(h)}</th>" for h in b[1])
-            body = "".join("<tr>" + "".join(f"<td>{_cell_html(c)}</td>" for c in row) + "</tr>" for row in b[2])
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif b[0] == "img":
-            data = base64.b64encode(b[1].read_bytes()).decode("ascii")
-            out.append(f'<img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">')
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
 
 
 # ---- sections ----
@@ -443,6 +359,7 @@ def plot_curves(groups: dict[str, list[Run]], plot_dir: Path) -> list[tuple[Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     colors = plt.get_cmap("tab10").colors
@@ -454,15 +371,15 @@ def plot_curves(groups: dict[str, list[Run]], plot_dir: Path) -> list[tuple[Path
         any_tokens = False
         for i, (label, rs) in enumerate(groups.items()):
             color = colors[i % len(colors)]
+            style = ("-", "--", "-.", ":")[i % 4]  # coinciding curves of two methods stay visible
             panels = [(axes[0], curve_by_step(rs, key)), (axes[1], curve_by_tokens(rs, key))]
             for ax, curve in panels:
                 if curve is None or not curve[0]:
                     continue
                 any_tokens |= ax is axes[1]
                 xs, (mean, lo, hi, _) = curve
-                ax.plot(
-                    xs, mean, color=color, marker="o" if len(xs) <= 12 else None, ms=4, label=f"{label} (n={len(rs)})"
-                )
+                marker = "o" if len(xs) <= 12 else None
+                ax.plot(xs, mean, color=color, ls=style, marker=marker, ms=4, label=f"{label} (n={len(rs)})")
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.18, linewidth=0)
         axes[0].set_xlabel("training step")
         axes[1].set_xlabel("response tokens generated (all draws)")
@@ -476,9 +393,11 @@ def plot_curves(groups: dict[str, list[Run]], plot_dir: Path) -> list[tuple[Path
                 transform=axes[1].transAxes,
                 color="0.4",
             )
+        axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in axes:
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
+            ax.ticklabel_format(axis="y", useOffset=False)  # plain values, not "+1.079e1" offsets
         axes[0].legend(fontsize=8, loc="best")
         fig.suptitle(f"{key}: mean across seeds, band = 95% t-interval (n >= 2)", fontsize=10)
         fig.tight_layout()
@@ -517,7 +436,10 @@ def _cfg_get(cfg: dict[str, Any], dotted: str) -> Any:
 def workload_lines(runs: list[Run]) -> list[str]:
     """The shared workload in one sentence, and the settings that differ between runs."""
     same, differ = [], []
+    evaluated = any(_num(row.get("eval/pass@1")) is not None for r in runs for row in r.rows)
     for key, title in WORKLOAD.items():
+        if key.startswith("eval_") and not evaluated:
+            continue  # no held-out evaluation was run: its settings say nothing
         vals = {json.dumps(_cfg_get(r.config, key)) for r in runs}
         if len(vals) == 1:
             v = _cfg_get(runs[0].config, key)
@@ -549,7 +471,7 @@ def collect(dirs: list[Path]) -> tuple[str, dict[str, Any] | None, list[Run], li
         runs, table = [], []
         for spec in data["runs"]:
             rd = find_run_dir(d, spec)
-            cmd = "anypo " + shlex.join(train_command(d, spec))
+            cmd = spec.get("command") or shlex.join(["anypo", *train_command(d, spec)])
             state = run_state(rd) if rd is not None and (rd / "metrics.jsonl").exists() else "missing"
             steps = ""
             if state != "missing":
