@@ -20,7 +20,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/anypo train grpo --name demo --steps 30 --lr 1e-5 --eval-every 10 --eval-prompts 100
 
+# The report test opens report.html in headless Chromium: install Debian's where it is missing and we
+# may (root, apt-get); if that fails the test says why it is skipped.
 test: setup
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium for the report test (apt-get)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "chromium could not be installed: the report's browser test will be skipped"; \
+	fi
 	$(BIN)/pytest -q
 
 lint: setup
