@@ -566,16 +566,23 @@ def main(argv: list[str]) -> int:
         print(USAGE)
         return 0 if argv else 2
     args = parse_args(argv)
+    parallel_given = any(a == "--parallel" or a.startswith("--parallel=") for a in argv)
     if args.resume is not None:
+        if args.presets or args.overrides or len(argv) > 2 + 2 * parallel_given:
+            raise CompareError("--resume takes the compare directory only (and --parallel K if you want)")
         compare_dir = Path(args.resume)
         data = load_compare(compare_dir)
-        parallel = args.parallel if "--parallel" in argv else data.get("parallel", 1)
+        parallel = args.parallel if parallel_given else data.get("parallel", 1)
     else:
         warning = resolve_threads(args, available_cores())
         if warning:
             print(warning, file=sys.stderr)
         probe = [{"args": train_args(args, p, s)} for p in args.presets for s in args.seeds[:1]]
-        check_train_args(probe)
+        try:
+            check_train_args(probe)
+        except KeyboardInterrupt:
+            print("\nanypo compare: interrupted before any run started", file=sys.stderr)
+            return 130
         compare_dir, data = create(args, argv)
         parallel = args.parallel
         print(f"anypo compare: {len(data['runs'])} runs into {compare_dir}")
@@ -583,9 +590,14 @@ def main(argv: list[str]) -> int:
         rc = Launcher(compare_dir, data, parallel).run()
     if rc == 130:
         return rc
+    done = sum(r["status"] == "finished" for r in data["runs"])
+    print(f"anypo compare: {done}/{len(data['runs'])} runs finished")
     from anypo.report import render
 
-    out = render([compare_dir])
-    done = sum(r["status"] == "finished" for r in data["runs"])
-    print(f"anypo compare: {done}/{len(data['runs'])} runs finished; report: {out / 'report.md'} and report.html")
+    try:
+        out = render([compare_dir])
+    except Exception as e:  # the runs are done and kept; only the report is missing
+        print(f"anypo compare: the report failed ({type(e).__name__}: {e}); retry with: anypo report {compare_dir}")
+        return rc or 1
+    print(f"anypo compare: report: {out / 'report.md'} and {out / 'report.html'}")
     return rc

@@ -172,6 +172,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().count("\n") == 0
     assert cli.main(["compare", "--resume", str(tmp_path)]) == 2
     assert "is not a compare directory" in capsys.readouterr().err
+    assert cli.main(["compare", "--resume", str(tmp_path), "--lr", "1"]) == 2
+    assert "--resume takes the compare directory only" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "neither a compare directory" in err and err.strip().count("\n") == 0
