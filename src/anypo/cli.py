@@ -62,7 +62,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+# `anypo train PRESET --smoke`: the tiny random model, 2 steps of 2 prompts x 4 samples, 8 new tokens,
+# no evaluation. Every preset must run end to end like this in under a minute (CI runs them all).
+SMOKE_ARGS = [
+    "--model.name", "tiny", "--task.num-train", "64", "--task.num-heldout", "8", "--steps", "2",
+    "--prompts-per-step", "2", "--samples-per-prompt", "4", "--micro-batch-size", "4",
+    "--sampling.max-new-tokens", "8", "--eval-every", "0", "--save-every", "1", "--no-progress",
+]  # fmt: skip
+
+
+def preset_record(name: str, p) -> dict:
+    """What `anypo list --json` prints for one preset."""
+    return {
+        "name": name,
+        "title": p.title,
+        "arxiv": p.arxiv,
+        "status": p.status,
+        "kind": p.kind,
+        "docs": f"docs/algorithms/{name}.md",
+        "summary": p.summary,
+    }
+
+
 def cmd_list(argv: list[str]) -> int:
+    if argv and argv[0] == "--json":
+        from anypo.algorithms import PRESETS
+
+        print(json.dumps([preset_record(n, p) for n, p in sorted(PRESETS.items())], indent=2))
+        return 0
     from rich.console import Console
     from rich.table import Table
 
@@ -131,6 +158,9 @@ def cmd_train(argv: list[str]) -> int:
             name: (f"{p.title} (arXiv {p.arxiv}, {p.status})", TrainConfig(algo=p.build(), name=name, preset=name))
             for name, p in sorted(PRESETS.items())
         }
+        if "--smoke" in argv:  # the smallest end-to-end run; options given after it still win
+            argv = [a for a in argv if a != "--smoke"]
+            argv = argv[:1] + SMOKE_ARGS + argv[1:]
         cfg = tyro.extras.overridable_config_cli(presets, args=argv, prog="anypo train")
         check_train_config(cfg)  # before any model is loaded
         out = train(cfg)

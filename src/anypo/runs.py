@@ -67,19 +67,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def log_samples(writer: JsonlWriter, step: int, batch, n: int) -> None:
-    """The first ``n`` completions of ``batch`` (a RolloutBatch) with their rewards, one line each."""
-    for i in range(min(n, batch.num_seqs)):
-        writer.write(
-            {
-                "step": step,
-                "prompt_index": batch.extras["prompt_index"][i],
-                "completion": batch.extras["text"][i],
-                "reward": float(batch.rewards[i]),
-            }
-        )
-
-
 def truncate_jsonl(path: Path, step: int) -> None:
     """Drop the lines logged after ``step`` (a resumed run redoes them)."""
     if path.exists():

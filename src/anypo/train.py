@@ -6,9 +6,7 @@ The loop never branches on a method's name. It asks the chosen parts what they n
 
 from __future__ import annotations
 
-import copy
 import logging
-import random
 import time
 import warnings
 from pathlib import Path
@@ -23,73 +21,24 @@ from anypo.metrics import MetricAccumulator, mean_over_steps
 from anypo.ops import masked_mean, masked_sum
 from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
 from anypo.rollout import GroupRollout, concat_batches, drop_reward_errors
-from anypo.runs import JsonlWriter, log_samples, new_run_dir, peak_rss_gb, truncate_jsonl, write_json_atomic
+from anypo.run import TrainingError, run_loop
+from anypo.runs import peak_rss_gb
 from anypo.types import LossScale, MetricReduction, RolloutBatch
+from anypo.validate import check_train_config
+
+__all__ = ["Context", "TrainingError", "train"]
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many non-finite updates in a row)."""
-
-
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
-    """Run ``cfg`` (or continue the run in ``resume``) and return the run directory."""
-    # ---- SCAFFOLD: run directory, model, data, parts ----
-    torch.set_num_threads(cfg.threads)
-    run_dir = Path(resume) if resume else new_run_dir(cfg.out_dir, cfg.name)
-    if not resume:
-        write_json_atomic(run_dir / "config.json", cfg)
-    _seed_everything(cfg.seed)
-    ctx = Context.build(cfg, run_dir)
-    start = ctx.restore() if resume else 0
-    metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
-    samples_log = JsonlWriter(run_dir / "samples.jsonl")
-    ui = ctx.progress(start)
-    if start == 0 and cfg.eval_every > 0:
-        metrics_log.write({"step": 0, **ctx.evaluate()})
-    try:
-        _loop(cfg, ctx, run_dir, start, metrics_log, samples_log, ui)
-    except KeyboardInterrupt:
-        # Keep what was trained, but only a consistent state: the end of a fully logged step.
-        # Interrupted inside an update, the weights are half-way and the last checkpoint stands.
-        if ctx.clean_step is not None and ctx.clean_step > ctx.saved_step:
-            ctx.save(ctx.clean_step)
-        print(f"\ninterrupted; resume from {checkpoint.latest(run_dir)} with: anypo train --resume {run_dir}")
-        raise
-    finally:
-        ui.close()
-        metrics_log.close()
-        samples_log.close()
-    ctx.finish()
-    return run_dir
+    """Run ``cfg`` (or continue the run in ``resume``) and return the run directory.
 
-
-def _loop(cfg: TrainConfig, ctx: Context, run_dir: Path, start: int, metrics_log, samples_log, ui) -> None:
-    """Steps ``start + 1 .. cfg.steps``."""
-    bad_in_a_row = 0
-    for step in range(start + 1, cfg.steps + 1):
-        if ctx.budget_reached():  # a resumed run whose budget was already spent
-            break
-        batch, m = ctx.step(step)
-        last = step == cfg.steps or ctx.budget_reached()
-        bad_in_a_row = bad_in_a_row + 1 if m["train/skipped_updates"] > 0 else 0
-        if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
-            m.update(ctx.evaluate())
-        metrics_log.write({"step": step, **m})
-        log_samples(samples_log, step, batch, cfg.log_samples)
-        ctx.trackers_log(step, m)
-        ctx.end_step(step)
-        if step % cfg.save_every == 0 or last:
-            ctx.save(step)
-        ui.advance(step, m)
-        if bad_in_a_row >= cfg.max_bad_updates:
-            raise TrainingError(
-                f"{bad_in_a_row} updates in a row had a non-finite loss or gradient; stopped at step {step}. "
-                f"The last good checkpoint is {checkpoint.latest(run_dir)}. Lower train.lr or check the reward."
-            )
-        if last:
-            break
+    The whole config is checked before anything is loaded (``anypo.validate``); the run directory,
+    checkpoints, logs, budgets, Ctrl-C and the report are the shared scaffold's (``anypo.run``).
+    """
+    check_train_config(cfg)
+    return run_loop(cfg, Context.build, resume)
 
 
 class Context:
@@ -98,7 +47,7 @@ class Context:
     @classmethod
     def build(cls, cfg: TrainConfig, run_dir: Path) -> Context:
         from anypo.tasks import get_task
-        from anypo.trainer_setup import Trackers, make_reward, make_scheduler, make_verifier, tokenize_prompts
+        from anypo.trainer_setup import make_reward, make_scheduler, make_verifier, tokenize_prompts
 
         self = cls()
         self.cfg, self.run_dir, self.algo = cfg, run_dir, cfg.algo
@@ -148,43 +97,11 @@ class Context:
                 self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay
             )
             self.value_fn = registry.registry("value_loss").fn_for(self.algo.value_loss)
-        self.trackers = Trackers(cfg, run_dir)
         self.autocast = _autocast(cfg.precision)
         self._errors_seen = 0
         self._warned_reward_errors = False
-        self.tokens_total = 0  # response tokens generated for training so far (every draw)
-        self.train_seconds = 0.0  # training wall time so far (evaluations excluded)
-        self.clean_step: int | None = 0  # last step whose update and logs are complete (None: mid-update)
-        self.saved_step = 0
-        self._snapshot = self._step_state()
+        self.mid_update = False  # True while the weights change (the scaffold resets it once a step is logged)
         return self
-
-    def _step_state(self) -> dict:
-        """What changes during a step besides the weights and optimizer: sampler, RNGs, budget counters.
-
-        Taken when a step completes, so that a checkpoint written later (Ctrl-C during the next
-        step's rollout, after the sampler already drew its prompts) holds the state of that step's end.
-        """
-        return copy.deepcopy(
-            {
-                "sampler": self.sampler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-                "tokens_total": self.tokens_total,
-                "train_seconds": self.train_seconds,
-            }
-        )
-
-    def end_step(self, step: int) -> None:
-        """Mark ``step`` as complete (update applied, logs written) and snapshot its end state."""
-        self.clean_step = step
-        self._snapshot = self._step_state()
-
-    def budget_reached(self) -> bool:
-        """True once the run's token or wall-time budget is spent (``steps`` bounds it regardless)."""
-        cfg = self.cfg
-        return (cfg.budget_tokens > 0 and self.tokens_total >= cfg.budget_tokens) or (
-            cfg.budget_seconds > 0 and self.train_seconds >= cfg.budget_seconds
-        )
 
     def _sample_for(self, index: int, text: str, num_tokens: int, truncated: bool):
         return self.train_examples[index].to_sample(text, num_tokens, self.cfg.sampling.max_new_tokens, truncated)
@@ -205,13 +122,12 @@ class Context:
         t_prep = time.perf_counter() - t1
         # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
         t2 = time.perf_counter()
-        self.clean_step = None  # the weights change from here until the step is logged
+        self.mid_update = True  # the weights change from here until the scaffold has logged the step
         m.update(self.update(batch))
         if m["train/optimizer_steps"] > 0:
             self.engine.load_weights(self.model.state_dict())
         t_train = time.perf_counter() - t2
         n_tokens = float(batch.response_mask.sum())
-        self.train_seconds += time.perf_counter() - t0
         m.update(
             {
                 "time/generate_s": t_gen,
@@ -249,13 +165,11 @@ class Context:
             kept = [scored[-1]]
         batch = concat_batches(kept, self.tokenizer.pad_token_id)
         batch = _first_groups(batch, self.cfg.prompts_per_step)
-        self.tokens_total += tokens
         errors, self._errors_seen = self.reward.num_errors - self._errors_seen, self.reward.num_errors
         m = _rollout_metrics(batch, concat_batches(scored, self.tokenizer.pad_token_id), draws)
         m["reward/errors"] = float(errors)
         m["reward/error_samples"] = float(n_failed)
         m["rollout/generated_tokens"] = float(tokens)
-        m["rollout/generated_tokens_total"] = float(self.tokens_total)
         m["data/skipped_long_prompts"] = float(self.skipped_prompts)
         frac = n_failed / max(n_generated, 1)
         if frac > self.cfg.reward_error_warn_frac and not self._warned_reward_errors:
@@ -426,28 +340,38 @@ class Context:
         ks = sorted({1, cfg.eval_samples})
         return {f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, ks).items()}
 
-    def save(self, step: int) -> None:
+    # ---- what the run scaffold (anypo.run) asks of a loop ----
+    def train_step(self, step: int) -> tuple[dict[str, float], list[dict]]:
+        """One step for the scaffold: its metrics and the first ``log_samples`` completions."""
+        batch, m = self.step(step)
+        n = min(self.cfg.log_samples, batch.num_seqs)
+        samples = [
+            {
+                "prompt_index": batch.extras["prompt_index"][i],
+                "completion": batch.extras["text"][i],
+                "reward": float(batch.rewards[i]),
+            }
+            for i in range(n)
+        ]
+        return m, samples
+
+    def checkpoint_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         tensors = {"policy": checkpoint.trainable_state(self.model)}
         if self.critic is not None:
             tensors["critic"] = checkpoint.trainable_state(self.critic)
-        state = {
-            "step": step,
+        return tensors
+
+    def checkpoint_state(self) -> dict:
+        return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "critic_optimizer": self.critic_opt.state_dict() if self.critic_opt else None,
-            **self._snapshot,  # sampler, RNGs and counters as they were when the last step completed
         }
-        checkpoint.save(self.run_dir, step, tensors, state, keep=self.cfg.keep_checkpoints)
-        self.saved_step = step
 
-    def restore(self) -> int:
-        """Load the latest checkpoint of the run; metrics logged after it are dropped (they are redone)."""
-        ckpt = checkpoint.latest(self.run_dir)
-        if ckpt is None:
-            raise checkpoint.CheckpointError(
-                f"{self.run_dir} has no checkpoint to resume from (checkpoints/latest is missing)"
-            )
-        tensors, state = checkpoint.load(ckpt)
+    def step_state(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_checkpoint(self, tensors: dict, state: dict) -> None:
         self.model.load_state_dict(tensors["policy"], strict=False)
         if self.critic is not None:
             self.critic.load_state_dict(tensors["critic"], strict=False)
@@ -455,42 +379,28 @@ class Context:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        self.tokens_total = int(state.get("tokens_total", 0))
-        self.train_seconds = float(state.get("train_seconds", 0.0))
         self._errors_seen = self.reward.num_errors  # the runner's count restarts with the process
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            truncate_jsonl(self.run_dir / name, state["step"])
         self.engine.load_weights(self.model.state_dict())  # an engine with its own copy must sample from these
-        self.clean_step = self.saved_step = int(state["step"])
-        self._snapshot = self._step_state()
-        return self.saved_step
 
-    def progress(self, start: int):
-        from anypo.trainer_setup import Progress
+    def describe(self) -> str:
+        cfg = self.cfg
+        method = f"Preset `{cfg.preset}`" if cfg.preset else f"Policy loss `{type(cfg.algo.policy_loss).__name__}`"
+        return (
+            f"{method} on task `{cfg.task.name}`, model `{cfg.model.name}`: up to {cfg.steps} steps of "
+            f"{cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples, lr {cfg.lr}."
+        )
 
-        return Progress(self.cfg.steps, start, enabled=self.cfg.progress)
+    def export(self, out: Path) -> None:
+        from anypo.trainer_setup import export_final
 
-    def trackers_log(self, step: int, m: dict[str, float]) -> None:
-        self.trackers.log(step, m)
+        export_final(self.model, self.tokenizer, out)
 
-    def finish(self) -> None:
-        from anypo.trainer_setup import export_final, write_report
-
-        export_final(self.model, self.tokenizer, self.run_dir / "final")
-        write_report(self.run_dir, self.cfg)
-        self.trackers.close()
+    def close(self) -> None:
         if self.reference is not None and self.reference.path is not None:
             self.reference.path.unlink(missing_ok=True)  # rebuilt from the initial weights on --resume
 
 
 # ---- SCAFFOLD: helpers ----
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _autocast(precision: str):
     """A factory of the autocast context of ``precision`` (fp32: a no-op)."""
     if precision not in ("fp32", "bf16"):

@@ -1,4 +1,8 @@
-"""Pieces of a training run that are scaffold, not algorithm: data preparation, schedules, progress, export, report."""
+"""Set-up helpers of the online loop: prompt tokenisation, rewards and verifier, LR schedule, final export.
+
+The scaffold every loop shares (run directory, checkpoints, logs, progress, trackers, plots, report)
+is ``anypo.run``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import math
 from pathlib import Path
 
 import torch
-
-from anypo.runs import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -92,46 +94,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class Progress:
-    """A rich progress bar with ETA and the latest reward; silent when disabled."""
-
-    def __init__(self, total: int, start: int, enabled: bool = True):
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=start, info="")
-
-    def advance(self, step: int, m: dict[str, float]) -> None:
-        if self.bar is None:
-            return
-        info = f"reward {m.get('reward/mean', float('nan')):.3f}  acc {m.get('reward/accuracy', float('nan')):.3f}"
-        if "eval/pass@1" in m:
-            info += f"  held-out pass@1 {m['eval/pass@1']:.3f}"
-        self.bar.update(self.task, completed=step, info=info)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def export_final(model: torch.nn.Module, tokenizer, out: Path) -> None:
     """The final policy as a standard HF directory (LoRA merged) that transformers and vLLM load."""
     from anypo.models import is_lora
@@ -140,102 +102,3 @@ def export_final(model: torch.nn.Module, tokenizer, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     export.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-
-
-PLOTS = {
-    "reward": ["reward/mean", "reward/accuracy"],
-    "heldout": ["eval/pass@1"],
-    "length": ["response/length_mean"],
-    "entropy": ["policy/entropy"],
-    "kl": ["kl/ref"],
-}
-
-
-def plot_metrics(run_dir: Path) -> list[Path]:
-    """One PNG per group of PLOTS with data, against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    written = []
-    for name, keys in PLOTS.items():
-        series = {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)] for k in keys}
-        series = {k: v for k, v in series.items() if v}
-        if not series:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for k, pts in series.items():
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 15 else None, label=k)
-        ax.set_xlabel("step")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = run_dir / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
-def write_report(run_dir: Path, cfg) -> None:
-    """run_dir/README.md with the command, the numbers and the plots."""
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    plots = plot_metrics(run_dir)
-    evals = [r for r in rows if "eval/pass@1" in r]
-    method = f"Preset `{cfg.preset}`" if cfg.preset else f"Policy loss `{type(cfg.algo.policy_loss).__name__}`"
-    lines = [
-        f"# {run_dir.name}",
-        "",
-        f"{method} on task `{cfg.task.name}`, model `{cfg.model.name}`: {cfg.steps} steps of "
-        f"{cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples, lr {cfg.lr}.",
-        "",
-    ]
-    if evals:
-        lines += ["| step | " + " | ".join(k for k in evals[0] if k.startswith("eval/")) + " |"]
-        lines += ["|---" * (1 + sum(k.startswith("eval/") for k in evals[0])) + "|"]
-        for r in evals:
-            lines += [f"| {r['step']} | " + " | ".join(f"{r[k]:.3f}" for k in r if k.startswith("eval/")) + " |"]
-        lines.append("")
-    train_rows = [r for r in rows if "reward/mean" in r]
-    if train_rows:
-        last = train_rows[-1]
-        secs = sum(r.get("time/step_s", 0.0) for r in train_rows)
-        lines += [
-            f"Final training reward {last['reward/mean']:.3f}; training wall time {secs:.0f} s "
-            f"({secs / len(train_rows):.1f} s per step); peak RSS {last.get('memory/peak_rss_gb', float('nan')):.2f} GB.",
-            "",
-        ]
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
-    (run_dir / "README.md").write_text("\n".join(lines) + "\n")
-
-
-class Trackers:
-    """TensorBoard / wandb when installed and asked for; otherwise nothing."""
-
-    def __init__(self, cfg, run_dir: Path):
-        self.tb = self.wandb = None
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        if cfg.wandb_project:
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, config={"run_dir": str(run_dir)})
-
-    def log(self, step: int, m: dict[str, float]) -> None:
-        finite = {k: v for k, v in m.items() if isinstance(v, float | int) and math.isfinite(v)}
-        if self.tb is not None:
-            for k, v in finite.items():
-                self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(finite, step=step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
