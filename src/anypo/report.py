@@ -145,8 +145,8 @@ class Column:
 RESULT_COLUMNS = [
     Column("pass@1", "held-out pass@1", 3),
     Column("pass@k", "held-out pass@k", 3),
-    Column("reward", f"reward (last {LAST_N} steps)", 3),
-    Column("length", f"response length (last {LAST_N})", 1),
+    Column("reward", f"reward (last {LAST_N})", 3),
+    Column("length", f"length (last {LAST_N})", 1),
     Column("entropy", f"entropy (last {LAST_N})", 3),
     Column("kl", f"KL to ref (last {LAST_N})", 4),
 ]
@@ -263,8 +263,8 @@ def verdict(pairs: list[tuple[str, str, str, stats.Welch]], has_eval: bool, n_me
             )
         elif r == "zero variance":
             lines.append(
-                f"`{label}` vs `{base}` on {title}: every seed gave the same value on both sides "
-                f"(difference {fnum(w.diff, 3, True)}, {n}); no test is possible."
+                f"`{label}` vs `{base}` on {title}: each method gave the same value on every seed "
+                f"(difference {fnum(w.diff, 3, True)}, {n}); with no spread there is no interval or test."
             )
         elif r == "not distinguishable":
             lines.append(
@@ -536,8 +536,8 @@ def _results(doc: Doc, data: dict[str, Any] | None, runs: list[Run], out: Path) 
     doc.add(
         "p",
         "Each cell: mean across seeds [95% t-interval: mean +- t(0.975, n-1) * sd / sqrt(n)]; `(n=1)`: one seed, "
-        f"no interval. Held-out pass@k: the last evaluation of each run. Reward, length, entropy and KL: the mean "
-        f"of the last {LAST_N} training steps of each run.",
+        f"no interval. Held-out pass@k: the last evaluation of each run. Reward, response length (tokens), entropy "
+        f"and KL: the mean of the last {LAST_N} training steps of each run (all of them if fewer).",
     )
     doc.add("h2", "Cost per method")
     doc.add("table", *methods_table(groups, summaries, COST_COLUMNS))

@@ -48,7 +48,7 @@ padding:0 1em;color:#1b1b1b;line-height:1.45}
 h1{font-size:1.6em;border-bottom:2px solid #ddd;padding-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.88em;display:block;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.3em .55em;text-align:right;white-space:nowrap}
-th{background:#f1f3f5;text-align:center}td:first-child,th:first-child{text-align:left}
+th{background:#f1f3f5;text-align:center;white-space:normal;min-width:4.5em}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fafafa}code{background:#f1f3f5;padding:.05em .3em;border-radius:3px;font-size:.9em}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;border-radius:4px}pre code{background:none;padding:0}
 img{max-width:100%;display:block;margin:.6em 0}.ci{color:#666;font-size:.85em}

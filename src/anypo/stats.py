@@ -111,7 +111,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Summary:
 
 @dataclass(frozen=True)
 class Welch:
-    """Difference of means b - a with Welch's interval and two-sided test; fields None when a side has n < 2."""
+    """Difference of means b - a with Welch's interval and two-sided test; None where there is none (a side
+    with n < 2, or no spread on either side)."""
 
     n_a: int
     n_b: int
@@ -143,7 +144,7 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Welch:
     va, vb = sa.sd**2 / sa.n, sb.sd**2 / sb.n
     se2 = va + vb
     if se2 == 0.0:
-        return Welch(sa.n, sb.n, diff, diff, diff, None, None, "zero variance")
+        return Welch(sa.n, sb.n, diff, None, None, None, None, "zero variance")
     df = se2**2 / (va**2 / (sa.n - 1) + vb**2 / (sb.n - 1))
     se = math.sqrt(se2)
     half = t_ppf(0.5 + level / 2.0, df) * se

@@ -56,7 +56,8 @@ def compare_dir(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("compare")
     log = open(out / "compare.log", "w")  # noqa: SIM115
     args = ["compare", *PRESETS, "--seeds", *map(str, SEEDS), "--smoke", "--threads", "1", "--name", "e2e",
-            "--out-dir", str(out), "--steps", str(STEPS), "--lr", "1e-3", "--rewards", f"{TOY}:char_sum"]  # fmt: skip
+            "--out-dir", str(out), "--steps", str(STEPS), "--lr", "1e-3", "--rewards", f"{TOY}:char_sum",
+            "--eval-every", "2", "--eval-prompts", "4", "--eval-samples", "2"]  # fmt: skip
     proc = _anypo(*args, stdout=log, stderr=subprocess.STDOUT)
     deadline, d, victim = time.time() + 300, None, None
     while time.time() < deadline and proc.poll() is None:
@@ -104,7 +105,7 @@ def test_layout(compare_dir):
             rf"{r['preset']}-s{r['seed']}-\d{{8}}-\d{{6}}(-\d+)?", run.name
         )
         assert r["status"] == "finished" and (run / "final").is_dir()
-        assert [m["step"] for m in _metrics(run)] == list(range(1, STEPS + 1))
+        assert [m["step"] for m in _metrics(run)] == list(range(0, STEPS + 1))  # step 0: the evaluation before training
         cfg = json.loads((run / "config.json").read_text())
         assert (cfg["preset"], cfg["seed"], cfg["steps"], cfg["model"]["name"]) == (
             r["preset"],
@@ -157,9 +158,13 @@ def test_report_numbers_match_the_runs_metrics(compare_dir):
     cost = _cells(md, "## Cost per method")
     per_run = {}
     for r in _runs(d):
-        rows = _metrics(d / r["run_dir"])
+        rows = [x for x in _metrics(d / r["run_dir"]) if x["step"] > 0]  # training steps
+        evals = [x for x in rows if "eval/pass@1" in x]
+        assert [x["step"] for x in evals] == [2, 4]  # the step-0 evaluation is in its own row
         per_run[(r["preset"], r["seed"])] = {
-            "reward (last 5 steps)": (sum(x["reward/mean"] for x in rows[-5:]) / len(rows[-5:]), 3),
+            "held-out pass@1": (evals[-1]["eval/pass@1"], 3),
+            "held-out pass@2": (evals[-1]["eval/pass@2"], 3),
+            "reward (last 5)": (sum(x["reward/mean"] for x in rows[-5:]) / len(rows[-5:]), 3),
             "entropy (last 5)": (sum(x["policy/entropy"] for x in rows[-5:]) / len(rows[-5:]), 3),
             "tokens generated": (rows[-1]["rollout/generated_tokens_total"], 0),
             "wall time s (sum of steps)": (sum(x["time/step_s"] for x in rows), 1),
@@ -178,7 +183,7 @@ def test_report_numbers_match_the_runs_metrics(compare_dir):
     pair = [ln for ln in md.splitlines() if ln.startswith("| `dr_grpo` - `grpo` | reward")]
     assert len(pair) == 1
     cells = [c.strip() for c in pair[0].strip("|").split("|")]
-    mean = {p: sum(per_run[(p, s)]["reward (last 5 steps)"][0] for s in SEEDS) / 2 for p in PRESETS}
+    mean = {p: sum(per_run[(p, s)]["reward (last 5)"][0] for s in SEEDS) / 2 for p in PRESETS}
     assert float(cells[2]) == pytest.approx(mean["dr_grpo"] - mean["grpo"], abs=6e-4)
     assert cells[5] == "2 vs 2"
     if cells[3] != "n/a":

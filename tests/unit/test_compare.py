@@ -440,7 +440,7 @@ def test_report_numbers_by_hand(rendered):
         row.update(cost[name])
     g, dr, sa = t["`grpo`"], t["`dr_grpo`"], t["`sapo`"]
     assert g["seeds"] == "3 (0, 1, 2)" and sa["seeds"] == "1 (0)"
-    assert g["reward (last 5 steps)"] == "0.340 [0.092, 0.588]"
+    assert g["reward (last 5)"] == "0.340 [0.092, 0.588]"
     assert g["held-out pass@1"] == "0.200 [-0.048, 0.448]"
     assert g["held-out pass@4"] == "0.500 [0.500, 0.500]"
     assert g["KL to ref (last 5)"] == "0.0100 [-0.0148, 0.0348]" and dr["KL to ref (last 5)"] == "n/a"
@@ -448,10 +448,10 @@ def test_report_numbers_by_hand(rendered):
         dr["wall time s (sum of steps)"] == "9.0 [1.5, 16.5]" and g["wall time s (sum of steps)"] == "12.0 [12.0, 12.0]"
     )
     assert g["tokens generated"] == dr["tokens generated"] == "600 [600, 600]"
-    assert g["response length (last 5)"] == "14.0 [14.0, 14.0]"
+    assert g["length (last 5)"] == "14.0 [14.0, 14.0]"
     assert g["entropy (last 5)"] == "0.900 [0.652, 1.148]"
     assert g["peak RSS GB"] == "1.60 [1.60, 1.60]"
-    assert sa["reward (last 5 steps)"] == "0.340 (n=1)"
+    assert sa["reward (last 5)"] == "0.340 (n=1)"
 
 
 def test_pairwise_table_and_verdict_by_hand(rendered):
@@ -496,7 +496,7 @@ def test_single_run_report(tmp_path):
     assert report.main([str(run)]) == 0
     md = (run / "report.md").read_text()
     t = md_table(md, "## Results per method")
-    assert t["`grpo`"]["reward (last 5 steps)"] == "0.240 (n=1)"
+    assert t["`grpo`"]["reward (last 5)"] == "0.240 (n=1)"
     assert "One method only" in md and (run / "report.html").is_file()
 
 
