@@ -562,7 +562,7 @@ class _Lock:
 
 def main(argv: list[str]) -> int:
     """``anypo compare``: returns the exit code (0 all runs finished, 1 some failed, 2 bad input, 130 Ctrl-C)."""
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or "-h" in argv or "--help" in argv:
         print(USAGE)
         return 0 if argv else 2
     args = parse_args(argv)

@@ -221,9 +221,9 @@ import json, os, signal, sys, time
 from pathlib import Path
 
 argv = sys.argv[1:]
-with open(os.environ["FAKE_LOG"], "a") as f:
-    f.write(json.dumps({"argv": argv, "start": time.time()}) + "\n")
 signal.signal(signal.SIGINT, lambda *a: (print("fake: got SIGINT, saved"), sys.exit(130)))
+with open(os.environ["FAKE_LOG"], "a") as f:  # written once the handler is in place
+    f.write(json.dumps({"argv": argv, "start": time.time()}) + "\n")
 if argv[1] == "--resume":
     d = Path(argv[2])
 else:
@@ -281,9 +281,9 @@ def test_launch_continues_after_a_failure_and_reports_its_log(fake, capsys):
 
 
 def test_parallel_runs_k_at_a_time(fake, monkeypatch):
-    """4 runs of 0.6 s with parallel=2: at most 2 overlap at any time, and some do."""
+    """4 runs of 1 s with parallel=2: at most 2 overlap at any time, and some do."""
     make, launch, entries = fake
-    monkeypatch.setenv("FAKE_SLEEP", "0.6")
+    monkeypatch.setenv("FAKE_SLEEP", "1.0")
     d, data = make(["grpo", "dapo"], [0, 1])
     assert launch(d, data, parallel=2) == 0
     name = lambda argv: argv[argv.index("--name") + 1]
@@ -336,7 +336,6 @@ def test_interrupt_forwards_one_sigint_and_marks_runs(fake, monkeypatch):
     deadline = time.time() + 20
     while not entries() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # the handler is installed right after the first log line
     launcher._interrupt([running], grace_s=20)
     saved = json.loads((d / "compare.json").read_text())
     assert saved["runs"][0]["status"] == "interrupted" and saved["runs"][0]["returncode"] == 130
