@@ -561,3 +561,17 @@ def test_check_child_rejects_bad_override():
     with pytest.raises(CompareError) as e:
         compare.check_train_args([{"args": ["grpo", "--seed", "0", "--stpes", "3"]}])
     assert "rejects the arguments of grpo" in str(e.value) and "--stpes" in str(e.value)
+
+
+def test_report_of_run_directories_from_any_loop(tmp_path):
+    """Run directories outside a compare (say a preference loop's, labelled by its name) go in one report;
+    several need --out. Rewards: 0.2 + 0.04 = 0.240 (grpo) and 0.5 + 0.04 = 0.540 (dpo-loop)."""
+    a = write_run(tmp_path / "a", "grpo", 0, synthetic_rows(0, 0.2, 0.1, 2.0, kl=False, tokens="total"))
+    b = write_run(
+        tmp_path / "b", "", 0, synthetic_rows(0, 0.5, 0.1, 2.0, kl=False, tokens="total"), {"name": "dpo-loop"}
+    )
+    with pytest.raises(CompareError, match="need --out"):
+        report.main([str(a), str(b)])
+    assert report.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    t = md_table((tmp_path / "cmp" / "report.md").read_text(), "## Results per method")
+    assert t["`grpo`"]["reward (last 5)"] == "0.240 (n=1)" and t["`dpo-loop`"]["reward (last 5)"] == "0.540 (n=1)"
