@@ -189,12 +189,22 @@ def _select_extra(v: Any, index: Tensor | slice, n: int) -> Any:
 class PreferenceBatch:
     """Pairs of chosen and rejected responses for preference optimisation.
 
+    Row ``i`` of every chosen field and row ``i`` of every rejected field form pair ``i``; the chosen
+    and rejected tensors may have different padded lengths ``T``.
+
     Attributes:
         chosen_mask: [N, T] response mask of the chosen responses.
         rejected_mask: [N, T] response mask of the rejected responses.
         ref_chosen_logprobs: [N, T] reference log-probabilities of the chosen tokens.
         ref_rejected_logprobs: [N, T] reference log-probabilities of the rejected tokens.
         extras: per-pair information (margins, scores, ...).
+        num_pairs: the global number of pairs of the mini-batch this batch belongs to (a float
+            scalar, not a tensor). Preference losses divide their per-pair sum by it, so that the
+            losses (and gradients) of the micro-batches of a mini-batch sum to the mini-batch's.
+            ``None``: this batch is the whole mini-batch (``N``).
+        num_chosen_tokens: the global number of chosen response tokens (``chosen_mask.sum()``) of
+            the mini-batch, for the token-mean SFT term of ``rpo`` / ``sft``; ``None``: this
+            batch's own count.
     """
 
     chosen_mask: Tensor
@@ -202,6 +212,8 @@ class PreferenceBatch:
     ref_chosen_logprobs: Tensor | None = None
     ref_rejected_logprobs: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    num_pairs: float | None = None
+    num_chosen_tokens: float | None = None
 
 
 @dataclass

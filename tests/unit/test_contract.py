@@ -5,13 +5,15 @@ masked positions (whose inputs hold inf/nan garbage), namespaced finite metrics,
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import typing
 
 import pytest
 import torch
 
 from anypo.registry import get, names
-from anypo.types import PartConfig, PolicyOutput, RolloutBatch
+from anypo.types import LossOutput, PartConfig, PolicyOutput, PreferenceBatch, RolloutBatch
 
 DTYPES = [torch.float32, torch.float64]
 N, T = 6, 5
@@ -65,7 +67,9 @@ def check_grad(x: torch.Tensor, mask: torch.Tensor) -> None:
     assert (x.grad[mask == 0] == 0).all()
 
 
-@pytest.mark.parametrize("kind", ["advantage", "policy_loss", "value_loss", "regularizer", "sampler"])
+@pytest.mark.parametrize(
+    "kind", ["advantage", "policy_loss", "value_loss", "regularizer", "preference_loss", "sampler"]
+)
 def test_every_kind_has_parts_with_documented_frozen_configs(kind):
     assert names(kind), f"no {kind} registered"
     for name in names(kind):
@@ -138,6 +142,55 @@ def test_value_loss_contract(name, dtype):
     out.loss.backward()
     check_grad(v, batch.response_mask)
     check_metrics(out.metrics)
+
+
+def random_pairs(dtype: torch.dtype, seed: int = 0) -> tuple[PreferenceBatch, torch.Tensor, torch.Tensor]:
+    """N pairs, chosen padded to T and rejected to T + 2, with a mask hole, an empty chosen and an
+    empty rejected response, and inf/nan garbage on every padded position."""
+    g = torch.Generator().manual_seed(seed)
+    mc = torch.ones(N, T, dtype=torch.long)
+    mc[0, 3:] = 0
+    mc[2, 2] = 0  # hole
+    mc[4, :] = 0  # empty chosen response
+    mr = torch.ones(N, T + 2, dtype=torch.bool)
+    mr[1, 2:] = False
+    mr[3, :] = False  # empty rejected response
+
+    def tok(mask: torch.Tensor, garbage: float) -> torch.Tensor:
+        x = torch.randn(*mask.shape, generator=g, dtype=torch.float64) * 0.3 - 1.5
+        return x.masked_fill(mask == 0, garbage).to(dtype)
+
+    batch = PreferenceBatch(
+        chosen_mask=mc,
+        rejected_mask=mr,
+        ref_chosen_logprobs=tok(mc, float("nan")),
+        ref_rejected_logprobs=tok(mr, float("inf")),
+    )
+    return batch, tok(mc, float("-inf")).requires_grad_(True), tok(mr, float("-inf")).requires_grad_(True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", names("preference_loss"))
+def test_preference_loss_contract(name, dtype):
+    """``fn(out_chosen, out_rejected, batch, cfg) -> LossOutput``; a part that does not need the
+    reference log-probs also runs without them."""
+    fn, Cfg = get("preference_loss", name)
+    assert list(inspect.signature(fn).parameters) == ["out_chosen", "out_rejected", "batch", "cfg"]
+    assert typing.get_type_hints(fn)["return"] is LossOutput
+    cfg = Cfg()
+    batch, lp_c, lp_r = random_pairs(dtype)
+    if not cfg.needs_ref_logprobs:
+        batch.ref_chosen_logprobs = batch.ref_rejected_logprobs = None
+    out = fn(PolicyOutput(logprobs=lp_c), PolicyOutput(logprobs=lp_r), batch, cfg)
+    assert isinstance(out, LossOutput)
+    assert out.loss.dim() == 0 and out.loss.dtype == dtype and torch.isfinite(out.loss)
+    out.loss.backward()
+    check_grad(lp_c, batch.chosen_mask)
+    assert lp_c.grad.abs().sum() > 0
+    if lp_r.grad is not None:
+        check_grad(lp_r, batch.rejected_mask)
+    check_metrics(out.metrics)
+    assert "pref/loss" in out.metrics and out.reduction("pref/loss") == "sum"
 
 
 @pytest.mark.parametrize("name", names("sampler"))

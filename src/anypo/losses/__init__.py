@@ -1,8 +1,10 @@
-"""Losses: kinds ``policy_loss`` (``fn(out, batch, cfg)``) and ``value_loss`` (``fn(values, batch, cfg)``).
+"""Losses: kinds ``policy_loss`` (``fn(out, batch, cfg)``), ``value_loss`` (``fn(values, batch, cfg)``)
+and ``preference_loss`` (``fn(out_chosen, out_rejected, batch, cfg)``).
 
 Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds each entry.
 """
 
+from anypo.losses import preference  # noqa: F401  (registers the preference_loss kind)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.sequence import GSPO, LUSPO, gspo, luspo
 from anypo.losses.token import CISPO, SAPO, PPOClip, Reinforce, cispo, ppo_clip, reinforce, sapo
