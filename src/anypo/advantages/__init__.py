@@ -4,6 +4,8 @@ Registration is by the explicit imports below; ``grep 'register("grpo"'`` finds 
 An advantage part may also fill ``batch.returns`` (value targets) when it ``needs_values``.
 """
 
+from anypo.advantages.bnpo import BNPOAdvantage, bnpo
+from anypo.advantages.drpo import DRPOAdvantage, drpo
 from anypo.advantages.outcome import (
     DrGRPOAdvantage,
     GRPOAdvantage,
@@ -14,6 +16,7 @@ from anypo.advantages.outcome import (
     reinforce_pp_baseline,
     rloo,
 )
+from anypo.advantages.riskpo import RiskPOAdvantage, riskpo
 from anypo.advantages.token import (
     GAEAdvantage,
     ReinforcePPAdvantage,
@@ -25,19 +28,25 @@ from anypo.advantages.token import (
 )
 
 __all__ = [
+    "BNPOAdvantage",
+    "DRPOAdvantage",
     "DrGRPOAdvantage",
     "GAEAdvantage",
     "GRPOAdvantage",
     "RLOOAdvantage",
     "ReinforcePPAdvantage",
     "ReinforcePPBaselineAdvantage",
+    "RiskPOAdvantage",
+    "bnpo",
     "discounted_returns",
+    "drpo",
     "dr_grpo",
     "gae",
     "gae_advantages_returns",
     "grpo",
     "reinforce_pp",
     "reinforce_pp_baseline",
+    "riskpo",
     "rloo",
     "token_level_rewards",
 ]

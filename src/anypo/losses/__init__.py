@@ -6,25 +6,35 @@ Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds 
 
 from anypo.losses import preference  # noqa: F401  (registers the preference_loss kind)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
+from anypo.losses.drpo import DRPO, drpo
+from anypo.losses.rec import OPMD, REC, AsymRE, asymre, opmd, rec
 from anypo.losses.sequence import GSPO, LUSPO, gspo, luspo
 from anypo.losses.token import CISPO, SAPO, PPOClip, Reinforce, cispo, ppo_clip, reinforce, sapo
 from anypo.losses.value import ClippedValueLoss, clipped
 
 __all__ = [
     "CISPO",
+    "DRPO",
     "GSPO",
     "LUSPO",
+    "OPMD",
+    "REC",
     "SAPO",
+    "AsymRE",
     "ClippedValueLoss",
     "PPOClip",
     "PolicyLossConfig",
     "RatioLossConfig",
     "Reinforce",
+    "asymre",
     "cispo",
     "clipped",
+    "drpo",
     "gspo",
     "luspo",
+    "opmd",
     "ppo_clip",
+    "rec",
     "reinforce",
     "sapo",
 ]
