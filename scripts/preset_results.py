@@ -54,6 +54,7 @@ def command(name: str, args) -> str:
 MECHANISM = [
     ("policy/clipfrac", "clip fraction"),
     ("policy/gate_weight", "gate weight"),
+    ("policy/gate_damping_min", "gate damping min"),
     ("policy/ratio_min", "ratio min"),
     ("policy/ratio_max", "ratio max"),
 ]

@@ -225,6 +225,25 @@ def test_sapo_on_policy_is_vanilla_policy_gradient():
     assert out.metrics["policy/gate_weight"] == pytest.approx(1.0)
 
 
+def test_sapo_gate_damping_by_hand():
+    """One token, A = +1 (tau_pos = 1), log-ratio 0.5: r = e^0.5 = 1.64872, p = sigmoid(0.64872) =
+    1 / (1 + e^-0.64872) = 1 / 1.52271 = 0.656722, damping 4 p (1 - p) = 4 x 0.656722 x 0.343278 =
+    0.901753, gate weight 4 p (1 - p) r = 0.901753 x 1.648721 = 1.486739. A second token at r = 1
+    (damping 1) shows the minimum is taken over tokens and the mean over both: 0.950876."""
+    b = RolloutBatch(
+        response_mask=torch.ones(1, 2, dtype=torch.float64),
+        group_ids=torch.zeros(1, dtype=torch.long),
+        rewards=torch.zeros(1, dtype=torch.float64),
+        old_logprobs=torch.tensor([[-1.0, -1.0]], dtype=torch.float64),
+        advantages=torch.ones(1, 2, dtype=torch.float64),
+    )
+    fn, Cfg = get("policy_loss", "sapo")
+    out = fn(PolicyOutput(logprobs=torch.tensor([[-0.5, -1.0]], dtype=torch.float64)), b, Cfg())
+    assert out.metrics["policy/gate_damping_min"] == pytest.approx(0.901753, abs=2e-6)
+    assert out.metrics["policy/gate_damping"] == pytest.approx(0.950876, abs=2e-6)
+    assert out.metrics["policy/gate_weight"] == pytest.approx((1.486739 + 1.0) / 2, abs=2e-6)
+
+
 def test_reinforce_by_hand():
     """L = -(1/N) sum_i A_i sum_t lp_it (seq_mean_token_sum); dL/dlp = -A m / N."""
     batch, lp = toy()

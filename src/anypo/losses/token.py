@@ -175,7 +175,9 @@ def sapo(out: PolicyOutput, batch: RolloutBatch, cfg: SAPO) -> LossOutput:
         cfg: temperatures, aggregation, TIS.
 
     Returns:
-        0-d loss and ``policy/gate_weight`` (mean gradient weight ``4 p (1 - p) r``),
+        0-d loss and ``policy/gate_weight`` (mean gradient weight ``4 p (1 - p) r`` relative to
+        on-policy REINFORCE), ``policy/gate_damping`` / ``policy/gate_damping_min`` (mean and smallest
+        ``4 p (1 - p)``, the factor relative to the ratio surrogate ``-A r``: 1 on-policy),
         ``policy/ratio_*``, ``policy/approx_kl``, ``policy/loss``.
     """
     lp, old, adv, mask = policy_inputs(out, batch)
@@ -187,6 +189,12 @@ def sapo(out: PolicyOutput, batch: RolloutBatch, cfg: SAPO) -> LossOutput:
     metrics = ratio_metrics(log_r, mask)
     with torch.no_grad():
         metrics["policy/gate_weight"] = float(masked_mean(4.0 * p * (1.0 - p) * r, mask))
+        # the soft trust region: 4 p (1 - p) is the gate's factor on the ratio surrogate's gradient
+        # (1 at r = 1, falling off-policy); its mean and its smallest value over the tokens
+        damp = 4.0 * p * (1.0 - p)
+        on = mask != 0
+        metrics["policy/gate_damping"] = float(masked_mean(damp, mask))
+        metrics["policy/gate_damping_min"] = float(damp[on].min()) if bool(on.any()) else 1.0
     weights, tis_metrics = tis_weights(batch, cfg, mask)
     return finish(loss_mat, mask, batch, cfg, metrics | tis_metrics, weights)
 
