@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from anypo.errors import UserError
+from anypo.runs import read_jsonl
 
 COMPARE_FILE = "compare.json"
 BUDGET_FLAGS = {"steps": "--steps", "tokens": "--budget-tokens", "seconds": "--budget-seconds"}
@@ -339,25 +340,13 @@ def find_run_dir(compare_dir: Path, run: dict[str, Any]) -> Path | None:
     return max(found, key=lambda p: (p.stat().st_mtime, p.name)) if found else None
 
 
-def _metric_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by SIGKILL
-                break
-    return rows
-
-
 def reached_end(run_dir: Path) -> bool:
     """True when metrics.jsonl shows the run's last step, or its token / seconds budget reached."""
     try:
         cfg = json.loads((run_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    rows = [r for r in _metric_rows(run_dir) if isinstance(r.get("step"), int) and r["step"] > 0]
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("step"), int) and r["step"] > 0]
     if not rows:
         return False
     if rows[-1]["step"] >= int(cfg.get("steps", 0) or 0) > 0:

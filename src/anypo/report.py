@@ -25,6 +25,7 @@ from typing import Any
 from anypo import stats
 from anypo.compare import COMPARE_FILE, CompareError, find_run_dir, load_compare, run_state, train_command
 from anypo.report_doc import Doc, to_html, to_markdown
+from anypo.runs import read_jsonl
 
 LAST_N = 5
 """Training metrics are the mean of the last LAST_N training steps of a run (one step is noisy)."""
@@ -67,12 +68,7 @@ def load_run(path: Path, command: str | None = None) -> Run:
     if not (path / "config.json").is_file() or not (path / "metrics.jsonl").is_file():
         raise CompareError(f"{path} is not a run directory (needs config.json and metrics.jsonl)")
     cfg = json.loads((path / "config.json").read_text())
-    rows = []
-    for line in (path / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by SIGKILL: what came before is intact
-            break
+    rows = read_jsonl(path / "metrics.jsonl")  # a line cut by SIGKILL is left out
     label = cfg.get("preset") or cfg.get("name") or path.name
     seed = cfg.get("seed")
     return Run(

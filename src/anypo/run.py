@@ -147,7 +147,6 @@ class _Run:
         self.train_seconds = 0.0  # training wall time so far (time/step_s; evaluations excluded)
         self.clean_step = 0  # last step whose update and logs are complete
         self.saved_step = 0
-        self.loop.mid_update = False
         self._snapshot = self._step_state()
 
     def _step_state(self) -> dict[str, Any]:

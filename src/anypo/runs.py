@@ -61,17 +61,34 @@ class JsonlWriter:
         self._f.close()
 
 
+def _complete_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, record)`` of each JSON line of ``path`` up to the first that does not parse.
+
+    ``JsonlWriter`` writes whole lines, so only the last one can be cut (a process killed mid-write);
+    what came before it is intact.
+    """
+    out: list[tuple[str, dict[str, Any]]] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                out.append((line, json.loads(line)))
+            except json.JSONDecodeError:
+                break
+    return out
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a JSONL log (empty when missing), without a line cut by a killed writer."""
+    return [record for _, record in _complete_lines(path)]
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
-    """Drop the lines logged after ``step`` (a resumed run redoes them)."""
+    """Drop the lines logged after ``step`` (a resumed run redoes them) and a line cut by a kill."""
     if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        path.write_text("".join(ln + "\n" for ln in keep))
+        keep = [line for line, record in _complete_lines(path) if record.get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in keep))
 
 
 def peak_rss_gb() -> float:

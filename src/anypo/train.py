@@ -231,11 +231,9 @@ class Context:
                 metrics = self._minibatch_step(mini, reductions)
                 if metrics is None:
                     bad += 1
-                elif metrics.pop("train/no_signal", 0.0):
-                    no_signal += 1
-                    done.append(metrics)
-                else:
-                    done.append(metrics)
+                    continue
+                no_signal += int(metrics.pop("train/no_signal"))
+                done.append(metrics)
         out = mean_over_steps(done, reductions)
         out["train/skipped_updates"] = float(bad)  # non-finite loss or gradient: no weight change
         out["train/skipped_no_signal"] = float(no_signal + (0 if batch.num_seqs else 1))  # zero gradient

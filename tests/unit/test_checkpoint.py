@@ -57,3 +57,15 @@ def test_interrupted_write_leaves_previous_valid(tmp_path, monkeypatch):
 def test_tied_weights_saved_once(tiny_model):
     sd = checkpoint.trainable_state(tiny_model)
     assert ("lm_head.weight" in sd) != ("model.embed_tokens.weight" in sd)
+
+
+def test_jsonl_logs_ignore_a_line_cut_by_a_kill(tmp_path):
+    """A writer killed mid-line leaves `{"step": 3, "rew` after two whole lines: reading gives the two
+    whole records, and truncating at step 1 keeps step 1 and drops both the later line and the cut one."""
+    from anypo.runs import read_jsonl, truncate_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "reward": 0.25}\n{"step": 3, "rew')
+    assert read_jsonl(log) == [{"step": 1, "reward": 0.5}, {"step": 2, "reward": 0.25}]
+    truncate_jsonl(log, 1)
+    assert log.read_text() == '{"step": 1, "reward": 0.5}\n'
