@@ -35,6 +35,7 @@ def settings(args) -> dict:
         "sampling": SamplingConfig(max_new_tokens=args.max_new_tokens),
         "eval_every": args.steps,
         "eval_prompts": args.eval_prompts,
+        "eval_samples": args.eval_samples,
         "save_every": args.steps,
         "out_dir": args.out_dir,
         "progress": False,
@@ -43,6 +44,8 @@ def settings(args) -> dict:
 
 def command(name: str, args) -> str:
     mb = f" --algo.minibatch-prompts {args.minibatch_prompts}" if args.minibatch_prompts else ""
+    if args.eval_samples > 1:
+        mb += f" --eval-samples {args.eval_samples}"
     return (
         f"anypo train {name} --steps {args.steps} --prompts-per-step {args.prompts} --samples-per-prompt {args.samples} "
         f"--lr {args.lr} --sampling.max-new-tokens {args.max_new_tokens} --eval-every {args.steps} --eval-prompts {args.eval_prompts}"
@@ -57,16 +60,25 @@ MECHANISM = [
     ("policy/gate_damping_min", "gate damping min"),
     ("policy/ratio_min", "ratio min"),
     ("policy/ratio_max", "ratio max"),
+    ("response/length_correct_mean", "length of correct"),
 ]
+# what a method exists to change, beyond the clip/gate diagnostics (issue 12: the curve per method)
+EXTRA = {
+    "bnpo": [("advantage/abs_mean", "mean abs advantage"), ("train/grad_norm", "grad norm")],
+    "drpo": [("drpo/penalty_frac", "KL hinge active")],
+    "grpo": [("advantage/abs_mean", "mean abs advantage"), ("train/grad_norm", "grad norm")],
+}
 
 
 def result_section(name: str, rows: list[dict], args, wall: float) -> str:
     train_rows = [r for r in rows if "reward/mean" in r]
     evals = {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
+    k = args.eval_samples
+    evals_k = {r["step"]: r[f"eval/pass@{k}"] for r in rows if f"eval/pass@{k}" in r}
     every = max(len(train_rows) // 6, 1)
     picked = [r for i, r in enumerate(train_rows) if i % every == 0 or i == len(train_rows) - 1]
     has_kl = "kl/ref" in train_rows[0]
-    mech = [(k, label) for k, label in MECHANISM if any(k in r for r in train_rows)]
+    mech = [(k, label) for k, label in MECHANISM + EXTRA.get(name, []) if any(k in r for r in train_rows)]
     updates = train_rows[0].get("train/optimizer_steps", 1.0)
     mb_text = (
         f"mini-batches of {args.minibatch_prompts} prompt(s), {updates:.0f} optimizer steps per rollout"
@@ -79,7 +91,14 @@ def result_section(name: str, rows: list[dict], args, wall: float) -> str:
         f"Embedded SmolLM2-135M-Instruct, 2-digit addition, {args.steps} steps of {args.prompts} prompts x "
         f"{args.samples} samples, lr {args.lr}, at most {args.max_new_tokens} new tokens, seed 0, on a 2-core CPU "
         f"({wall / 60:.1f} min). Held-out pass@1 ({args.eval_prompts} prompts, temperature 0.7): "
-        f"{evals.get(0, float('nan')):.2f} before, {evals.get(args.steps, float('nan')):.2f} after; {mb_text}.",
+        f"{evals.get(0, float('nan')):.2f} before, {evals.get(args.steps, float('nan')):.2f} after"
+        + (
+            f"; pass@{k} ({k} samples per prompt): {evals_k.get(0, float('nan')):.2f} before, "
+            f"{evals_k.get(args.steps, float('nan')):.2f} after"
+            if k > 1
+            else ""
+        )
+        + f"; {mb_text}.",
         "",
         "| step | reward mean | accuracy | response length | entropy | "
         + ("KL to ref | " if has_kl else "")
@@ -148,6 +167,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--eval-prompts", type=int, default=100)
+    ap.add_argument("--eval-samples", type=int, default=1, help="samples per held-out prompt (pass@k for this k)")
     ap.add_argument("--out-dir", default="runs/presets")
     ap.add_argument("--minibatch-prompts", type=int, default=None, help="override the presets' mini-batch size")
     args = ap.parse_args()

@@ -119,6 +119,7 @@ class Context:
             with self.autocast():
                 self.fill_needs(batch, m)
             batch.advantages = self.advantage_fn(batch, self.algo.advantage)
+            m.update(_advantage_metrics(batch))
         t_prep = time.perf_counter() - t1
         # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
         t2 = time.perf_counter()
@@ -439,7 +440,31 @@ def _rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) -
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max()),
         "response/truncated_frac": float(generated.truncated.float().mean()),
+        **_length_by_correctness(lengths, correct),
     }
+
+
+def _advantage_metrics(batch: RolloutBatch) -> dict[str, float]:
+    """Scale of the advantages over response tokens (what normalising estimators such as BNPO change)."""
+    a = batch.advantages.detach().float().abs()
+    mask = batch.response_mask.bool()
+    if not mask.any():
+        return {}
+    a = a[mask]
+    return {"advantage/abs_mean": float(a.mean()), "advantage/abs_max": float(a.max())}
+
+
+def _length_by_correctness(lengths: torch.Tensor, correct: list[float]) -> dict[str, float]:
+    """Mean length of the correct and of the incorrect responses (what length-aware methods change)."""
+    if not correct or len(correct) != len(lengths) or any(c != c for c in correct):
+        return {}
+    ok = torch.tensor([c >= 0.5 for c in correct])
+    out = {}
+    if ok.any():
+        out["response/length_correct_mean"] = float(lengths[ok].mean())
+    if (~ok).any():
+        out["response/length_incorrect_mean"] = float(lengths[~ok].mean())
+    return out
 
 
 def _abs_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:

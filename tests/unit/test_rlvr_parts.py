@@ -300,6 +300,18 @@ def test_drpo_advantage_invalid_groups_and_correct_extra():
     )
 
 
+def test_drpo_advantage_takes_l_max_from_the_generation_budget():
+    """With max_length None, L_max is the run's budget the loop records in extras['max_tokens'].
+    Budget 8 instead of the padded 4: the correct answers (|o| = 3, 2) get
+    softmax((1 - |o|/8) / 0.1) = softmax([6.25, 7.5]) = [1/(1 + e^1.25), e^1.25/(1 + e^1.25)]."""
+    batch, _ = toy(DRPO_R)
+    batch.extras["max_tokens"] = [8] * 4
+    A = adv("drpo", batch)
+    w = np.array([1.0, math.exp(1.25)]) / (1 + math.exp(1.25))
+    np.testing.assert_allclose(A[:2, 0], 4 * w, rtol=1e-5)
+    np.testing.assert_allclose(adv("drpo", batch, max_length=8), A, rtol=1e-6)  # explicit = recorded
+
+
 def drpo_toy() -> tuple[RolloutBatch, torch.Tensor]:
     batch, lp = toy(DRPO_R)
     batch.advantages = torch.tensor(adv("drpo", batch, max_length=4))

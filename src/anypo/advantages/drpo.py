@@ -47,9 +47,9 @@ class DRPOAdvantage(GroupRelativeConfig):
     Correctness is ``batch.extras["correct"]`` when present (the task's correctness component),
     else the reward; ``>= correct_threshold`` is correct. Deviation: the code takes ``R == 1`` as
     correct, ``R == 0`` as incorrect and ignores other values; here every sample is one or the other.
-    ``L_max`` is ``max_length`` when set (the paper: the generation budget, 8192); None uses the
-    padded length ``T`` of the batch, which the loop does not fix to the budget: a preset should set
-    ``max_length`` to ``sampling.max_new_tokens``. Hyper-parameters of the paper's run: lambda 0.1,
+    ``L_max`` is ``max_length`` when set; None (default) is the run's generation budget
+    ``max_new_tokens`` (the paper's L_max, 8192 there), which the loop records per sample in
+    ``extras["max_tokens"]``; a batch without it (a hand-built one) falls back to its padded length. Hyper-parameters of the paper's run: lambda 0.1,
     tau 10 (the loss's ``tau`` must match), G = 8, 128 prompts per step.
 
     Shapes: ``rewards [N]``, ``group_ids [N]``, ``response_mask [N, T]``, ``old_logprobs [N, T]``
@@ -61,7 +61,7 @@ class DRPOAdvantage(GroupRelativeConfig):
     tau: float = 10.0
     """tau, temperature of the softmax over incorrect answers (must equal the drpo loss's tau)."""
     max_length: int | None = None
-    """L_max of the length ratio |o|/L_max; None: the batch's padded length (set it to max_new_tokens)."""
+    """L_max of the length ratio |o|/L_max; None: the run's max_new_tokens (extras["max_tokens"])."""
     correct_threshold: float = 0.5
     """A sample is correct when its correctness (extras["correct"] or reward) is >= this."""
 
@@ -106,7 +106,13 @@ def drpo(batch: RolloutBatch, cfg: DRPOAdvantage) -> Tensor:
     old = zero_masked(batch.require("old_logprobs", hint).to(mask.dtype), mask)
     length = mask.sum(-1)  # [N]
     s_old = old.sum(-1) / length.clamp_min(1.0)  # [N] length-normalised log-likelihood
-    L_max = float(cfg.max_length if cfg.max_length is not None else mask.shape[-1])
+    budget = batch.extras.get("max_tokens")
+    if cfg.max_length is not None:
+        L_max = float(cfg.max_length)
+    elif budget:
+        L_max = float(max(budget))
+    else:
+        L_max = float(mask.shape[-1])
     pos = correctness(batch, cfg.correct_threshold)  # [N]
     _, inv = torch.unique(batch.group_ids, return_inverse=True)  # [N] dense ids 0..K-1
     K = int(inv.max()) + 1 if inv.numel() else 0

@@ -1,15 +1,36 @@
 """Named methods: each module builds an ``AlgoConfig`` from registered parts and carries its paper.
 
 ``PRESETS[name].build()`` returns the config; ``anypo list`` prints name, paper, arXiv id and status.
+One module per preset; add a new one to ``_MODULES`` (the order is the order of ``anypo list``).
 """
 
 from __future__ import annotations
 
-from anypo.algorithms import cispo, dapo, dr_grpo, grpo, gspo, luspo, ppo, reinforce_pp, rloo, sapo
+import importlib
+
 from anypo.config import Preset
 
-PRESETS: dict[str, Preset] = {
-    m.PRESET.name: m.PRESET for m in (grpo, dr_grpo, dapo, gspo, cispo, sapo, luspo, rloo, reinforce_pp, ppo)
-}
+_MODULES = (
+    # baselines
+    "grpo",
+    "dr_grpo",
+    "dapo",
+    "gspo",
+    "cispo",
+    "sapo",
+    "luspo",
+    "rloo",
+    "reinforce_pp",
+    "ppo",
+    # RLVR methods
+    "bnpo",
+    "drpo",
+    "riskpo",
+)
+
+PRESETS: dict[str, Preset] = {}
+for _name in _MODULES:
+    _preset = importlib.import_module(f"anypo.algorithms.{_name}").PRESET
+    PRESETS[_preset.name] = _preset
 
 __all__ = ["PRESETS"]

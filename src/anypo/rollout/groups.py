@@ -60,6 +60,7 @@ class GroupRollout:
             "components": components,
             "prompt_index": [int(indices[r // G]) for r in range(len(texts))],
             "reward_error": errors,  # True: a reward term failed, the score is no judgement (the loop drops it)
+            "max_tokens": [int(self.sampling.max_new_tokens)] * len(texts),  # the generation budget L_max
         }
         if self.correct_key is not None and all(self.correct_key in c for c in components):
             extras["correct"] = [float(c[self.correct_key]) for c in components]
