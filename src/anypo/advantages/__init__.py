@@ -26,6 +26,7 @@ from anypo.advantages.token import (
     reinforce_pp,
     token_level_rewards,
 )
+from anypo.advantages.xrpo import XRPOAdvantage, xrpo
 
 __all__ = [
     "BNPOAdvantage",
@@ -37,6 +38,7 @@ __all__ = [
     "ReinforcePPAdvantage",
     "ReinforcePPBaselineAdvantage",
     "RiskPOAdvantage",
+    "XRPOAdvantage",
     "bnpo",
     "discounted_returns",
     "drpo",
@@ -49,4 +51,5 @@ __all__ = [
     "riskpo",
     "rloo",
     "token_level_rewards",
+    "xrpo",
 ]

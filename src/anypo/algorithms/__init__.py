@@ -26,6 +26,7 @@ _MODULES = (
     "bnpo",
     "drpo",
     "riskpo",
+    "xrpo",
 )
 
 PRESETS: dict[str, Preset] = {}
