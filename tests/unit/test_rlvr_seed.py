@@ -153,3 +153,211 @@ def test_xrpo_naive_equivalence(seed):
             eta = math.exp(s[i] - sum(s.values()) / len(s))
             a += min(max(0.7 * (1 - eta), 0.0), 0.8 * abs(a))
         assert A[i] == pytest.approx(a, rel=1e-10, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# DHPO: branch-clipped mixture of token and sequence ratios
+# ------------------------------------------------------------------------------------------------
+
+
+def test_dhpo_spec_generic_example():
+    """Spec 4-5 (DHPO-generic lines, an independent numpy computation): w = 1/2, eps 0.2 for both
+    branches, min(r_mix A, r~ A), seq-mean-token-mean: loss = -0.101564 and the printed r_mix."""
+    batch, lp = toy(adv_seq=A_GRPO)
+    out, _ = loss_and_grad("dhpo", batch, lp, aggregation="seq_mean_token_mean")
+    assert out.loss.item() == pytest.approx(-0.101564, rel=1e-5)
+    r = np.exp(LP - LP_OLD)
+    s = np.exp(((LP - LP_OLD) * MASK).sum(1) / MASK.sum(1))
+    r_mix = (0.5 * r + 0.5 * s[:, None]) * MASK
+    spec = [[1.11446, 1.03749, 1.2368, 0], [0.835083, 0.955784, 0, 0], [1.07136, 1.29163, 0.99814, 1.04572]]
+    np.testing.assert_allclose(r_mix[:3], spec, rtol=1e-5)
+    assert r_mix[3, 0] == pytest.approx(0.606531, rel=1e-5)
+
+
+def test_dhpo_gradient_by_hand():
+    """One response of 2 tokens, A = 1, lp - old = [0.3, -0.1]: r = [e^0.3, e^-0.1], s = e^0.1
+    (inside 0.8..1.2). Token 0: r_0 = 1.34986 > 1.2, so r~_0 = (1.2 + s)/2 < r_mix_0 and the clipped
+    term is the active one: d r~_0/d lp = (0, 0) from the clipped token branch plus (s/2)(1/2) on each
+    token from the sequence branch. Token 1: both ratios inside their bands, r~_1 = r_mix_1, with
+    d/dlp_1 = r_1/2 + s/4 and d/dlp_0 = s/4. Token mean over 2 tokens, L = -(r~_0 + r_mix_1) / 2:
+    dL/dlp_0 = -(s/4 + s/4)/2 = -s/4, dL/dlp_1 = -(s/4 + r_1/2 + s/4)/2 = -(s + r_1)/4."""
+    old = torch.tensor([[-1.0, -2.0]], dtype=torch.float64)
+    batch = RolloutBatch(
+        response_mask=torch.ones(1, 2),
+        group_ids=torch.zeros(1, dtype=torch.long),
+        rewards=torch.ones(1, dtype=torch.float64),
+        old_logprobs=old,
+        advantages=torch.ones(1, 2, dtype=torch.float64),
+    )
+    lp = (old + torch.tensor([[0.3, -0.1]], dtype=torch.float64)).requires_grad_(True)
+    out, grad = loss_and_grad("dhpo", batch, lp)
+    s, r1 = math.exp(0.1), math.exp(-0.1)
+    assert out.loss.item() == pytest.approx(-((1.2 + s) / 2 + (r1 + s) / 2) / 2, rel=1e-12)
+    np.testing.assert_allclose(grad, [[-s / 4, -(s + r1) / 4]], rtol=1e-12)
+    assert out.metrics["policy/clipfrac"] == pytest.approx(0.5)
+    assert out.metrics["dhpo/token_clipfrac"] == pytest.approx(0.5) and out.metrics["dhpo/seq_clipfrac"] == 0.0
+
+
+def test_dhpo_limits_are_ppo_clip_and_gspo():
+    """weight = 1 is PPO-clip on the token ratio; weight = 0 is GSPO's clipped sequence ratio with the
+    same ranges (the sequence term on every token, token-mean aggregation in both)."""
+    batch, lp = toy(adv_seq=A_GRPO)
+    for agg in ("token_mean", "seq_mean_token_mean"):
+        d1, g1 = loss_and_grad("dhpo", batch, lp, weight=1.0, eps_low_token=0.1, eps_high_token=0.25, aggregation=agg)
+        p, gp = loss_and_grad("ppo_clip", batch, lp, eps_low=0.1, eps_high=0.25, aggregation=agg)
+        assert d1.loss.item() == pytest.approx(p.loss.item(), rel=1e-12)
+        np.testing.assert_allclose(g1, gp, rtol=1e-12, atol=1e-15)
+        d0, g0 = loss_and_grad("dhpo", batch, lp, weight=0.0, eps_low_seq=0.05, eps_high_seq=0.1, aggregation=agg)
+        q, gq = loss_and_grad("gspo", batch, lp, eps_low=0.05, eps_high=0.1, aggregation=agg)
+        assert d0.loss.item() == pytest.approx(q.loss.item(), rel=1e-12)
+        np.testing.assert_allclose(g0, gq, rtol=1e-12, atol=1e-15)
+
+
+def test_dhpo_on_policy_equals_grpo_token_mean():
+    """At lp = old (the single update of an on-policy step) r = s = 1 and nothing is clipped. With
+    advantages constant along each response, token t receives w_t from its own term (token branch)
+    and (1 - w_t') / |o_i| from every term t' of its response (sequence branch, ds_i/dlp_it = 1/|o_i|):
+    dL/dlp_it = -A_i (w_t + 1 - mean_t' w_t') / N_tok. The averaged mixing (constant w) gives -A_i /
+    N_tok, PPO-clip's token-mean gradient; the entropy-guided mixing moves gradient to tokens whose
+    entropy is above their response's mean, keeping each response's total."""
+    batch, _ = toy(adv_seq=A_GRPO)
+    lp = torch.tensor(LP_OLD, requires_grad=True)
+    _, g_ppo = loss_and_grad("ppo_clip", batch, lp)
+    expected = -A_GRPO[:, None] * MASK / MASK.sum()
+    np.testing.assert_allclose(g_ppo, expected, rtol=1e-12, atol=1e-15)
+    _, g = loss_and_grad("dhpo", batch, lp)
+    np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-15)
+    H = np.array([[0.5, 2.0, 1.0, 0], [1.5, 0.1, 0, 0], [0.2, 0.2, 3.0, 0.4], [0.7, 0, 0, 0]])
+    _, g = loss_and_grad("dhpo", batch, lp, out_kw={"entropy": torch.tensor(H)}, mixing="entropy")
+    Hbar = (H * MASK).sum(1, keepdims=True) / MASK.sum(1, keepdims=True)
+    w = H / (H + Hbar)
+    w_bar = (w * MASK).sum(1, keepdims=True) / MASK.sum(1, keepdims=True)
+    np.testing.assert_allclose(g, expected * (1 + w - w_bar), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(g.sum(1), expected.sum(1), rtol=1e-12)  # each response's total kept
+
+
+def test_dhpo_entropy_weights_by_hand():
+    """w_it = H_it / (H_it + mean_t H_it): row H = [1, 3, 0] has mean 4/3, w = [3/7, 9/13, 0]; a row of
+    zero entropy gets 1/2; padding is ignored (its garbage never enters the mean)."""
+    from anypo.losses.dhpo import entropy_mixing_weights
+
+    H = torch.tensor([[1.0, 3.0, 0.0, float("nan")], [0.0, 0.0, float("inf"), float("inf")]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.float64)
+    w = entropy_mixing_weights(H, mask)
+    np.testing.assert_allclose(w[0, :3], [3 / 7, 9 / 13, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(w[1, :2], [0.5, 0.5])
+
+
+def test_dhpo_entropy_mixing_matches_numpy():
+    """The entropy-guided loss equals a numpy re-implementation of the formula on the spec toy, and
+    its gradient does not flow into the entropy (a stop-gradient weight)."""
+    batch, lp = toy(adv_seq=A_GRPO)
+    H = np.array([[0.5, 2.0, 1.0, 0], [1.5, 0.1, 0, 0], [0.2, 0.2, 3.0, 0.4], [0.7, 0, 0, 0]])
+    ent = torch.tensor(H, requires_grad=True)
+    out = get("policy_loss", "dhpo")[0](
+        PolicyOutput(logprobs=lp, entropy=ent), batch, get("policy_loss", "dhpo")[1](mixing="entropy")
+    )
+    Hbar = (H * MASK).sum(1, keepdims=True) / MASK.sum(1, keepdims=True)
+    w = H / (H + Hbar)
+    r = np.exp(LP - LP_OLD)
+    s = np.exp(((LP - LP_OLD) * MASK).sum(1) / MASK.sum(1))[:, None]
+    A = A_GRPO[:, None]
+    mix = w * r + (1 - w) * s
+    mix_c = w * np.clip(r, 0.8, 1.2) + (1 - w) * np.clip(s, 0.8, 1.2)
+    expected = (np.maximum(-A * mix, -A * mix_c) * MASK).sum() / MASK.sum()
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+    out.loss.backward()
+    assert ent.grad is None
+    assert get("policy_loss", "dhpo")[1](mixing="entropy").needs_entropy
+    assert not get("policy_loss", "dhpo")[1]().needs_entropy
+    with pytest.raises(ValueError, match="entropy"):
+        loss_and_grad("dhpo", batch, lp, mixing="entropy")
+
+
+@pytest.mark.parametrize(
+    "bad", [{"mixing": "geometric"}, {"weight": 1.5}, {"eps_low_seq": -0.1}, {"aggregation": "sum"}]
+)
+def test_dhpo_config_errors(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
+        get("policy_loss", "dhpo")[1](**bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every loss configuration: float64 finite-difference gradients and the micro-batch contract
+# ------------------------------------------------------------------------------------------------
+
+LOSS_CONFIGS = [
+    ("dhpo", {}),
+    ("dhpo", {"mixing": "entropy", "aggregation": "seq_mean_token_mean"}),
+    ("dhpo", {"weight": 0.3, "eps_low_seq": 3e-4, "eps_high_seq": 4e-4, "tis": "token"}),
+]
+NB, TB, VB = 8, 6, 5
+
+
+def random_batch(seed: int, spread: float) -> tuple[RolloutBatch, torch.Tensor, dict]:
+    """8 sequences in 2 groups of 4 (lengths 6, 4, 1, 3, 5, 2, 6, 4, one hole), GRPO advantages plus
+    token noise, and the optional inputs some parts declare: entropy, logits [N, T, V] and the old
+    policy's mean log-softmax."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [6, 4, 1, 3, 5, 2, 6, 4]
+    mask = torch.tensor([[1] * n + [0] * (TB - n) for n in lengths])
+    mask[6, 2] = 0
+    old = -torch.rand(NB, TB, generator=g, dtype=torch.float64) * 2
+    batch = RolloutBatch(
+        response_mask=mask,
+        group_ids=torch.tensor([3, 3, 3, 3, 9, 9, 9, 9]),
+        rewards=torch.tensor([1.0, 0, 1, 0, 0, 0, 1, 1], dtype=torch.float64),
+        old_logprobs=old,
+        rollout_logprobs=old + (torch.rand(NB, TB, generator=g, dtype=torch.float64) - 0.5) * 0.1,
+    )
+    fn, Cfg = get("advantage", "grpo")
+    batch.advantages = fn(batch, Cfg()) + torch.randn(NB, TB, generator=g, dtype=torch.float64) * 0.3 * mask
+    batch.extras["old_mean_logprobs"] = -torch.rand(NB, TB, generator=g, dtype=torch.float64) - 1.0
+    lp = old + (torch.rand(NB, TB, generator=g, dtype=torch.float64) * 2 - 1) * spread
+    extra = {
+        "entropy": torch.rand(NB, TB, generator=g, dtype=torch.float64) * 2,
+        "logits": torch.randn(NB, TB, VB, generator=g, dtype=torch.float64),
+    }
+    return batch, lp.requires_grad_(True), extra
+
+
+def _out(name: str, config, lp: torch.Tensor, extra: dict, index=None) -> PolicyOutput:
+    """PolicyOutput with the optional fields the config declares (rows ``index``)."""
+    pick = (lambda x: x) if index is None else (lambda x: x[index])
+    kw = {}
+    if config.needs_entropy:
+        kw["entropy"] = pick(extra["entropy"])
+    if config.needs_logits:
+        kw["logits"] = pick(extra["logits"])
+    return PolicyOutput(logprobs=lp, **kw)
+
+
+@pytest.mark.parametrize("spread", [0.05, 0.5])
+@pytest.mark.parametrize(("name", "cfg"), LOSS_CONFIGS)
+def test_gradcheck(name, cfg, spread):
+    """torch.autograd.gradcheck in float64 of the loss as a function of the current log-probs."""
+    batch, lp, extra = random_batch(int(spread * 100), spread)
+    fn, Cfg = get("policy_loss", name)
+    config = Cfg(**cfg)
+    assert torch.autograd.gradcheck(
+        lambda x: fn(_out(name, config, x, extra), batch, config).loss, (lp,), eps=1e-6, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize(("name", "cfg"), LOSS_CONFIGS)
+def test_microbatch_contract(name, cfg):
+    """Micro-batches (uneven, shuffled, groups split) built with select(idx, loss_scale=batch.scale())
+    sum to the mini-batch's loss and gradient."""
+    batch, lp, extra = random_batch(7, 0.4)
+    fn, Cfg = get("policy_loss", name)
+    config = Cfg(**cfg)
+    whole = fn(_out(name, config, lp, extra), batch, config).loss
+    (g_whole,) = torch.autograd.grad(whole, lp)
+    total = torch.zeros((), dtype=torch.float64)
+    for idx in ([5, 0, 2], [7], [1, 3, 4, 6]):
+        index = torch.tensor(idx)
+        micro = batch.select(index, loss_scale=batch.scale())
+        total = total + fn(_out(name, config, lp[index], extra, index), micro, config).loss
+    (g_micro,) = torch.autograd.grad(total, lp)
+    torch.testing.assert_close(total, whole, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_micro, g_whole, rtol=1e-10, atol=1e-12)

@@ -27,6 +27,7 @@ _MODULES = (
     "drpo",
     "riskpo",
     "xrpo",
+    "dhpo",
 )
 
 PRESETS: dict[str, Preset] = {}

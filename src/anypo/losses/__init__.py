@@ -6,6 +6,7 @@ Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds 
 
 from anypo.losses import preference  # noqa: F401  (registers the preference_loss kind)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
+from anypo.losses.dhpo import DHPO, dhpo
 from anypo.losses.drpo import DRPO, drpo
 from anypo.losses.rec import OPMD, REC, AsymRE, asymre, opmd, rec
 from anypo.losses.sequence import GSPO, LUSPO, gspo, luspo
@@ -14,6 +15,7 @@ from anypo.losses.value import ClippedValueLoss, clipped
 
 __all__ = [
     "CISPO",
+    "DHPO",
     "DRPO",
     "GSPO",
     "LUSPO",
@@ -29,6 +31,7 @@ __all__ = [
     "asymre",
     "cispo",
     "clipped",
+    "dhpo",
     "drpo",
     "gspo",
     "luspo",
