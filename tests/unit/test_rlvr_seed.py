@@ -283,6 +283,74 @@ def test_dhpo_config_errors(bad):
 
 
 # ------------------------------------------------------------------------------------------------
+# Reg-GRPO: regress the advantage
+# ------------------------------------------------------------------------------------------------
+
+D_TOY = np.array([0.1 - 0.05 + 0.3, -0.25 + 0.02, 0.05 + 0.4 - 0.1 + 0.0, -0.5])  # sum_t (lp - old)
+
+
+def test_reg_grpo_by_hand():
+    """Spec toy, beta = 1: d = [0.35, -0.23, 0.35, -0.5], L_i = (A_i - d_i)^2 with A = +-0.866024,
+    loss = mean_i L_i = ((0.516024)^2 + (0.636024)^2 + (0.516024)^2 + (0.366024)^2) / 4; every token
+    of response i gets dL/dlp_it = (1/4) 2 (A_i - d_i)(-1) = -(A_i - d_i) / 2, padding 0."""
+    batch, lp = toy(adv_seq=A_GRPO)
+    out, grad = loss_and_grad("reg_grpo", batch, lp)
+    res = A_GRPO - D_TOY
+    assert out.loss.item() == pytest.approx(np.mean(res**2), rel=1e-12)
+    assert out.loss.item() == pytest.approx((0.516024**2 + 0.636024**2 + 0.516024**2 + 0.366024**2) / 4, rel=1e-5)
+    np.testing.assert_allclose(grad, -(res / 2)[:, None] * MASK, rtol=1e-12, atol=1e-15)
+    assert out.metrics["reg_grpo/prediction_mean"] == pytest.approx(D_TOY.mean())
+    assert out.metrics["reg_grpo/residual_abs"] == pytest.approx(np.abs(res).mean())
+
+
+def test_reg_grpo_length_normalised_and_beta():
+    """beta = 2, length_normalize: pred_i = 2 d_i / |o_i| (|o| = [3, 2, 4, 1]); dL/dlp_it =
+    (1/4) 2 (A_i - pred_i)(-2 / |o_i|)."""
+    batch, lp = toy(adv_seq=A_GRPO)
+    L = MASK.sum(1)
+    out, grad = loss_and_grad("reg_grpo", batch, lp, beta=2.0, length_normalize=True)
+    res = A_GRPO - 2 * D_TOY / L
+    assert out.loss.item() == pytest.approx(np.mean(res**2), rel=1e-12)
+    np.testing.assert_allclose(grad, (-res / L)[:, None] * MASK, rtol=1e-12, atol=1e-15)
+
+
+def test_reg_grpo_on_policy_is_scaled_reinforce():
+    """At lp = old (d = 0) L_i = A_i^2 and dL/dlp_it = -2 beta A_i / N: twice beta times REINFORCE's
+    gradient with seq_mean_token_sum aggregation (-A_i / N)."""
+    batch, _ = toy(adv_seq=A_GRPO)
+    lp = torch.tensor(LP_OLD, requires_grad=True)
+    out, grad = loss_and_grad("reg_grpo", batch, lp, beta=0.5)
+    _, g_rf = loss_and_grad("reinforce", batch, lp, aggregation="seq_mean_token_sum")
+    assert out.loss.item() == pytest.approx(np.mean(A_GRPO**2), rel=1e-12)
+    np.testing.assert_allclose(grad, 2 * 0.5 * g_rf, rtol=1e-12, atol=1e-15)
+
+
+def test_reg_grpo_reference_anchor():
+    """anchor='ref': d_i = sum_t (lp - ref); the spec's lp_ref = lp_old + delta_ref, so d_i =
+    sum_t (delta_lp - delta_ref) = [0.35 - (-0.1), -0.23 - 0.2, 0.35 - 0.0, -0.5 - 0.4]; it needs the
+    reference log-probs (declared, and a clear error without them), not the old ones."""
+    batch, lp = toy(adv_seq=A_GRPO)
+    delta_ref = np.array([[-0.2, 0.1, 0.0, 0], [0.3, -0.1, 0, 0], [0.0, 0.2, -0.3, 0.1], [0.4, 0, 0, 0]])
+    batch.ref_logprobs = torch.tensor(LP_OLD + delta_ref)
+    batch.old_logprobs = None
+    d = D_TOY - (delta_ref * MASK).sum(1)
+    np.testing.assert_allclose(d, [0.45, -0.43, 0.35, -0.9], rtol=1e-12)
+    out, grad = loss_and_grad("reg_grpo", batch, lp, anchor="ref")
+    assert out.loss.item() == pytest.approx(np.mean((A_GRPO - d) ** 2), rel=1e-12)
+    Cfg = get("policy_loss", "reg_grpo")[1]
+    assert Cfg(anchor="ref").needs_ref_logprobs and not Cfg().needs_ref_logprobs
+    batch.ref_logprobs = None
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        loss_and_grad("reg_grpo", batch, lp, anchor="ref")
+
+
+@pytest.mark.parametrize("bad", [{"beta": 0.0}, {"anchor": "init"}, {"norm_length": -1.0}])
+def test_reg_grpo_config_errors(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        get("policy_loss", "reg_grpo")[1](**bad)
+
+
+# ------------------------------------------------------------------------------------------------
 # Every loss configuration: float64 finite-difference gradients and the micro-batch contract
 # ------------------------------------------------------------------------------------------------
 
@@ -290,6 +358,8 @@ LOSS_CONFIGS = [
     ("dhpo", {}),
     ("dhpo", {"mixing": "entropy", "aggregation": "seq_mean_token_mean"}),
     ("dhpo", {"weight": 0.3, "eps_low_seq": 3e-4, "eps_high_seq": 4e-4, "tis": "token"}),
+    ("reg_grpo", {}),
+    ("reg_grpo", {"beta": 0.3, "length_normalize": True, "aggregation": "token_mean"}),
 ]
 NB, TB, VB = 8, 6, 5
 

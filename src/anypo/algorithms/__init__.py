@@ -28,6 +28,7 @@ _MODULES = (
     "riskpo",
     "xrpo",
     "dhpo",
+    "reg_grpo",
 )
 
 PRESETS: dict[str, Preset] = {}

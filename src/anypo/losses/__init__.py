@@ -9,6 +9,7 @@ from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.dhpo import DHPO, dhpo
 from anypo.losses.drpo import DRPO, drpo
 from anypo.losses.rec import OPMD, REC, AsymRE, asymre, opmd, rec
+from anypo.losses.reg_grpo import RegGRPO, reg_grpo
 from anypo.losses.sequence import GSPO, LUSPO, gspo, luspo
 from anypo.losses.token import CISPO, SAPO, PPOClip, Reinforce, cispo, ppo_clip, reinforce, sapo
 from anypo.losses.value import ClippedValueLoss, clipped
@@ -21,6 +22,7 @@ __all__ = [
     "LUSPO",
     "OPMD",
     "REC",
+    "RegGRPO",
     "SAPO",
     "AsymRE",
     "ClippedValueLoss",
@@ -38,6 +40,7 @@ __all__ = [
     "opmd",
     "ppo_clip",
     "rec",
+    "reg_grpo",
     "reinforce",
     "sapo",
 ]
