@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from anypo.rollout.replay import Replay
 
 __all__ = [
     "LossOutput",
@@ -81,6 +84,14 @@ class RolloutBatch:
             engine (e.g. vLLM), when the learner recomputes ``old_logprobs`` itself. Ratio-based
             losses use ``exp(old_logprobs - rollout_logprobs)`` for truncated importance sampling
             (their ``tis`` option); ``None`` when the engine's log-probs are the ``old_logprobs``.
+        greedy_rewards: [N] reward of the greedy response to each row's prompt (the same value for
+            every row of a group), when a part ``needs_greedy_rewards`` (ReMax's baseline); NaN where
+            the greedy response's reward failed.
+        staleness: [N] how many training steps old the policy that generated each row is when it is
+            trained on (0: the current policy's own rollouts); set by the loop under a ``Replay``
+            schedule.
+        part_state: the calling part's own state across steps (``PartConfig.stateful``), set by the
+            loop just before it calls that part; ``None`` for parts without state.
     """
 
     response_mask: Tensor
@@ -99,6 +110,9 @@ class RolloutBatch:
     extras: dict[str, Any] = field(default_factory=dict)
     loss_scale: LossScale | None = None
     rollout_logprobs: Tensor | None = None
+    greedy_rewards: Tensor | None = None
+    staleness: Tensor | None = None
+    part_state: dict[str, Any] | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -318,6 +332,41 @@ class PartConfig:
     def group_relative(self) -> bool:
         """The part compares the samples of a prompt with each other: groups need at least 2 samples."""
         return False
+
+    @property
+    def needs_rollout_logprobs(self) -> bool:
+        """The engine's own log-probs must sit next to the learner's (``rollout_logprobs`` next to
+        ``old_logprobs``): the loop then recomputes the old log-probs with the learner on every batch."""
+        return False
+
+    @property
+    def needs_greedy_rewards(self) -> bool:
+        """The reward of one greedy response per prompt must be in the batch (``greedy_rewards``); the
+        loop generates and scores it, and never trains on it."""
+        return False
+
+    @property
+    def replay(self) -> Replay | None:
+        """Stale rollouts this part needs (a ``Replay`` schedule), or None. ``AlgoConfig.replay``, when
+        set, takes precedence (``AlgoConfig.replay_schedule``)."""
+        return None
+
+    # ---- state kept across steps (dual variables, running statistics, controllers) ----
+    @property
+    def stateful(self) -> bool:
+        """The part keeps state across steps. The loop then holds ``init_state()`` for it, hands it to
+        the part as ``batch.part_state`` on every call, calls ``update_state`` after every optimizer
+        step and saves it in every checkpoint (exact resume). The loop logs nothing of it."""
+        return False
+
+    def init_state(self) -> dict[str, Any]:
+        """The state at step 0: a dict of floats, ints, lists or tensors (saved with ``torch.save``)."""
+        return {}
+
+    def update_state(self, state: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Update ``state`` in place after an optimizer step; ``metrics`` are that mini-batch's combined
+        metrics (every part's, micro-batch independent). Default: nothing. The part's function may
+        also change ``batch.part_state`` in place when it is called (an advantage part: once a step)."""
 
 
 class AdvantageFn(Protocol):

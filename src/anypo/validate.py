@@ -176,6 +176,7 @@ def _algo_problems(cfg: Any) -> list[str]:
                     f"--prompts-per-step {B} make {algo.ppo_epochs * algo.minibatches(B)} updates: "
                     "set --algo.ppo-epochs 1 and --algo.minibatch-prompts None, or use a ratio loss (ppo_clip)"
                 )
+    out += _replay_problems(algo, parts)
     if algo.needs("values") and algo.value_loss is None:
         needy = [_part_name(p) for p in parts if getattr(p, "needs_values", False)]
         out.append(
@@ -185,6 +186,24 @@ def _algo_problems(cfg: Any) -> list[str]:
     if algo.needs("values") and not _positive(cfg.critic_lr):
         out.append(f"--critic-lr is {cfg.critic_lr}: the critic's learning rate must be > 0 (e.g. --critic-lr 1e-5)")
     return out
+
+
+def _replay_problems(algo: Any, parts: tuple) -> list[str]:
+    """A stale-rollout schedule the parts disagree on, or one that feeds an on-policy-only part."""
+    try:
+        schedule = algo.replay_schedule()
+    except ValueError as e:
+        return [str(e)]
+    if not schedule.active:
+        return []
+    return [
+        f"the {_part_name(p)} is only correct on-policy, but the replay schedule (--algo.replay.sync-interval "
+        f"{schedule.sync_interval}, --algo.replay.sync-offset {schedule.sync_offset}) trains on rollouts up to "
+        f"{schedule.max_staleness} steps stale: set --algo.replay.sync-interval 1 and --algo.replay.sync-offset 0, "
+        "or use a loss made for stale data (rec, opmd, asymre, ppo_clip)"
+        for p in parts
+        if getattr(p, "requires_on_policy", False)
+    ]
 
 
 def _sampling_problems(s: Any, prefix: str) -> list[str]:
