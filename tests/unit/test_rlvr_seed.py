@@ -360,6 +360,10 @@ LOSS_CONFIGS = [
     ("dhpo", {"weight": 0.3, "eps_low_seq": 3e-4, "eps_high_seq": 4e-4, "tis": "token"}),
     ("reg_grpo", {}),
     ("reg_grpo", {"beta": 0.3, "length_normalize": True, "aggregation": "token_mean"}),
+    ("rover", {}),
+    ("rover", {"old_means": "batch", "rho": 0.7, "next_q_scale": 0.5}),
+    ("rover", {"level": "response"}),
+    ("rover", {"clip": 0.2, "old_means": "batch"}),
 ]
 NB, TB, VB = 8, 6, 5
 
@@ -431,3 +435,156 @@ def test_microbatch_contract(name, cfg):
     (g_micro,) = torch.autograd.grad(total, lp)
     torch.testing.assert_close(total, whole, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g_micro, g_whole, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# ROVER: uniform-policy Q from the policy's own log-probs
+# ------------------------------------------------------------------------------------------------
+
+
+def _lsm(x: np.ndarray) -> np.ndarray:
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def rover_spec_batch():
+    """Spec 9's example (G = 2, T = 3, V = 4, numpy default_rng(0)): logits of the old and the
+    current policy, the sampled tokens, their log-probs, M_old and the GRPO advantages of R = [1, 0]."""
+    rng = np.random.default_rng(0)
+    logits_old = rng.normal(size=(2, 3, 4))
+    logits_new = logits_old + 0.1 * rng.normal(size=(2, 3, 4))
+    tokens = np.array([[0, 2, 1], [3, 1, 0]])
+    mask = np.array([[1, 1, 1], [1, 1, 0]], float)
+    lp_new = np.take_along_axis(_lsm(logits_new), tokens[..., None], -1)[..., 0]
+    lp_old = np.take_along_axis(_lsm(logits_old), tokens[..., None], -1)[..., 0]
+    r_tilde = np.array([0.5, -0.5]) / (math.sqrt(0.5) + 1e-6)
+    batch = RolloutBatch(
+        response_mask=torch.tensor(mask),
+        group_ids=torch.zeros(2, dtype=torch.long),
+        rewards=torch.tensor([1.0, 0.0], dtype=torch.float64),
+        old_logprobs=torch.tensor(lp_old),
+        advantages=torch.tensor(r_tilde[:, None] * mask),
+        extras={"old_mean_logprobs": torch.tensor(_lsm(logits_old).mean(-1))},
+    )
+    return batch, torch.tensor(lp_new * mask, requires_grad=True), torch.tensor(logits_new), (lp_new, lp_old, mask)
+
+
+def test_rover_spec_example():
+    """Spec 9 (an independent numpy computation of the official code's formulas): loss = 0.538425 and
+    the printed dL/dlp_new; the bootstrap target for token t uses M_theta - M_old at t + 1."""
+    batch, lp, logits, _ = rover_spec_batch()
+    out, grad = loss_and_grad("rover", batch, lp, out_kw={"logits": logits}, old_means="batch")
+    assert out.loss.item() == pytest.approx(0.538425, rel=1e-5)
+    spec = [[-0.242471, -0.303277, -0.270807], [0.33283, 0.309611, 0]]
+    np.testing.assert_allclose(grad, spec, rtol=1e-5, atol=1e-6)
+    assert out.metrics["rover/target_mean"] == pytest.approx(
+        (0.720369 + 0.706901 + 0.707106 - 0.732025 - 0.707106) / 5, rel=1e-5
+    )
+
+
+def test_rover_bootstrap_by_hand():
+    """The target by hand: y_it = A_i + rho (M_theta - M_old)(s_i,t+1) m_i,t+1, 0 bootstrap at the last
+    token and past the end; loss = sum m (Q - y)^2 / 5 with Q = rho (lp - old); dL/dlp = 2 rho (Q - y)
+    m / 5. With rho = 0.5 and c = 2 the bootstrap is c rho = 1 times the M difference."""
+    batch, lp, logits, (lp_new, lp_old, mask) = rover_spec_batch()
+    out, grad = loss_and_grad(
+        "rover", batch, lp, out_kw={"logits": logits}, old_means="batch", rho=0.5, next_q_scale=2.0
+    )
+    m_new = np.array([[np.mean(np.log(np.exp(v) / np.exp(v).sum())) for v in row] for row in logits.numpy()])
+    m_old = batch.extras["old_mean_logprobs"].numpy()
+    A = batch.advantages.numpy()
+    y = A.copy()
+    for i in range(2):
+        for t in range(2):
+            y[i, t] += 1.0 * (m_new[i, t + 1] - m_old[i, t + 1]) * mask[i, t + 1]
+    Q = 0.5 * (lp_new - lp_old) * mask
+    assert out.loss.item() == pytest.approx((((Q - y) ** 2) * mask).sum() / 5, rel=1e-12)
+    np.testing.assert_allclose(grad, 2 * 0.5 * (Q - y) * mask / 5, rtol=1e-10, atol=1e-14)
+    assert out.metrics["rover/next_q_mean"] == pytest.approx(((y - A) * mask).sum() / 5, rel=1e-10)
+
+
+def test_rover_on_policy_mode():
+    """old_means='on_policy' (the preset): M_old = M_theta, the bootstrap is 0 and no logits are
+    needed. At lp = old, Q = 0, loss = mean_tokens A^2 and dL/dlp = -2 rho A / N_tok: REINFORCE with
+    token-mean, scaled by 2 rho. The config asks for one update per rollout; next_q_scale = 0
+    (target_adv_only) needs no such thing."""
+    batch, _ = toy(adv_seq=A_GRPO)
+    lp = torch.tensor(LP_OLD, requires_grad=True)
+    out, grad = loss_and_grad("rover", batch, lp, rho=1.5)
+    assert out.loss.item() == pytest.approx(((A_GRPO[:, None] ** 2) * MASK).sum() / 10, rel=1e-12)
+    np.testing.assert_allclose(grad, -2 * 1.5 * A_GRPO[:, None] * MASK / 10, rtol=1e-12, atol=1e-15)
+    Cfg = get("policy_loss", "rover")[1]
+    assert Cfg().requires_on_policy and not Cfg().needs_logits and not Cfg().needs_old_mean_logprobs
+    assert not Cfg(next_q_scale=0.0).requires_on_policy
+    b = Cfg(old_means="batch")
+    assert b.needs_logits and b.needs_old_mean_logprobs and not b.requires_on_policy
+    assert not Cfg(old_means="batch", level="response").needs_logits
+
+
+def test_rover_response_level_by_hand():
+    """level='response' (the code's response_level_rover_loss): L_i = (mean_t Q_it - A_i)^2, mean
+    over responses; with the toy's Q = lp - old: mean_t Q = D_TOY / |o|; dL/dlp_it = (2/4)(mean Q_i -
+    A_i) / |o_i|."""
+    batch, lp = toy(adv_seq=A_GRPO)
+    L = MASK.sum(1)
+    out, grad = loss_and_grad("rover", batch, lp, level="response")
+    res = D_TOY / L - A_GRPO
+    assert out.loss.item() == pytest.approx(np.mean(res**2), rel=1e-12)
+    np.testing.assert_allclose(grad, (0.5 * res / L)[:, None] * MASK, rtol=1e-12, atol=1e-15)
+
+
+def test_rover_clip_by_hand():
+    """Rover clip eps = 0.2: Q = log-ratio of the toy (rho 1). Token (0, 2): Q = 0.3 > log 1.2 =
+    0.1823 and its target A = 0.866 > Q: held at log 1.2 (no gradient); so is token (2, 1), Q = 0.4.
+    Tokens (1, 0) and (3, 0): Q = -0.25 and -0.5 < log 0.8 = -0.2231 with target -0.866 < Q: held at
+    log 0.8. Every other token (|Q| inside the band) keeps 2 (Q - A) / 10."""
+    batch, lp = toy(adv_seq=A_GRPO)
+    out, grad = loss_and_grad("rover", batch, lp, clip=0.2)
+    Q = (LP - LP_OLD) * MASK
+    A = A_GRPO[:, None] * MASK
+    held = np.zeros_like(MASK, dtype=bool)
+    held[0, 2] = held[2, 1] = held[1, 0] = held[3, 0] = True
+    Qc = np.where(held, 0.0, Q)
+    Qc[0, 2] = Qc[2, 1] = math.log(1.2)
+    Qc[1, 0] = Qc[3, 0] = math.log(0.8)
+    assert out.loss.item() == pytest.approx((((Qc - A) ** 2) * MASK).sum() / 10, rel=1e-12)
+    np.testing.assert_allclose(grad, np.where(held, 0.0, 2 * (Q - A) * MASK / 10), rtol=1e-12, atol=1e-15)
+    assert out.metrics["rover/clip_high_frac"] == pytest.approx(0.2) and out.metrics[
+        "rover/clip_low_frac"
+    ] == pytest.approx(0.2)
+
+
+def test_mean_log_softmax_by_hand_and_chunked():
+    """logits [0, ln 3]: softmax [1/4, 3/4], M = (ln 1/4 + ln 3/4) / 2; the same in chunks of one."""
+    from anypo.losses.rover import mean_log_softmax
+
+    x = torch.tensor([[[0.0, math.log(3.0)], [2.0, 2.0]]], dtype=torch.float64)
+    m = mean_log_softmax(x)
+    np.testing.assert_allclose(m.numpy(), [[(math.log(0.25) + math.log(0.75)) / 2, math.log(0.5)]], rtol=1e-12)
+    big = torch.randn(3, 5, 7, dtype=torch.float64)
+    torch.testing.assert_close(mean_log_softmax(big, chunk=1), torch.log_softmax(big, -1).mean(-1))
+    assert mean_log_softmax(big.float().requires_grad_(True)).requires_grad is False
+
+
+def test_rover_batch_mode_errors():
+    batch, lp, logits, _ = rover_spec_batch()
+    with pytest.raises(ValueError, match="logits"):
+        loss_and_grad("rover", batch, lp, old_means="batch")
+    batch.extras = {}
+    with pytest.raises(ValueError, match="old_mean_logprobs"):
+        loss_and_grad("rover", batch, lp, out_kw={"logits": logits}, old_means="batch")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"rho": 0.0},
+        {"next_q_scale": -1.0},
+        {"level": "seq"},
+        {"clip": 1.0},
+        {"old_means": "ref"},
+        {"aggregation": "seq_mean_token_mean"},
+    ],
+)
+def test_rover_config_errors(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        get("policy_loss", "rover")[1](**bad)

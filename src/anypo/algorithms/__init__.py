@@ -29,6 +29,7 @@ _MODULES = (
     "xrpo",
     "dhpo",
     "reg_grpo",
+    "rover",
 )
 
 PRESETS: dict[str, Preset] = {}

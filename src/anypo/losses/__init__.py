@@ -10,6 +10,7 @@ from anypo.losses.dhpo import DHPO, dhpo
 from anypo.losses.drpo import DRPO, drpo
 from anypo.losses.rec import OPMD, REC, AsymRE, asymre, opmd, rec
 from anypo.losses.reg_grpo import RegGRPO, reg_grpo
+from anypo.losses.rover import ROVER, rover
 from anypo.losses.sequence import GSPO, LUSPO, gspo, luspo
 from anypo.losses.token import CISPO, SAPO, PPOClip, Reinforce, cispo, ppo_clip, reinforce, sapo
 from anypo.losses.value import ClippedValueLoss, clipped
@@ -22,6 +23,7 @@ __all__ = [
     "LUSPO",
     "OPMD",
     "REC",
+    "ROVER",
     "RegGRPO",
     "SAPO",
     "AsymRE",
@@ -42,5 +44,6 @@ __all__ = [
     "rec",
     "reg_grpo",
     "reinforce",
+    "rover",
     "sapo",
 ]
