@@ -6,6 +6,7 @@ An advantage part may also fill ``batch.returns`` (value targets) when it ``need
 
 from anypo.advantages.bnpo import BNPOAdvantage, bnpo
 from anypo.advantages.drpo import DRPOAdvantage, drpo
+from anypo.advantages.gpg import GPGAdvantage, gpg
 from anypo.advantages.outcome import (
     DrGRPOAdvantage,
     GRPOAdvantage,
@@ -33,6 +34,7 @@ __all__ = [
     "DRPOAdvantage",
     "DrGRPOAdvantage",
     "GAEAdvantage",
+    "GPGAdvantage",
     "GRPOAdvantage",
     "RLOOAdvantage",
     "ReinforcePPAdvantage",
@@ -45,6 +47,7 @@ __all__ = [
     "dr_grpo",
     "gae",
     "gae_advantages_returns",
+    "gpg",
     "grpo",
     "reinforce_pp",
     "reinforce_pp_baseline",

