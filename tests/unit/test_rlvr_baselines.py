@@ -84,6 +84,41 @@ def test_gpg_config_errors():
 
 
 # ------------------------------------------------------------------------------------------------
+# MaxRL
+# ------------------------------------------------------------------------------------------------
+
+
+def test_maxrl_inverse_pass_rate_weighting():
+    """A = (R - p) / p: g0 = [1, 0, 0, 0] (p = 1/4): correct (3/4)/(1/4) = 3, wrong -1;
+    g1 = [1, 1, 0, 0] (p = 1/2): +-1; all-wrong and all-right groups: 0. The correct answer of the
+    hard prompt weighs 3 times the easy one's, where GRPO's z-score gives 1.5 vs 0.87."""
+    b = outcome_batch([1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1], [0] * 4 + [1] * 4 + [2] * 2 + [3] * 2)
+    eps = 1e-6
+    expected = [0.75 / (0.25 + eps)] + [-0.25 / (0.25 + eps)] * 3 + [0.5 / (0.5 + eps)] * 2 + [-0.5 / (0.5 + eps)] * 2
+    np.testing.assert_allclose(adv("maxrl", b), expected + [0.0] * 4, rtol=1e-12)
+    np.testing.assert_allclose(adv("maxrl", b, eps=0.0)[:8], [3, -1, -1, -1, 1, 1, -1, -1], rtol=1e-12)
+
+
+def test_maxrl_sum_is_gradient_over_successes():
+    """With binary rewards, sum_i A_i grad_i = (G/K) sum_{i correct} grad_i - sum_i grad_i: the
+    weight of each correct sample is 1/p - 1 = G/K - 1 and of each wrong one -1 (eps = 0), i.e.
+    the mean score over the K successes scaled by G, minus the group's mean-score control variate."""
+    R = [1, 0, 1, 0, 0, 0]  # G = 6, K = 2, p = 1/3
+    A = adv("maxrl", outcome_batch(R, [0] * 6), eps=0.0)
+    np.testing.assert_allclose(A, [2, -1, 2, -1, -1, -1], rtol=1e-12)
+    assert abs(A.sum()) < 1e-12
+
+
+def test_maxrl_non_positive_mean_and_singleton():
+    """A group with mean reward <= 0 ([-1, 0]: mean -1/2) carries no signal (0, not a sign flip);
+    a group of one sample gets 0 (the official code divides its reward by eps)."""
+    A = adv("maxrl", outcome_batch([-1.0, 0.0, 1.0], [0, 0, 1]))
+    np.testing.assert_array_equal(A, 0.0)
+    with pytest.raises(ValueError, match="eps"):
+        get("advantage", "maxrl")[1](eps=-1.0)
+
+
+# ------------------------------------------------------------------------------------------------
 # float64 finite-difference gradients
 # ------------------------------------------------------------------------------------------------
 
@@ -135,7 +170,7 @@ def test_gradcheck(name, cfg, spread):
     assert torch.autograd.gradcheck(loss, (lp,), eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("preset", ["gpg"])
+@pytest.mark.parametrize("preset", ["gpg", "maxrl"])
 def test_preset_loss_on_the_new_advantages_gradcheck(preset):
     """The presets' advantage followed by their policy loss: finite advantages and a float64
     gradcheck of the loss on them (the advantages are constants of the update). pass@4 needs
@@ -169,4 +204,14 @@ def test_gpg_preset():
     assert names(a) == ("gpg", "reinforce")
     assert not a.advantage.std_normalize and a.advantage.max_alpha is None
     assert a.policy_loss.aggregation == "token_mean" and a.regularizers == ()
+    assert (a.ppo_epochs, a.minibatch_prompts) == (1, None)
+
+
+def test_maxrl_preset():
+    """MaxRL (official Qwen3 runs): PPO clip 0.2/0.2 with dual clip 3, token mean, one on-policy
+    update (mini-batch 256 = batch 256), no KL."""
+    a = PRESETS["maxrl"].build()
+    assert names(a) == ("maxrl", "ppo_clip") and a.regularizers == ()
+    p = a.policy_loss
+    assert (p.eps_low, p.eps_high, p.dual_clip, p.aggregation) == (0.2, 0.2, 3.0, "token_mean")
     assert (a.ppo_epochs, a.minibatch_prompts) == (1, None)

@@ -7,6 +7,7 @@ An advantage part may also fill ``batch.returns`` (value targets) when it ``need
 from anypo.advantages.bnpo import BNPOAdvantage, bnpo
 from anypo.advantages.drpo import DRPOAdvantage, drpo
 from anypo.advantages.gpg import GPGAdvantage, gpg
+from anypo.advantages.maxrl import MaxRLAdvantage, maxrl
 from anypo.advantages.outcome import (
     DrGRPOAdvantage,
     GRPOAdvantage,
@@ -36,6 +37,7 @@ __all__ = [
     "GAEAdvantage",
     "GPGAdvantage",
     "GRPOAdvantage",
+    "MaxRLAdvantage",
     "RLOOAdvantage",
     "ReinforcePPAdvantage",
     "ReinforcePPBaselineAdvantage",
@@ -49,6 +51,7 @@ __all__ = [
     "gae_advantages_returns",
     "gpg",
     "grpo",
+    "maxrl",
     "reinforce_pp",
     "reinforce_pp_baseline",
     "riskpo",

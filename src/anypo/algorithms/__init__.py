@@ -24,6 +24,7 @@ _MODULES = (
     "ppo",
     # baselines other libraries ship (verl, SkyRL, prime-rl)
     "gpg",
+    "maxrl",
     # RLVR methods
     "bnpo",
     "drpo",
