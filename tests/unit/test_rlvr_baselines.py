@@ -84,6 +84,31 @@ def test_gpg_config_errors():
 
 
 # ------------------------------------------------------------------------------------------------
+# OPO
+# ------------------------------------------------------------------------------------------------
+
+
+def test_opo_length_weighted_baseline():
+    """Lengths [3, 2, 4, 1], rewards [1, 0, 1, 0]: b = (3*1 + 2*0 + 4*1 + 1*0) / (3+2+4+1) = 0.7,
+    A = R - 0.7 = [0.3, -0.7, 0.3, -0.7] (the plain mean 0.5 would give +-0.5). A second group of
+    equal lengths [2, 2] and rewards [1, 0] has b = 1/2: A = [1/2, -1/2] (OPO = Dr. GRPO there)."""
+    b = outcome_batch([1, 0, 1, 0, 1, 0], [7, 7, 7, 7, 3, 3], lengths=[3, 2, 4, 1, 2, 2])
+    np.testing.assert_allclose(adv("opo", b), [0.3, -0.7, 0.3, -0.7, 0.5, -0.5], rtol=1e-12)
+
+
+def test_opo_singleton_and_empty_group():
+    """A group of one sample gets 0; a group whose responses are all empty falls back to the plain
+    mean (and its advantages are masked out anyway); a longer correct answer raises the baseline:
+    lengths [1, 3], R [0, 1]: b = 3/4, A = [-3/4, 1/4]."""
+    b = outcome_batch([1.0, 0, 1, 0, 1], [0, 1, 1, 2, 2], lengths=[2, 1, 3, 0, 0])
+    A = adv("opo", b)
+    np.testing.assert_allclose(A[:3], [0.0, -0.75, 0.25], rtol=1e-12)
+    np.testing.assert_array_equal(A[3:], 0.0)  # masked
+    fn, Cfg = get("advantage", "opo")
+    assert torch.isfinite(fn(b, Cfg())).all()
+
+
+# ------------------------------------------------------------------------------------------------
 # MaxRL
 # ------------------------------------------------------------------------------------------------
 
@@ -170,7 +195,7 @@ def test_gradcheck(name, cfg, spread):
     assert torch.autograd.gradcheck(loss, (lp,), eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("preset", ["gpg", "maxrl"])
+@pytest.mark.parametrize("preset", ["gpg", "opo", "maxrl"])
 def test_preset_loss_on_the_new_advantages_gradcheck(preset):
     """The presets' advantage followed by their policy loss: finite advantages and a float64
     gradcheck of the loss on them (the advantages are constants of the update). pass@4 needs
@@ -204,6 +229,13 @@ def test_gpg_preset():
     assert names(a) == ("gpg", "reinforce")
     assert not a.advantage.std_normalize and a.advantage.max_alpha is None
     assert a.policy_loss.aggregation == "token_mean" and a.regularizers == ()
+    assert (a.ppo_epochs, a.minibatch_prompts) == (1, None)
+
+
+def test_opo_preset():
+    """OPO: exact on-policy (mini-batch = rollout batch, one epoch), no KL, no entropy bonus."""
+    a = PRESETS["opo"].build()
+    assert names(a) == ("opo", "ppo_clip") and a.regularizers == ()
     assert (a.ppo_epochs, a.minibatch_prompts) == (1, None)
 
 

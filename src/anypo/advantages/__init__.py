@@ -8,6 +8,7 @@ from anypo.advantages.bnpo import BNPOAdvantage, bnpo
 from anypo.advantages.drpo import DRPOAdvantage, drpo
 from anypo.advantages.gpg import GPGAdvantage, gpg
 from anypo.advantages.maxrl import MaxRLAdvantage, maxrl
+from anypo.advantages.opo import OPOAdvantage, opo
 from anypo.advantages.outcome import (
     DrGRPOAdvantage,
     GRPOAdvantage,
@@ -38,6 +39,7 @@ __all__ = [
     "GPGAdvantage",
     "GRPOAdvantage",
     "MaxRLAdvantage",
+    "OPOAdvantage",
     "RLOOAdvantage",
     "ReinforcePPAdvantage",
     "ReinforcePPBaselineAdvantage",
@@ -52,6 +54,7 @@ __all__ = [
     "gpg",
     "grpo",
     "maxrl",
+    "opo",
     "reinforce_pp",
     "reinforce_pp_baseline",
     "riskpo",

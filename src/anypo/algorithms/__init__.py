@@ -25,6 +25,7 @@ _MODULES = (
     # baselines other libraries ship (verl, SkyRL, prime-rl)
     "gpg",
     "maxrl",
+    "opo",
     # RLVR methods
     "bnpo",
     "drpo",
