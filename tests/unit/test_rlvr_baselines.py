@@ -144,6 +144,66 @@ def test_maxrl_non_positive_mean_and_singleton():
 
 
 # ------------------------------------------------------------------------------------------------
+# pass@k
+# ------------------------------------------------------------------------------------------------
+
+
+def brute_force_passk(correct: list[bool], k: int) -> list[float]:
+    """Independent computation from the definition: every k-subset S of the group gets the reward
+    max_{i in S} R_i; R_bar and sigma are the mean and (population) std of those subset rewards;
+    a response's advantage is the mean of (reward(S) - R_bar) / sigma over the subsets holding it."""
+    n = len(correct)
+    subsets = list(itertools.combinations(range(n), k))
+    reward = {S: float(any(correct[i] for i in S)) for S in subsets}
+    r_bar = sum(reward.values()) / len(subsets)
+    sigma = math.sqrt(sum((r - r_bar) ** 2 for r in reward.values()) / len(subsets))
+    out = []
+    for i in range(n):
+        mine = [S for S in subsets if i in S]
+        out.append(sum((reward[S] - r_bar) for S in mine) / len(mine) / (sigma + 1e-6))
+    return out
+
+
+def test_passk_hand_example():
+    """n = 4, c = 1, k = 2: R_bar = 1 - C(3,2)/C(4,2) = 1 - 3/6 = 1/2, sigma = 1/2;
+    A_pos = (1/2)/(1/2) = 1; a wrong response is in C(3,1) = 3 pairs, C(2,1) = 2 of them with no
+    correct one: A_neg = (1 - 1/2 - 2/3) / (1/2) = -1/3 (pass@1 training would give -1/sqrt(3))."""
+    A = adv("passk", outcome_batch([1, 0, 0, 0], [0] * 4), k=2, eps=1e-12)
+    np.testing.assert_allclose(A, [1.0, -1 / 3, -1 / 3, -1 / 3], rtol=1e-9)
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(4, 1, 2), (6, 2, 3), (8, 3, 4), (8, 1, 2), (5, 4, 2), (7, 2, 5)])
+def test_passk_matches_subset_enumeration(n, c, k):
+    """The closed form equals the average over every k-subset (independent enumeration)."""
+    correct = [True] * c + [False] * (n - c)
+    A = adv("passk", outcome_batch([float(x) for x in correct], [0] * n), k=k)
+    np.testing.assert_allclose(A, brute_force_passk(correct, k), rtol=1e-9, atol=1e-12)
+
+
+def test_passk_limits():
+    """k = 1 is GRPO with the population std: p = 1/4, A_pos = (3/4)/sqrt(3/16) = sqrt(3),
+    A_neg = -(1/4)/sqrt(3/16) = -1/sqrt(3). k = n has a single subset: every advantage is 0.
+    n - c < k (every pair holds a correct answer): wrong answers are not penalised at all
+    (A_neg = 0) and R_bar = 1 gives A_pos = 0 too. All wrong: 0."""
+    b = outcome_batch([1, 0, 0, 0], [0] * 4)
+    np.testing.assert_allclose(adv("passk", b, k=1, eps=1e-12), [3**0.5] + [-(3**-0.5)] * 3, rtol=1e-9)
+    np.testing.assert_allclose(adv("passk", b, k=4), 0.0, atol=1e-12)
+    np.testing.assert_allclose(adv("passk", outcome_batch([1, 1, 1, 0], [0] * 4), k=2), 0.0, atol=1e-12)
+    np.testing.assert_allclose(adv("passk", outcome_batch([0, 0, 0], [0] * 3), k=2), 0.0, atol=1e-12)
+
+
+def test_passk_correctness_and_errors():
+    """Correctness comes from extras["correct"] when present (reward 1.1 with a format bonus but
+    wrong is negative); a group smaller than k raises; k < 1 is refused."""
+    b = outcome_batch([1.1, 0.1, 0.1, 0.1], [0] * 4, correct=[0.0, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(adv("passk", b, k=2, eps=1e-12), [-1 / 3, 1.0, -1 / 3, -1 / 3], rtol=1e-9)
+    with pytest.raises(ValueError, match="fewer than k"):
+        adv("passk", outcome_batch([1, 0], [0, 0]), k=3)
+    with pytest.raises(ValueError, match="k must be"):
+        get("advantage", "passk")[1](k=0)
+
+
+# ------------------------------------------------------------------------------------------------
 # float64 finite-difference gradients
 # ------------------------------------------------------------------------------------------------
 
@@ -195,7 +255,7 @@ def test_gradcheck(name, cfg, spread):
     assert torch.autograd.gradcheck(loss, (lp,), eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("preset", ["gpg", "opo", "maxrl"])
+@pytest.mark.parametrize("preset", ["gpg", "opo", "maxrl", "passk"])
 def test_preset_loss_on_the_new_advantages_gradcheck(preset):
     """The presets' advantage followed by their policy loss: finite advantages and a float64
     gradcheck of the loss on them (the advantages are constants of the update). pass@4 needs
@@ -247,3 +307,8 @@ def test_maxrl_preset():
     p = a.policy_loss
     assert (p.eps_low, p.eps_high, p.dual_clip, p.aggregation) == (0.2, 0.2, 3.0, "token_mean")
     assert (a.ppo_epochs, a.minibatch_prompts) == (1, None)
+
+
+def test_passk_preset():
+    a = PRESETS["passk"].build()
+    assert names(a) == ("passk", "ppo_clip") and a.advantage.k == 4

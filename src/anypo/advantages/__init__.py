@@ -19,6 +19,7 @@ from anypo.advantages.outcome import (
     reinforce_pp_baseline,
     rloo,
 )
+from anypo.advantages.passk import PassKAdvantage, passk
 from anypo.advantages.riskpo import RiskPOAdvantage, riskpo
 from anypo.advantages.token import (
     GAEAdvantage,
@@ -40,6 +41,7 @@ __all__ = [
     "GRPOAdvantage",
     "MaxRLAdvantage",
     "OPOAdvantage",
+    "PassKAdvantage",
     "RLOOAdvantage",
     "ReinforcePPAdvantage",
     "ReinforcePPBaselineAdvantage",
@@ -55,6 +57,7 @@ __all__ = [
     "grpo",
     "maxrl",
     "opo",
+    "passk",
     "reinforce_pp",
     "reinforce_pp_baseline",
     "riskpo",

@@ -26,6 +26,7 @@ _MODULES = (
     "gpg",
     "maxrl",
     "opo",
+    "passk",
     # RLVR methods
     "bnpo",
     "drpo",
