@@ -204,6 +204,79 @@ def test_passk_correctness_and_errors():
 
 
 # ------------------------------------------------------------------------------------------------
+# GMPO
+# ------------------------------------------------------------------------------------------------
+
+
+def gmpo_toy() -> tuple[RolloutBatch, torch.Tensor]:
+    """Sequence 0: A = +1, 3 tokens, d = lp - old = [0.1, 0.6, -0.5]; sequence 1: A = -1, 2 tokens,
+    d = [-0.6, 0.2] (padding holds garbage that must not matter)."""
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.2, float("nan")]], dtype=torch.float64)
+    d = torch.tensor([[0.1, 0.6, -0.5], [-0.6, 0.2, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.float64)
+    batch = RolloutBatch(
+        response_mask=mask,
+        group_ids=torch.tensor([0, 0]),
+        rewards=torch.tensor([1.0, 0.0], dtype=torch.float64),
+        old_logprobs=old,
+        advantages=torch.tensor([[1.0, 1, 1], [-1, -1, 0]], dtype=torch.float64),
+    )
+    lp = torch.where(mask > 0, old + d, torch.full_like(d, float("-inf")))
+    return batch, lp.requires_grad_(True)
+
+
+def test_gmpo_hand_example():
+    """eps = 0.4 (log space). Sequence 0 (A > 0) clips only upward: d~ = [0.1, 0.4, -0.5], mean 0,
+    rho_0 = 1, L_0 = -1; its gradient -A rho / |o| = -1/3 on the two unclipped tokens, 0 on the
+    clipped one. Sequence 1 (A < 0) clips only downward: d~ = [-0.4, 0.2], mean -0.1,
+    rho_1 = e^-0.1, L_1 = +e^-0.1, gradient +rho_1 / 2 on token 2 only.
+    seq_mean_token_mean: loss = (L_0 + L_1) / 2, gradient halved. clipfrac 2/5."""
+    batch, lp = gmpo_toy()
+    fn, Cfg = get("policy_loss", "gmpo")
+    out = fn(PolicyOutput(logprobs=lp), batch, Cfg())
+    (g,) = torch.autograd.grad(out.loss, lp)
+    r1 = math.exp(-0.1)
+    assert out.loss.item() == pytest.approx((-1 + r1) / 2, rel=1e-12)
+    np.testing.assert_allclose(g.numpy(), [[-1 / 6, 0, -1 / 6], [0, r1 / 4, 0]], rtol=1e-12, atol=1e-15)
+    assert out.metrics["policy/clipfrac"] == pytest.approx(2 / 5)
+    assert out.metrics["policy/seq_ratio_max"] == pytest.approx(1.0)
+    assert out.metrics["policy/seq_ratio_min"] == pytest.approx(r1)
+    assert out.metrics["policy/ratio_max"] == pytest.approx(math.exp(0.6))
+
+
+def test_gmpo_geometric_mean_tames_an_outlier():
+    """One token with log-ratio 3 among nine at 0, A = +1, no clipping (eps = 10): the arithmetic
+    mean of the token ratios (GRPO) is (9 + e^3)/10 = 2.909; GMPO's geometric mean is
+    e^(3/10) = 1.350, and its gradient weight is the same 1.350/10 on every token."""
+    T = 10
+    old = torch.full((1, T), -1.0, dtype=torch.float64)
+    d = torch.zeros(1, T, dtype=torch.float64)
+    d[0, 4] = 3.0
+    batch = RolloutBatch(
+        response_mask=torch.ones(1, T, dtype=torch.float64),
+        group_ids=torch.tensor([0]),
+        rewards=torch.tensor([1.0], dtype=torch.float64),
+        old_logprobs=old,
+        advantages=torch.ones(1, T, dtype=torch.float64),
+    )
+    lp = (old + d).requires_grad_(True)
+    fn, Cfg = get("policy_loss", "gmpo")
+    out = fn(PolicyOutput(logprobs=lp), batch, Cfg(eps_low=10.0, eps_high=10.0))
+    (g,) = torch.autograd.grad(out.loss, lp)
+    assert out.metrics["policy/seq_ratio_mean"] == pytest.approx(math.exp(0.3))
+    np.testing.assert_allclose(g.numpy(), -math.exp(0.3) / T, rtol=1e-12)
+    assert out.metrics["policy/ratio_mean"] == pytest.approx((9 + math.exp(3)) / 10)
+
+
+def test_gmpo_config_errors():
+    _, Cfg = get("policy_loss", "gmpo")
+    with pytest.raises(ValueError, match="eps_low"):
+        Cfg(eps_low=0.0)
+    with pytest.raises(ValueError, match="aggregation"):
+        Cfg(aggregation="sum")
+
+
+# ------------------------------------------------------------------------------------------------
 # float64 finite-difference gradients
 # ------------------------------------------------------------------------------------------------
 
@@ -235,6 +308,8 @@ def random_batch(seed: int, spread: float) -> tuple[RolloutBatch, torch.Tensor]:
 @pytest.mark.parametrize(
     ("name", "cfg"),
     [
+        ("gmpo", {}),
+        ("gmpo", {"eps_low": 0.1, "eps_high": 0.1, "aggregation": "token_mean"}),
     ],
 )
 def test_gradcheck(name, cfg, spread):
@@ -312,3 +387,11 @@ def test_maxrl_preset():
 def test_passk_preset():
     a = PRESETS["passk"].build()
     assert names(a) == ("passk", "ppo_clip") and a.advantage.k == 4
+
+
+def test_gmpo_preset():
+    """GMPO (official): log-space clip 0.4, GRPO advantages, no KL, sequence mean."""
+    a = PRESETS["gmpo"].build()
+    assert names(a) == ("grpo", "gmpo") and a.regularizers == ()
+    assert (a.policy_loss.eps_low, a.policy_loss.eps_high) == (0.4, 0.4)
+    assert a.policy_loss.aggregation == "seq_mean_token_mean"

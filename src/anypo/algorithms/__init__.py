@@ -27,6 +27,7 @@ _MODULES = (
     "maxrl",
     "opo",
     "passk",
+    "gmpo",
     # RLVR methods
     "bnpo",
     "drpo",

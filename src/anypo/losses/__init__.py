@@ -8,6 +8,7 @@ from anypo.losses import preference  # noqa: F401  (registers the preference_los
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.dhpo import DHPO, dhpo
 from anypo.losses.drpo import DRPO, drpo
+from anypo.losses.gmpo import GMPO, gmpo
 from anypo.losses.rec import OPMD, REC, AsymRE, asymre, opmd, rec
 from anypo.losses.reg_grpo import RegGRPO, reg_grpo
 from anypo.losses.rover import ROVER, rover
@@ -19,6 +20,7 @@ __all__ = [
     "CISPO",
     "DHPO",
     "DRPO",
+    "GMPO",
     "GSPO",
     "LUSPO",
     "OPMD",
@@ -37,6 +39,7 @@ __all__ = [
     "clipped",
     "dhpo",
     "drpo",
+    "gmpo",
     "gspo",
     "luspo",
     "opmd",
