@@ -277,6 +277,103 @@ def test_gmpo_config_errors():
 
 
 # ------------------------------------------------------------------------------------------------
+# DPPO
+# ------------------------------------------------------------------------------------------------
+
+# token: (A, mu, p): the trust region is on p - mu, in the direction of A
+DPPO_TOKENS = [
+    (+1, 0.10, 0.35),  # p rose by 0.25 > 0.15: masked
+    (-1, 0.40, 0.10),  # p fell by 0.30 > 0.15: masked
+    (+1, 0.50, 0.60),  # +0.10: kept, r = 1.2
+    (-1, 0.70, 0.90),  # rose although A < 0 (not the direction of A): kept, r = 9/7
+    (+1, 1e-5, 1e-3),  # r = 100 (PPO clips it) but p moved by 0.00099: kept, weight min(100, 20)
+    (-1, 0.99, 0.80),  # r = 0.808 (inside PPO's [0.8, 1.2]) but p fell by 0.19: masked
+]
+
+
+def dppo_toy(anchor_field: str = "old_logprobs") -> tuple[RolloutBatch, torch.Tensor]:
+    A = torch.tensor([[a for a, _, _ in DPPO_TOKENS]], dtype=torch.float64)
+    mu = torch.tensor([[m for _, m, _ in DPPO_TOKENS]], dtype=torch.float64).log()
+    p = torch.tensor([[q for _, _, q in DPPO_TOKENS]], dtype=torch.float64).log()
+    batch = RolloutBatch(
+        response_mask=torch.ones(1, 6, dtype=torch.float64),
+        group_ids=torch.tensor([0]),
+        rewards=torch.tensor([1.0], dtype=torch.float64),
+        old_logprobs=mu.clone(),
+        advantages=A,
+    )
+    if anchor_field == "rollout_logprobs":  # the engine's log-probs differ from the learner's
+        batch.rollout_logprobs, batch.old_logprobs = mu.clone(), mu + 0.5
+    return batch, p.requires_grad_(True)
+
+
+def test_dppo_binary_tv_hand_example():
+    """delta 0.15 (TV), token_mean over 6 tokens, dL/dlp = -A min(r, 20) valid / 6:
+    masked tokens 1, 2, 6 -> 0; token 3: -1.2/6; token 4: +(9/7)/6; token 5: -20/6.
+    masked_frac 3/6, with a positive advantage 1/6, a negative one 2/6."""
+    batch, lp = dppo_toy()
+    fn, Cfg = get("policy_loss", "dppo")
+    out = fn(PolicyOutput(logprobs=lp), batch, Cfg())
+    (g,) = torch.autograd.grad(out.loss, lp)
+    np.testing.assert_allclose(g.numpy(), [[0, 0, -1.2 / 6, (9 / 7) / 6, -20 / 6, 0]], rtol=1e-9, atol=1e-15)
+    m = out.metrics
+    assert (m["dppo/masked_frac"], m["dppo/masked_pos_frac"], m["dppo/masked_neg_frac"]) == pytest.approx(
+        (3 / 6, 1 / 6, 2 / 6)
+    )
+    assert m["policy/clipfrac"] == m["dppo/masked_frac"]
+    assert m["dppo/capped_frac"] == pytest.approx(1 / 6)
+    shifts = [0.25, 0.30, 0.10, 0.20, 1e-3 - 1e-5, 0.19]
+    assert m["dppo/prob_shift_mean"] == pytest.approx(sum(shifts) / 6)
+    # without the cap, token 5 carries its full ratio 100
+    out = fn(PolicyOutput(logprobs=lp), batch, Cfg(ratio_cap=None))
+    (g,) = torch.autograd.grad(out.loss, lp)
+    assert g[0, 4].item() == pytest.approx(-100 / 6, rel=1e-9)
+
+
+def test_dppo_binary_kl_matches_numpy():
+    """Binary KL D = mu log(mu/p) + (1 - mu) log((1 - mu)/(1 - p)) (numpy, independent), delta 0.05:
+    a token is masked when D > 0.05 and p moved in the direction of A. Token 3 (0.5 -> 0.6):
+    D = 0.5 ln(5/6) + 0.5 ln(5/4) = 0.0204 < 0.05: kept; token 1 (0.1 -> 0.35, A > 0): D = 0.1676: masked."""
+    batch, lp = dppo_toy()
+    fn, Cfg = get("policy_loss", "dppo")
+    out = fn(PolicyOutput(logprobs=lp), batch, Cfg(divergence="kl"))
+    (g,) = torch.autograd.grad(out.loss, lp)
+    A = np.array([a for a, _, _ in DPPO_TOKENS], dtype=np.float64)
+    mu = np.array([m for _, m, _ in DPPO_TOKENS])
+    p = np.array([q for _, _, q in DPPO_TOKENS])
+    D = mu * np.log(mu / p) + (1 - mu) * np.log((1 - mu + 1e-8) / (1 - p + 1e-8))
+    assert D[2] == pytest.approx(0.5 * math.log(5 / 6) + 0.5 * math.log(5 / 4), rel=1e-6)
+    assert D[0] == pytest.approx(0.1676, abs=1e-4)
+    moved_with_A = np.where(A > 0, p > mu, p < mu)
+    valid = ~((D > 0.05) & moved_with_A)
+    expected = -A * np.minimum(p / mu, 20.0) * valid / 6
+    np.testing.assert_allclose(g.numpy()[0], expected, rtol=1e-9, atol=1e-15)
+    assert list(valid) == [False, False, True, True, True, False]
+
+
+def test_dppo_anchor():
+    """anchor="rollout" measures against rollout_logprobs when the learner recomputed old_logprobs
+    (the hand example again); anchor="old" against old_logprobs = mu + 0.5 (every ratio e^-0.5 times
+    smaller and every mu e^0.5 times larger, so other tokens are masked)."""
+    batch, lp = dppo_toy("rollout_logprobs")
+    fn, Cfg = get("policy_loss", "dppo")
+    (g,) = torch.autograd.grad(fn(PolicyOutput(logprobs=lp), batch, Cfg()).loss, lp)
+    np.testing.assert_allclose(g.numpy(), [[0, 0, -1.2 / 6, (9 / 7) / 6, -20 / 6, 0]], rtol=1e-9, atol=1e-15)
+    out = fn(PolicyOutput(logprobs=lp), batch, Cfg(anchor="old"))
+    (g_old,) = torch.autograd.grad(out.loss, lp)
+    assert not torch.allclose(g_old, g)
+
+
+def test_dppo_config():
+    _, Cfg = get("policy_loss", "dppo")
+    assert Cfg().bounds == (0.15, 0.15) and Cfg(divergence="kl").bounds == (0.05, 0.05)
+    assert Cfg(delta_low=0.3).bounds == (0.3, 0.15)
+    for bad in ({"divergence": "js"}, {"delta_high": 0.0}, {"ratio_cap": -1.0}, {"anchor": "ref"}):
+        with pytest.raises(ValueError, match="DPPO"):
+            Cfg(**bad)
+
+
+# ------------------------------------------------------------------------------------------------
 # float64 finite-difference gradients
 # ------------------------------------------------------------------------------------------------
 
@@ -310,6 +407,9 @@ def random_batch(seed: int, spread: float) -> tuple[RolloutBatch, torch.Tensor]:
     [
         ("gmpo", {}),
         ("gmpo", {"eps_low": 0.1, "eps_high": 0.1, "aggregation": "token_mean"}),
+        ("dppo", {}),
+        ("dppo", {"divergence": "kl", "delta_low": 0.02, "delta_high": 0.02}),
+        ("dppo", {"anchor": "old", "ratio_cap": 1.05, "aggregation": "seq_mean_token_sum_norm"}),
     ],
 )
 def test_gradcheck(name, cfg, spread):
@@ -395,3 +495,13 @@ def test_gmpo_preset():
     assert names(a) == ("grpo", "gmpo") and a.regularizers == ()
     assert (a.policy_loss.eps_low, a.policy_loss.eps_high) == (0.4, 0.4)
     assert a.policy_loss.aggregation == "seq_mean_token_mean"
+
+
+def test_dppo_preset():
+    """DPPO (the authors' verl example): Binary-TV 0.15, anchored to the rollout policy, no ratio
+    cap, Dr. GRPO advantages, seq-mean-token-sum-norm, 8 mini-batches of 32 of 256 prompts, no KL."""
+    a = PRESETS["dppo"].build()
+    assert names(a) == ("dr_grpo", "dppo") and a.regularizers == ()
+    p = a.policy_loss
+    assert (p.divergence, p.bounds, p.anchor, p.ratio_cap) == ("tv", (0.15, 0.15), "rollout", None)
+    assert p.aggregation == "seq_mean_token_sum_norm" and a.minibatch_prompts == 32

@@ -28,6 +28,7 @@ _MODULES = (
     "opo",
     "passk",
     "gmpo",
+    "dppo",
     # RLVR methods
     "bnpo",
     "drpo",

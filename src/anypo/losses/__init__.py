@@ -7,6 +7,7 @@ Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds 
 from anypo.losses import preference  # noqa: F401  (registers the preference_loss kind)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.dhpo import DHPO, dhpo
+from anypo.losses.dppo import DPPO, dppo
 from anypo.losses.drpo import DRPO, drpo
 from anypo.losses.gmpo import GMPO, gmpo
 from anypo.losses.rec import OPMD, REC, AsymRE, asymre, opmd, rec
@@ -19,6 +20,7 @@ from anypo.losses.value import ClippedValueLoss, clipped
 __all__ = [
     "CISPO",
     "DHPO",
+    "DPPO",
     "DRPO",
     "GMPO",
     "GSPO",
@@ -38,6 +40,7 @@ __all__ = [
     "cispo",
     "clipped",
     "dhpo",
+    "dppo",
     "drpo",
     "gmpo",
     "gspo",
