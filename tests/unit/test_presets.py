@@ -120,6 +120,23 @@ def test_rloo_reinforce_pp_ppo():
     assert p.value_loss.cliprange == 0.5
 
 
+def test_rec_family_presets():
+    """Trinity-RFT's REC example: A = R - mean (no std), token mean, REC-OneSide-NoIS 0.2 / 0.2, OPMD
+    and AsymRE tau 0.1, one update per batch, rollouts refreshed every 20 steps (sync_interval 20)."""
+    from anypo.rollout.replay import Replay
+
+    rec, opmd, asymre = build("rec"), build("opmd"), build("asymre")
+    assert (rec.policy_loss.clip_mode, rec.policy_loss.weight) == ("one_side", "none")
+    assert (rec.policy_loss.eps_low, rec.policy_loss.eps_high) == (0.2, 0.2)
+    assert opmd.policy_loss.tau == asymre.policy_loss.tau == 0.1
+    for a in (rec, opmd, asymre):
+        assert registry.registry("advantage").name_of(a.advantage) == "dr_grpo"
+        assert a.policy_loss.aggregation == "token_mean" and not a.regularizers
+        assert (a.ppo_epochs, a.minibatch_prompts) == (1, None)
+        assert a.replay_schedule() == Replay(sync_interval=20, sync_offset=0)
+    assert not PRESETS["rec"].build(sync_interval=1).replay_schedule().active
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_docs_page_and_paper_index(name):
     """The page names the paper (title, arXiv abs link), explains the metrics, and has a Result section

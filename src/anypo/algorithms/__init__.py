@@ -36,6 +36,10 @@ _MODULES = (
     "xrpo",
     "dhpo",
     "reg_grpo",
+    # the off-policy group-REINFORCE family, on stale rollouts
+    "rec",
+    "opmd",
+    "asymre",
     "rover",
 )
 
