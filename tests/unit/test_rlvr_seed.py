@@ -364,6 +364,8 @@ LOSS_CONFIGS = [
     ("rover", {"old_means": "batch", "rho": 0.7, "next_q_scale": 0.5}),
     ("rover", {"level": "response"}),
     ("rover", {"clip": 0.2, "old_means": "batch"}),
+    ("mdpo_lm", {}),
+    ("mdpo_lm", {"kl": "exact", "total_iterations": 4}),
 ]
 NB, TB, VB = 8, 6, 5
 
@@ -387,6 +389,7 @@ def random_batch(seed: int, spread: float) -> tuple[RolloutBatch, torch.Tensor, 
     fn, Cfg = get("advantage", "grpo")
     batch.advantages = fn(batch, Cfg()) + torch.randn(NB, TB, generator=g, dtype=torch.float64) * 0.3 * mask
     batch.extras["old_mean_logprobs"] = -torch.rand(NB, TB, generator=g, dtype=torch.float64) - 1.0
+    batch.extras["old_full_logprobs"] = torch.log_softmax(torch.randn(NB, TB, VB, generator=g, dtype=torch.float64), -1)
     lp = old + (torch.rand(NB, TB, generator=g, dtype=torch.float64) * 2 - 1) * spread
     extra = {
         "entropy": torch.rand(NB, TB, generator=g, dtype=torch.float64) * 2,
@@ -588,3 +591,107 @@ def test_rover_batch_mode_errors():
 def test_rover_config_errors(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         get("policy_loss", "rover")[1](**bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# MDPO on token policies (the loss; the loop does not provide pi_k's full distributions yet)
+# ------------------------------------------------------------------------------------------------
+
+PI_OLD = np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
+PI_NEW = np.array([[0.55, 0.28, 0.17], [0.12, 0.55, 0.33]])
+
+
+def mdpo_spec_batch():
+    """Spec 17: two states, V = 3, sampled tokens a = [0, 2], advantages [1, -0.5]; one response of
+    2 tokens. logits = log pi_new (softmax of log-probs is the distribution itself)."""
+    a = [0, 2]
+    batch = RolloutBatch(
+        response_mask=torch.ones(1, 2),
+        group_ids=torch.zeros(1, dtype=torch.long),
+        rewards=torch.zeros(1, dtype=torch.float64),
+        old_logprobs=torch.tensor([[math.log(PI_OLD[0, a[0]]), math.log(PI_OLD[1, a[1]])]], dtype=torch.float64),
+        advantages=torch.tensor([[1.0, -0.5]], dtype=torch.float64),
+        extras={"old_full_logprobs": torch.tensor(np.log(PI_OLD))[None]},
+    )
+    lp = torch.tensor([[math.log(PI_NEW[0, a[0]]), math.log(PI_NEW[1, a[1]])]], dtype=torch.float64, requires_grad=True)
+    return batch, lp, torch.tensor(np.log(PI_NEW))[None]
+
+
+def test_mdpo_spec_example():
+    """Spec 17 (official schedule t_k = 1 - (k - 1)/K, k = 3, K = 10: t = 0.8): ratio = [1.1, 1.1],
+    KL(pi_new || pi_old) = [0.00547438, 0.00547469], loss = -(mean(r A) - mean(KL) / t) = -0.268157.
+    The iteration comes from the part's state: 15 optimizer steps at 5 per iteration is k = 3."""
+    batch, lp, logits = mdpo_spec_batch()
+    batch.part_state = {"optimizer_steps": 15}
+    out, _ = loss_and_grad("mdpo_lm", batch, lp, out_kw={"logits": logits}, kl="exact", total_iterations=10)
+    assert out.loss.item() == pytest.approx(-0.268157, rel=1e-5)
+    assert out.metrics["mdpo/step_size"] == pytest.approx(0.8)
+    assert out.metrics["mdpo/kl"] == pytest.approx((0.00547438 + 0.00547469) / 2, rel=1e-5)
+
+
+def test_mdpo_exact_kl_gradient_by_hand():
+    """dKL(p || q)/dz_j = p_j (log p_j - log q_j - KL) for p = softmax(z): the chunked, recomputing
+    backward equals that formula written in numpy, on random logits (chunk of one position)."""
+    from anypo.losses.mdpo import exact_kl
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(2, 3, 5))
+    q = _lsm(rng.normal(size=(2, 3, 5)))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    zt = torch.tensor(z, requires_grad=True)
+    kl = exact_kl(zt, torch.tensor(q), mask, chunk=1)
+    lp = _lsm(z)
+    p = np.exp(lp)
+    kl_np = (p * (lp - q)).sum(-1) * mask.numpy()
+    np.testing.assert_allclose(kl.detach().numpy(), kl_np, rtol=1e-12, atol=1e-15)
+    w = np.arange(1, 7, dtype=float).reshape(2, 3)
+    (g,) = torch.autograd.grad((kl * torch.tensor(w)).sum(), zt)
+    expected = w[..., None] * mask.numpy()[..., None] * p * (lp - q - (p * (lp - q)).sum(-1, keepdims=True))
+    np.testing.assert_allclose(g.numpy(), expected, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda x: exact_kl(x, torch.tensor(q), mask, chunk=2), (zt,), eps=1e-6, atol=1e-8)
+
+
+def test_mdpo_sampled_kl_and_gradient_by_hand():
+    """kl='sampled' on the spec toy: KL_it = r log r - r + 1 with r = exp(lp - old); L = token mean of
+    -A r + KL / t, t = 1 (K = 0); dL/dlp = (-A r + r log r) / 10 (d/dlp (r log r - r) = r log r)."""
+    batch, lp = toy(adv_seq=A_GRPO)
+    out, grad = loss_and_grad("mdpo_lm", batch, lp)
+    lr = (LP - LP_OLD) * MASK
+    r = np.exp(lr)
+    A = A_GRPO[:, None]
+    assert out.loss.item() == pytest.approx(((-A * r + r * lr - r + 1) * MASK).sum() / 10, rel=1e-12)
+    np.testing.assert_allclose(grad, (-A * r + r * lr) * MASK / 10, rtol=1e-12, atol=1e-15)
+    assert out.metrics["mdpo/step_size"] == 1.0
+
+
+def test_mdpo_schedule_and_state():
+    """t_k = 1 - (k - 1)/K from the official code, with k counted from 0 (first iteration 1 + 1/K),
+    floored at 1/K past the planned K; the state counts optimizer steps."""
+    from anypo.losses.mdpo import mdpo_step_size
+
+    assert mdpo_step_size(0, 10) == pytest.approx(1.1)
+    assert mdpo_step_size(9, 10) == pytest.approx(0.2)
+    assert mdpo_step_size(30, 10) == pytest.approx(0.1)
+    assert mdpo_step_size(7, 0) == 1.0
+    Cfg = get("policy_loss", "mdpo_lm")[1]
+    cfg = Cfg(total_iterations=10, updates_per_iteration=2)
+    state = cfg.init_state()
+    for _ in range(5):
+        cfg.update_state(state, {})
+    assert state == {"optimizer_steps": 5} and cfg.stateful and not Cfg().stateful
+    assert Cfg(kl="exact").needs_logits and Cfg(kl="exact").needs_old_full_logprobs and not Cfg().needs_logits
+
+
+def test_mdpo_exact_needs_the_old_distributions():
+    batch, lp, logits = mdpo_spec_batch()
+    with pytest.raises(ValueError, match="old_full_logprobs"):
+        loss_and_grad("mdpo_lm", batch, lp, kl="exact")
+    batch.extras = {}
+    with pytest.raises(ValueError, match="old_full_logprobs"):
+        loss_and_grad("mdpo_lm", batch, lp, out_kw={"logits": logits}, kl="exact")
+
+
+@pytest.mark.parametrize("bad", [{"kl": "k3"}, {"total_iterations": -1}, {"updates_per_iteration": 0}])
+def test_mdpo_config_errors(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        get("policy_loss", "mdpo_lm")[1](**bad)

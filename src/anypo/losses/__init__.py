@@ -7,6 +7,7 @@ Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds 
 from anypo.losses import preference  # noqa: F401  (registers the preference_loss kind)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.dhpo import DHPO, dhpo
+from anypo.losses.mdpo import MDPOLM, mdpo_lm
 from anypo.losses.dppo import DPPO, dppo
 from anypo.losses.drpo import DRPO, drpo
 from anypo.losses.gmpo import GMPO, gmpo
@@ -25,6 +26,7 @@ __all__ = [
     "GMPO",
     "GSPO",
     "LUSPO",
+    "MDPOLM",
     "OPMD",
     "REC",
     "ROVER",
@@ -45,6 +47,7 @@ __all__ = [
     "gmpo",
     "gspo",
     "luspo",
+    "mdpo_lm",
     "opmd",
     "ppo_clip",
     "rec",
