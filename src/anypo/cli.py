@@ -16,7 +16,7 @@ USAGE = """usage: anypo {list,eval,train,compare,report} [options]
 
   list                      presets and registered parts, with their papers
   eval  [options]           pass@k of a model on a task's held-out split (anypo eval --help)
-  train PRESET [options]    online RL with a preset (anypo train PRESET --help)
+  train PRESET [options]    train with a preset, in the loop of its kind (online RL, preference; anypo train PRESET --help)
   train --resume RUN_DIR    continue a run from its latest checkpoint
   compare PRESET PRESET ... [--seeds 0 1 2] [--budget steps|tokens|seconds N] [overrides]
                             every preset x seed on the same workload, one report (anypo compare --help)
@@ -62,13 +62,46 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-# `anypo train PRESET --smoke`: the tiny random model, 2 steps of 2 prompts x 4 samples, 8 new tokens,
-# no evaluation. Every preset must run end to end like this in under a minute (CI runs them all).
+# `anypo train PRESET --smoke`: the tiny random model, 2 steps, no evaluation, at the smallest size of
+# the preset's loop (online RL: 2 prompts x 4 samples, 8 new tokens; preference: 4 built-in pairs per
+# step in micro-batches of 2). Every preset must run end to end like this in under a minute (CI runs them all).
 SMOKE_ARGS = [
     "--model.name", "tiny", "--task.num-train", "64", "--task.num-heldout", "8", "--steps", "2",
     "--prompts-per-step", "2", "--samples-per-prompt", "4", "--micro-batch-size", "4",
     "--sampling.max-new-tokens", "8", "--eval-every", "0", "--save-every", "1", "--no-progress",
 ]  # fmt: skip
+PREFERENCE_SMOKE_ARGS = [
+    "--model.name", "tiny", "--data.num-train", "64", "--data.num-heldout", "8", "--steps", "2",
+    "--pairs-per-step", "4", "--micro-batch-size", "2", "--eval-every", "0", "--save-every", "1", "--no-progress",
+]  # fmt: skip
+SMOKE_ARGS_BY_KIND = {"online": SMOKE_ARGS, "preference": PREFERENCE_SMOKE_ARGS}
+
+# The loop of each preset kind: (module:config class, module:train function). The CLI picks the loop
+# by the preset's ``kind`` (and on --resume by the saved config's class), never by a method's name.
+LOOPS = {
+    "online": ("anypo.config:TrainConfig", "anypo.train:train"),
+    "preference": ("anypo.train_pref:PrefTrainConfig", "anypo.train_pref:train"),
+}
+
+
+def _load(spec: str):
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _kind_of(cfg) -> str | None:
+    """The kind of loop whose config class ``cfg`` is (None: not a training config)."""
+    return next((k for k in LOOPS if isinstance(cfg, loop_of(k)[0])), None)
+
+
+def loop_of(kind: str) -> tuple[type, object]:
+    """(config class, train function) of the loop that runs presets of ``kind``."""
+    if kind not in LOOPS:
+        raise NotImplementedError(f"presets of kind {kind!r} have no training loop yet (known: {', '.join(LOOPS)})")
+    config, train = LOOPS[kind]
+    return _load(config), _load(train)
 
 
 def preset_record(name: str, p) -> dict:
@@ -101,7 +134,7 @@ def cmd_list(argv: list[str]) -> int:
     for col in ("preset", "paper", "arXiv", "status"):
         t.add_column(col)
     for name, p in sorted(PRESETS.items()):
-        t.add_row(name, p.title, p.arxiv, p.status)
+        t.add_row(name, p.title, p.arxiv or "-", p.status)
     console.print(t)
     for kind in registry.REGISTRIES:
         try:
@@ -138,9 +171,7 @@ def cmd_train(argv: list[str]) -> int:
     import tyro
 
     from anypo.algorithms import PRESETS
-    from anypo.config import TrainConfig, from_jsonable
-    from anypo.train import train
-    from anypo.validate import check_train_config
+    from anypo.config import from_jsonable
 
     if argv and argv[0] == "--resume":
         if len(argv) != 2:
@@ -151,19 +182,26 @@ def cmd_train(argv: list[str]) -> int:
             print(f"anypo: {run_dir} is not a run directory (no config.json)", file=sys.stderr)
             return 2
         cfg = from_jsonable(json.loads((run_dir / "config.json").read_text()))
-        check_train_config(cfg)  # before any model is loaded
-        out = train(cfg, resume=run_dir)
+        kind = _kind_of(cfg)
+        if kind is None:
+            print(f"anypo: {run_dir}/config.json is not the config of a training run", file=sys.stderr)
+            return 2
+        out = loop_of(kind)[1](cfg, resume=run_dir)  # each loop checks its config before any model is loaded
     else:
-        presets = {
-            name: (f"{p.title} (arXiv {p.arxiv}, {p.status})", TrainConfig(algo=p.build(), name=name, preset=name))
-            for name, p in sorted(PRESETS.items())
-        }
+        presets = {}
+        for name, p in sorted(PRESETS.items()):
+            paper = f"arXiv {p.arxiv}" if p.arxiv else "not on arXiv"
+            config_cls = loop_of(p.kind)[0]
+            presets[name] = (
+                f"{p.title} ({paper}, {p.status}; {p.kind})",
+                config_cls(algo=p.build(), name=name, preset=name),
+            )
         if "--smoke" in argv:  # the smallest end-to-end run; options given after it still win
             argv = [a for a in argv if a != "--smoke"]
-            argv = argv[:1] + SMOKE_ARGS + argv[1:]
+            kind = PRESETS[argv[0]].kind if argv and argv[0] in PRESETS else "online"
+            argv = argv[:1] + SMOKE_ARGS_BY_KIND[kind] + argv[1:]
         cfg = tyro.extras.overridable_config_cli(presets, args=argv, prog="anypo train")
-        check_train_config(cfg)  # before any model is loaded
-        out = train(cfg)
+        out = loop_of(_kind_of(cfg))[1](cfg)  # each loop checks its config before any model is loaded
     print(f"run directory: {out}")
     print((out / "README.md").read_text())
     return 0

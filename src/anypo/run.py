@@ -13,8 +13,13 @@ The scaffold reads these fields of the loop's config (every loop config has them
 ``out_dir``, ``seed``, ``threads``, ``steps``, ``eval_every``, ``save_every``, ``keep_checkpoints``,
 ``max_bad_updates``, ``progress``, ``tensorboard``, ``wandb_project``, ``budget_tokens``,
 ``budget_seconds``. It reads these metrics of a step, when the loop logs them:
-``rollout/generated_tokens`` (the token budget), ``time/step_s`` (the time budget) and
-``train/skipped_updates`` (non-finite updates in a row stop the run).
+``budget/tokens`` or else ``rollout/generated_tokens`` (the tokens counted against
+``budget_tokens``: an offline loop counts the tokens it trains on), ``time/step_s`` (the time
+budget) and ``train/skipped_updates`` (non-finite updates in a row stop the run).
+
+Optional loop members: ``done()`` (True once the loop has nothing left to train on, e.g. the last
+epoch of a dataset: the run ends after that step, evaluated and saved as a last step) and
+``progress_keys`` (``(label, metric)`` pairs the progress bar shows; default reward and accuracy).
 
 Resume guarantee: a checkpoint holds the loop's weights and optimizer state as of the end of a
 step, and the loop's cheap per-step state (sampler, counters), the RNGs and the budget counters as
@@ -114,7 +119,7 @@ def run_loop(cfg: Any, build: Callable[[Any, Path], Loop], resume: str | Path | 
     start = run.restore() if resume else 0
     metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
     samples_log = JsonlWriter(run_dir / "samples.jsonl")
-    ui = Progress(cfg.steps, start, enabled=cfg.progress)
+    ui = Progress(cfg.steps, start, enabled=cfg.progress, keys=getattr(loop, "progress_keys", None))
     trackers = Trackers(cfg, run_dir)
     try:
         if start == 0 and cfg.eval_every > 0:
@@ -158,6 +163,11 @@ class _Run:
             }
         )
 
+    def loop_done(self) -> bool:
+        """True once the loop says it has nothing left to train on (its optional ``done()``)."""
+        done = getattr(self.loop, "done", None)
+        return bool(done()) if done is not None else False
+
     def budget_reached(self) -> bool:
         """True once the run's token or wall-time budget is spent (``steps`` bounds it regardless)."""
         cfg = self.cfg
@@ -170,14 +180,15 @@ class _Run:
         cfg, loop = self.cfg, self.loop
         bad_in_a_row = 0
         for step in range(start + 1, cfg.steps + 1):
-            if self.budget_reached():  # a resumed run whose budget was already spent
+            if self.budget_reached() or self.loop_done():  # a resumed run that had already finished
                 break
             m, samples = loop.train_step(step)
-            self.tokens_total += int(m.get("rollout/generated_tokens", 0))
+            token_key = "budget/tokens" if "budget/tokens" in m else "rollout/generated_tokens"
+            self.tokens_total += int(m.get(token_key, 0))
             self.train_seconds += float(m.get("time/step_s", 0.0))
-            if "rollout/generated_tokens" in m:
-                m["rollout/generated_tokens_total"] = float(self.tokens_total)
-            last = step == cfg.steps or self.budget_reached()
+            if token_key in m:
+                m[token_key + "_total"] = float(self.tokens_total)
+            last = step == cfg.steps or self.budget_reached() or self.loop_done()
             bad_in_a_row = bad_in_a_row + 1 if m.get("train/skipped_updates", 0) > 0 else 0
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
                 m.update(loop.evaluate())
@@ -228,10 +239,14 @@ class _Run:
 
 
 class Progress:
-    """A rich progress bar with ETA and the latest reward; silent when disabled."""
+    """A rich progress bar with ETA and the latest values of ``keys`` (``(label, metric)`` pairs;
+    default: reward and accuracy); silent when disabled."""
 
-    def __init__(self, total: int, start: int, enabled: bool = True):
+    DEFAULT_KEYS = (("reward", "reward/mean"), ("acc", "reward/accuracy"))
+
+    def __init__(self, total: int, start: int, enabled: bool = True, keys=None):
         self.bar = None
+        self.keys = tuple(keys) if keys else self.DEFAULT_KEYS
         if enabled:
             from rich.progress import (
                 BarColumn,
@@ -257,7 +272,7 @@ class Progress:
     def advance(self, step: int, m: dict[str, float]) -> None:
         if self.bar is None:
             return
-        info = f"reward {m.get('reward/mean', float('nan')):.3f}  acc {m.get('reward/accuracy', float('nan')):.3f}"
+        info = "  ".join(f"{label} {m.get(key, float('nan')):.3f}" for label, key in self.keys)
         if "eval/pass@1" in m:
             info += f"  held-out pass@1 {m['eval/pass@1']:.3f}"
         self.bar.update(self.task, completed=step, info=info)
@@ -302,6 +317,9 @@ PLOTS = {
     "length": ["response/length_mean"],
     "entropy": ["policy/entropy"],
     "kl": ["kl/ref"],
+    "preference": ["pref/loss", "eval/loss"],
+    "pref_rewards": ["pref/reward_margin", "pref/accuracy", "eval/accuracy"],
+    "logratio": ["kl/logratio_chosen", "kl/logratio_rejected"],
 }
 
 
@@ -338,7 +356,7 @@ def write_report(run_dir: Path, headline: str) -> None:
     """run_dir/README.md with the headline, the held-out numbers, the training summary and the plots."""
     rows = read_jsonl(run_dir / "metrics.jsonl")
     plots = plot_metrics(run_dir)
-    evals = [r for r in rows if "eval/pass@1" in r]
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
     lines = [f"# {run_dir.name}", "", headline, ""]
     if evals:
         keys = [k for k in evals[0] if k.startswith("eval/")]
@@ -353,6 +371,14 @@ def write_report(run_dir: Path, headline: str) -> None:
         lines += [
             f"Final training reward {last['reward/mean']:.3f}; training wall time {secs:.0f} s "
             f"({secs / len(train_rows):.1f} s per step); peak RSS {last.get('memory/peak_rss_gb', float('nan')):.2f} GB.",
+            "",
+        ]
+    elif loss_rows := [r for r in rows if "loss/total" in r]:  # a loop without rewards (offline preference)
+        last = loss_rows[-1]
+        secs = sum(r.get("time/step_s", 0.0) for r in loss_rows)
+        lines += [
+            f"Final training loss {last['loss/total']:.4f}; training wall time {secs:.0f} s "
+            f"({secs / len(loss_rows):.1f} s per step); peak RSS {last.get('memory/peak_rss_gb', float('nan')):.2f} GB.",
             "",
         ]
     lines += [f"![{p.stem}]({p.name})" for p in plots]

@@ -76,9 +76,17 @@ def make_verifier(task):
     return verify, name
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant, linear or cosine decay."""
-    total = max(cfg.steps * cfg.algo.ppo_epochs * cfg.algo.minibatches(cfg.prompts_per_step), 1)
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg, total: int | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant, linear or cosine decay.
+
+    ``total``: the planned optimizer steps; None: those of the online loop's ``cfg`` (steps x
+    ppo_epochs x mini-batches per rollout).
+    """
+    if total is None:
+        total = cfg.steps * cfg.algo.ppo_epochs * cfg.algo.minibatches(cfg.prompts_per_step)
+    total = max(total, 1)
     warm = cfg.warmup_steps
 
     def factor(i: int) -> float:

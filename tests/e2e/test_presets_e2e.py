@@ -1,4 +1,5 @@
-"""Every preset trains the tiny model for 2 steps: parameters change, metrics are finite, checkpoints load."""
+"""Every preset trains the tiny model for 2 steps in the loop of its kind: parameters change, metrics are
+finite, checkpoints load."""
 
 import dataclasses
 import json
@@ -20,9 +21,12 @@ TOY = str(Path(__file__).with_name("toy_rewards.py"))
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_smoke_trains_tiny_model(preset, tmp_path):
-    """`anypo train <preset> --smoke` (what CI runs for every preset), with the toy reward so that
-    groups have a reward spread: 2 steps, parameters change, metrics finite, checkpoints load."""
-    rc = cli.main(["train", preset, "--smoke", "--rewards", f"{TOY}:char_sum", "--out-dir", str(tmp_path)])
+    """`anypo train <preset> --smoke` (what CI runs for every preset): 2 steps, parameters change,
+    metrics finite, checkpoints load. Online presets get the toy reward, so that groups have a reward
+    spread; preference presets train on the built-in addition pairs (no reward)."""
+    kind = PRESETS[preset].kind
+    extra = ["--rewards", f"{TOY}:char_sum"] if kind == "online" else []
+    rc = cli.main(["train", preset, "--smoke", *extra, "--out-dir", str(tmp_path)])
     assert rc == 0
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     cfg = from_jsonable(json.loads((run / "config.json").read_text()))
@@ -40,7 +44,8 @@ def test_preset_smoke_trains_tiny_model(preset, tmp_path):
     assert changed, "no parameter changed"
     tensors, state = checkpoint.load(checkpoint.latest(run))
     assert state["step"] == 2 and "policy" in tensors
-    assert (run / "README.md").exists() and (run / "reward.png").exists()
+    plot = {"online": "reward.png", "preference": "preference.png"}[kind]
+    assert (run / "README.md").exists() and (run / plot).exists()
 
 
 def test_list_json_has_every_preset_with_its_docs_page(capsys):
@@ -50,7 +55,8 @@ def test_list_json_has_every_preset_with_its_docs_page(capsys):
     assert sorted(r["name"] for r in records) == sorted(PRESETS)
     root = Path(__file__).parents[2]
     for r in records:
-        assert r["status"] in ("verified", "reconstructed") and r["kind"] == "online"
+        assert r["status"] in ("verified", "reconstructed") and r["kind"] == PRESETS[r["name"]].kind
+        assert r["kind"] in ("online", "preference")
         assert r["arxiv"] == PRESETS[r["name"]].arxiv and r["title"]
         assert (root / r["docs"]).exists(), r["docs"]
 

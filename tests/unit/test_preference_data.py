@@ -43,7 +43,10 @@ def test_plain_strings_with_field_mapping_and_system(tmp_path):
     assert len(data.train) == 7 and len(data.heldout) == 3 and data.task is None
     assert not {p.key for p in data.train} & {p.key for p in data.heldout}
     pair = next(p for p in data.train + data.heldout if p.meta["id"] == 4)
-    assert pair.messages() == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 4 + 1?"}]
+    assert pair.messages() == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 4 + 1?"},
+    ]
     assert (pair.chosen, pair.rejected) == ("5", "6")
     assert pair.meta["row"] == 5 and pair.meta["source"] == str(path)  # 1-based line number
     assert [p.meta["row"] for p in data.train] == sorted(p.meta["row"] for p in data.train)  # file order
@@ -70,7 +73,11 @@ def test_chat_messages_with_explicit_prompt_parquet(tmp_path):
     data = load_preference_data(PreferenceDataConfig(name="file", path=str(path), num_heldout=2))
     pairs = sorted(data.train + data.heldout, key=lambda p: p.meta["row"])
     assert [(p.messages(), p.chosen, p.rejected) for p in pairs] == [
-        ([{"role": "system", "content": "Think."}, {"role": "user", "content": f"{i} * 2?"}], str(2 * i), str(2 * i + 1))
+        (
+            [{"role": "system", "content": "Think."}, {"role": "user", "content": f"{i} * 2?"}],
+            str(2 * i),
+            str(2 * i + 1),
+        )
         for i in range(6)
     ]
 
@@ -91,9 +98,7 @@ def test_implicit_prompt_in_a_saved_hf_dataset(tmp_path):
         }
         for i in range(4)
     ]
-    dd = datasets.DatasetDict(
-        {"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])}
-    )
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])})
     dd.save_to_disk(str(tmp_path / "ds"))
     data = load_preference_data(PreferenceDataConfig(name=str(tmp_path / "ds"), heldout_split="test"))
     assert len(data.heldout) == 1 and len(data.train) == 3  # the held-out prompt is removed from training

@@ -28,7 +28,8 @@ def test_preset_names_and_metadata():
     assert BASELINES <= set(PRESETS)
     for name, p in PRESETS.items():
         assert p.name == name and p.title and p.summary
-        assert re.fullmatch(r"\d{4}\.\d{4,5}", p.arxiv), p.arxiv
+        # a source not on arXiv (cdpo: a note) has arxiv "" and its URL in the docstring
+        assert re.fullmatch(r"\d{4}\.\d{4,5}", p.arxiv) or (p.arxiv == "" and "https://" in p.build.__doc__), name
         assert p.status in ("verified", "reconstructed"), (name, p.status)
         assert p.build.__doc__ and "arxiv.org/abs/" in p.build.__doc__
     assert PRESETS["luspo"].status == "reconstructed" and PRESETS["grpo"].status == "verified"
@@ -37,6 +38,12 @@ def test_preset_names_and_metadata():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_preset_parts_are_registered(name):
     algo = build(name)
+    if PRESETS[name].kind == "preference":  # the preference loop's config: one registered preference loss
+        from anypo.train_pref import PrefAlgoConfig
+
+        assert isinstance(algo, PrefAlgoConfig)
+        registry.registry("preference_loss").name_of(algo.loss)
+        return
     assert isinstance(algo, AlgoConfig)
     registry.registry("advantage").name_of(algo.advantage)
     registry.registry("policy_loss").name_of(algo.policy_loss)
@@ -135,6 +142,51 @@ def test_rec_family_presets():
         assert (a.ppo_epochs, a.minibatch_prompts) == (1, None)
         assert a.replay_schedule() == Replay(sync_interval=20, sync_offset=0)
     assert not PRESETS["rec"].build(sync_interval=1).replay_schedule().active
+
+
+def test_preference_presets():
+    """dpo, ipo, cdpo, rpo run in the preference loop with their papers' (or reference code's)
+    hyperparameters, and all use the frozen initial policy as reference."""
+    from anypo.registry import registry as reg
+
+    losses = {n: PRESETS[n].build().loss for n in ("dpo", "ipo", "cdpo", "rpo")}
+    assert all(PRESETS[n].kind == "preference" and losses[n].needs_ref_logprobs for n in losses)
+    assert {n: reg("preference_loss").name_of(c) for n, c in losses.items()} == {
+        "dpo": "dpo", "ipo": "ipo", "cdpo": "cdpo", "rpo": "rpo"
+    }  # fmt: skip
+    assert losses["dpo"].beta == 0.1
+    assert (losses["ipo"].beta, losses["ipo"].length_normalize) == (0.1, False)  # Eq. 17 as printed
+    assert (losses["cdpo"].beta, losses["cdpo"].label_smoothing) == (0.1, 0.1)
+    assert (losses["rpo"].beta, losses["rpo"].sft_reduction) == (0.01, "seq_sum")
+    assert losses["rpo"].sft_weight == pytest.approx(0.005 * 0.01)  # eta * beta, as the authors' code
+
+
+def test_rpo_preset_matches_the_authors_code_on_the_spec_pair():
+    """The RPO authors' code (rpo_trainer.py::dpo_loss): ``loss = -logsig(beta d) - eta beta log pi(y_w)``
+    per pair. Spec section 5's toy pair: chosen tokens -2, -1, -3, -4 (log pi(y_w) = -10), h_w = 1,
+    h_l = -0.5, beta 0.01, eta 0.005: -logsig(0.015) = 0.685675 (spec), plus 0.005 * 0.01 * 10 = 5e-4,
+    so 0.686175."""
+    import math
+
+    import torch
+
+    from anypo.registry import get
+    from anypo.types import PolicyOutput, PreferenceBatch
+
+    cfg = PRESETS["rpo"].build().loss
+    fn = get("preference_loss", "rpo")[0]
+    tok_w = torch.tensor([[-2.0, -1.0, -3.0, -4.0]], dtype=torch.float64)
+    ref_w = torch.tensor([[-11.0, 0.0, 0.0, 0.0]], dtype=torch.float64)  # sums to -11: h_w = 1
+    tok_l = torch.tensor([[-12.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    ref_l = torch.tensor([[-11.5, 0.0, 0.0, 0.0]], dtype=torch.float64)  # h_l = -0.5
+    mask = torch.ones(1, 4)
+    batch = PreferenceBatch(
+        chosen_mask=mask, rejected_mask=mask, ref_chosen_logprobs=ref_w, ref_rejected_logprobs=ref_l
+    )
+    out = fn(PolicyOutput(logprobs=tok_w), PolicyOutput(logprobs=tok_l), batch, cfg)
+    expected = math.log1p(math.exp(-0.01 * 1.5)) + 0.005 * 0.01 * 10.0
+    assert expected == pytest.approx(0.686175, abs=1e-6)
+    assert float(out.loss) == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

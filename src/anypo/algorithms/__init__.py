@@ -41,6 +41,11 @@ _MODULES = (
     "opmd",
     "asymre",
     "rover",
+    # offline preference optimisation (kind "preference": anypo.train_pref)
+    "dpo",
+    "ipo",
+    "cdpo",
+    "rpo",
 )
 
 PRESETS: dict[str, Preset] = {}

@@ -147,7 +147,9 @@ def load_preference_data(cfg: PreferenceDataConfig) -> PreferenceData:
     if cfg.name == "file" or looks_like_path(cfg.name):
         path = cfg.path if cfg.name == "file" else cfg.name
         if not path:
-            raise ValueError("preference data 'file' needs --data.path (a .jsonl, .json, .parquet file or a dataset dir)")
+            raise ValueError(
+                "preference data 'file' needs --data.path (a .jsonl, .json, .parquet file or a dataset dir)"
+            )
         return _file_pairs(cfg, path)
     raise KeyError(
         f"unknown preference data {cfg.name!r}: give a built-in set ({', '.join(BUILTIN_PAIRS)}), 'file' with "
@@ -359,4 +361,3 @@ def builtin_pairs(cfg: PreferenceDataConfig) -> PreferenceData:
     train = [_pair_of(ex, symbol, cfg.seed) for ex in task.train_examples()]
     heldout = [_pair_of(ex, symbol, cfg.seed) for ex in heldout_examples]
     return PreferenceData(train=train, heldout=heldout, task=task, heldout_examples=heldout_examples)
-
