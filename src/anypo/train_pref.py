@@ -507,6 +507,7 @@ class PrefLoop:
         self.loss_fn = registry.registry("preference_loss").fn_for(self.algo.loss)
         self.needs_ref = self.algo.needs("ref_logprobs")
         self.autocast = _autocast(cfg.precision)
+        self.reference_seconds = 0.0  # wall time of the reference pass (0 when read back from the run directory)
         if self.needs_ref:
             self._reference_column(run_dir)  # the initial weights: before any update
         params = [p for p in self.model.parameters() if p.requires_grad]
