@@ -178,8 +178,13 @@ class Context:
             kept = [scored[-1]]
         batch = concat_batches(kept, self.tokenizer.pad_token_id)
         batch = _first_groups(batch, self.cfg.prompts_per_step)
+        greedy: dict[str, float] = {}
+        if self.algo.needs("greedy_rewards") and batch.num_seqs:  # ReMax's baseline: never trained on
+            batch.greedy_rewards, greedy = self.rollout_part.greedy_rewards(batch, seed=self.cfg.seed + step)
+            tokens += int(greedy["rollout/greedy_tokens"])
         errors, self._errors_seen = self.reward.num_errors - self._errors_seen, self.reward.num_errors
         m = _rollout_metrics(batch, concat_batches(scored, self.tokenizer.pad_token_id), draws)
+        m.update(greedy)
         m["reward/errors"] = float(errors)
         m["reward/error_samples"] = float(n_failed)
         m["rollout/generated_tokens"] = float(tokens)

@@ -183,3 +183,38 @@ def test_stale_rollouts_resume_like_an_uninterrupted_run(make_cfg, tmp_path):
     for step in (3, 4):
         for k in ("reward/mean", "policy/loss", "train/grad_norm", "replay/staleness_mean", "kl/ref"):
             assert ra[step][k] == rb[step][k], (step, k)
+
+
+# ---- 3. greedy rewards (ReMax) ------------------------------------------------------------------
+
+
+def test_greedy_rewards_are_an_argmax_decode_and_never_trained_on(make_cfg):
+    """With the remax preset the loop decodes one greedy response per prompt. Recomputed here with a
+    plain argmax loop over full forward passes (no KV cache, no engine): each group's
+    ``greedy_rewards`` is the toy reward of that decode. The batch still holds only the B x G
+    sampled rows, and the greedy tokens count in the step's generated tokens."""
+    from anypo.train import Context
+
+    cfg = make_cfg(algo=PRESETS["remax"].build())
+    ctx = Context.build(cfg, Path(cfg.out_dir))
+    batch, m = ctx.rollout(1)
+    assert batch.num_seqs == cfg.prompts_per_step * cfg.samples_per_prompt
+    assert m["rollout/generated_tokens"] == float(batch.response_mask.sum()) + m["rollout/greedy_tokens"]
+    eos = set(ctx.engine.eos_ids.tolist())
+    wants = []
+    for g in batch.group_ids.unique().tolist():
+        rows = (batch.group_ids == g).nonzero().flatten()
+        prompt = ctx.prompt_ids[batch.extras["prompt_index"][int(rows[0])]]
+        ids, out = torch.tensor([prompt]), []
+        with torch.no_grad():
+            for _ in range(cfg.sampling.max_new_tokens):
+                tok = int(ctx.model(input_ids=ids).logits[0, -1].argmax())
+                out.append(tok)
+                if tok in eos:
+                    break
+                ids = torch.cat([ids, torch.tensor([[tok]])], dim=1)
+        text = ctx.tokenizer.decode(out, skip_special_tokens=True)
+        want = (sum(ord(c) for c in text) % 11) / 10.0  # toy_rewards.char_sum
+        wants.append(want)
+        assert torch.all(batch.greedy_rewards[rows] == torch.tensor(want, dtype=batch.greedy_rewards.dtype))
+    assert m["reward/greedy_mean"] == pytest.approx(sum(wants) / len(wants)) and m["reward/greedy_errors"] == 0

@@ -82,6 +82,9 @@ def test_every_kind_has_parts_with_documented_frozen_configs(kind):
         cfg = Cfg()
         for need in ("ref_logprobs", "values", "entropy", "logits"):
             assert isinstance(getattr(cfg, f"needs_{need}"), bool)
+        for need in ("rollout_logprobs", "greedy_rewards"):
+            assert isinstance(getattr(cfg, f"needs_{need}"), bool)
+        assert isinstance(cfg.stateful, bool) and isinstance(cfg.init_state(), dict)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -90,6 +93,8 @@ def test_advantage_contract(name, dtype):
     fn, Cfg = get("advantage", name)
     batch = random_batch(dtype)
     batch.advantages = batch.returns = None
+    if Cfg().needs_greedy_rewards:  # ReMax: one greedy reward per group; group 2's failed (NaN)
+        batch.greedy_rewards = torch.tensor([0.5, 0.5, 0.5, float("nan"), float("nan"), float("nan")], dtype=dtype)
     A = fn(batch, Cfg())
     assert A.shape == (N, T) and A.dtype == dtype
     assert torch.isfinite(A).all()

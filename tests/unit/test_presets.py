@@ -189,6 +189,17 @@ def test_rpo_preset_matches_the_authors_code_on_the_spec_pair():
     assert float(out.loss) == pytest.approx(expected, abs=1e-12)
 
 
+def test_remax_preset():
+    """ReMax (Algorithm 1 and the official actor loss): the greedy-reward baseline, token-mean
+    REINFORCE, one on-policy update, no KL; not group-relative (the paper uses one sample)."""
+    a = build("remax")
+    assert registry.registry("advantage").name_of(a.advantage) == "remax" and a.advantage.gamma == 1.0
+    assert a.needs("greedy_rewards") and not a.needs("ref_logprobs") and not a.regularizers
+    assert registry.registry("policy_loss").name_of(a.policy_loss) == "reinforce"
+    assert a.policy_loss.aggregation == "token_mean" and (a.ppo_epochs, a.minibatch_prompts) == (1, None)
+    assert not a.advantage.group_relative and PRESETS["remax"].build(gamma=0.99).advantage.gamma == 0.99
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_docs_page_and_paper_index(name):
     """The page names the paper (title, arXiv abs link), explains the metrics, and has a Result section

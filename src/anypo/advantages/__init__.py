@@ -20,6 +20,7 @@ from anypo.advantages.outcome import (
     rloo,
 )
 from anypo.advantages.passk import PassKAdvantage, passk
+from anypo.advantages.remax import ReMaxAdvantage, remax
 from anypo.advantages.riskpo import RiskPOAdvantage, riskpo
 from anypo.advantages.token import (
     GAEAdvantage,
@@ -42,6 +43,7 @@ __all__ = [
     "MaxRLAdvantage",
     "OPOAdvantage",
     "PassKAdvantage",
+    "ReMaxAdvantage",
     "RLOOAdvantage",
     "ReinforcePPAdvantage",
     "ReinforcePPBaselineAdvantage",
@@ -60,6 +62,7 @@ __all__ = [
     "passk",
     "reinforce_pp",
     "reinforce_pp_baseline",
+    "remax",
     "riskpo",
     "rloo",
     "token_level_rewards",

@@ -29,6 +29,7 @@ _MODULES = (
     "passk",
     "gmpo",
     "dppo",
+    "remax",
     # RLVR methods
     "bnpo",
     "drpo",

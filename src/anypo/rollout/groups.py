@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -76,6 +78,45 @@ class GroupRollout:
             truncated=gen.truncated,
             extras=extras,
         )
+
+    def greedy_rewards(self, batch: RolloutBatch, seed: int) -> tuple[Tensor, dict[str, float]]:
+        """The reward of one greedy response to each group's prompt, for every row of the group.
+
+        The response is decoded with ``top_k=1`` (the most likely token at every position; exact
+        ties, which a float model practically never has, are broken at random), scored by the same
+        reward as the samples, and never enters the batch.
+
+        Args:
+            batch: the step's batch (``group_ids`` [N], ``extras["prompt_index"]``).
+            seed: generation seed (only ties use it).
+
+        Returns:
+            ``greedy_rewards`` [N] in the dtype of ``batch.rewards`` (NaN where the greedy response's
+            reward failed) and the metrics ``rollout/greedy_tokens``, ``reward/greedy_mean``,
+            ``reward/greedy_errors``.
+        """
+        rows: dict[int, int] = {}  # group id -> its first row
+        for row, g in enumerate(batch.group_ids.tolist()):
+            rows.setdefault(g, row)
+        prompts = [int(batch.extras["prompt_index"][r]) for r in rows.values()]
+        greedy = dataclasses.replace(self.sampling, top_k=1, top_p=1.0)
+        gen = self.engine.generate([self.prompt_ids[i] for i in prompts], 1, greedy, seed=seed)
+        lengths = gen.response_mask.sum(1).tolist()
+        scores = []
+        for k, i in enumerate(prompts):
+            text = self.tokenizer.decode(gen.response_ids[k, : int(lengths[k])], skip_special_tokens=True)
+            res = self.reward(self.make_sample(i, text, int(lengths[k]), bool(gen.truncated[k])))
+            scores.append(float("nan") if getattr(res, "error", False) else float(res.score))
+        by_group = dict(zip(rows, scores, strict=True))
+        out = torch.tensor([by_group[g] for g in batch.group_ids.tolist()], dtype=batch.rewards.dtype)
+        ok = [s for s in scores if not math.isnan(s)]
+        m = {
+            "rollout/greedy_tokens": float(sum(lengths)),
+            "reward/greedy_errors": float(len(scores) - len(ok)),
+        }
+        if ok:
+            m["reward/greedy_mean"] = sum(ok) / len(ok)
+        return out, m
 
 
 def drop_reward_errors(batch: RolloutBatch) -> tuple[RolloutBatch, int]:
