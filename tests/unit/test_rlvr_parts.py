@@ -125,6 +125,16 @@ def test_bnpo_reward_bounds():
         adv("bnpo", outcome_batch(list(R), ids))
 
 
+def test_bnpo_fits_correctness_not_the_total_reward():
+    """Built-in tasks' rewards are correctness + 0.1 format (here 1.1, 0.1, 1.1, 0.1): with the
+    default signal="correct" the advantage is that of the 0/1 correctness [1, 0, 1, 0] (one prompt
+    only, so alpha = beta = 1, weight 1/Beta(1,1).pdf = 1, A = c - 0.5); signal="reward" refuses 1.1."""
+    batch = outcome_batch([1.1, 0.1, 1.1, 0.1], [0, 0, 0, 0], correct=[1.0, 0.0, 1.0, 0.0])
+    np.testing.assert_allclose(adv("bnpo", batch)[:, 0], [0.5, -0.5, 0.5, -0.5])
+    with pytest.raises(ValueError, match="reward-max"):
+        adv("bnpo", batch, signal="reward")
+
+
 def test_bnpo_advantage_decomposition():
     """Components 'acc' (the spec example) and 'fmt' (always 1: p = 1 for every prompt, var = 0,
     uniform density, A = 1 - 1 = 0): the average is half the spec's advantage."""

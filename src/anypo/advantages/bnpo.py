@@ -10,6 +10,7 @@ state across steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -44,6 +45,13 @@ class BNPOAdvantage(GroupRelativeConfig):
     Official run: G = 16, 32 prompts per step, ``ppo_clip`` with eps 0.2 / 0.28 and dual clip 10,
     ``seq_mean_token_sum`` aggregation, no KL, lr 1e-6.
 
+    ``signal="correct"`` (default) fits and centres the task's correctness (``extras["correct"]``,
+    the 0/1 correctness component of the built-in tasks' rewards) instead of the total reward: the
+    official run trains on correctness alone (``use_format_reward=False``), and the built-in tasks'
+    total reward adds a 0.1 format term, which would leave [0, 1]. A batch without
+    ``extras["correct"]`` (a user reward with no correctness component) uses the reward.
+    ``signal="reward"`` always uses the total reward, mapped with the bounds.
+
     Deviations: (1) a prompt with a single sample gets advantage 0 and is left out of the moment
     fit (the code gives it ``p_q = 0`` and keeps it in the fit, which for a correct singleton means
     an advantage of up to 1e6); (2) ``v = 0`` (every prompt with the same success rate) gives
@@ -63,10 +71,14 @@ class BNPOAdvantage(GroupRelativeConfig):
     """Upper clamp of the normaliser 1 / f(p_q) (official code: 1e6)."""
     components: tuple[str, ...] = ()
     """Advantage decomposition: reward component names in extras["components"]; () uses the total reward."""
+    signal: Literal["correct", "reward"] = "correct"
+    """correct: the task's correctness (extras["correct"], the reward when absent); reward: the total reward."""
 
     def __post_init__(self) -> None:
         if not self.reward_max > self.reward_min:
             raise ValueError(f"reward_max must exceed reward_min, got {self.reward_min}, {self.reward_max}")
+        if self.signal not in ("correct", "reward"):
+            raise ValueError(f"signal must be 'correct' or 'reward', got {self.signal!r}")
         if self.max_weight <= 0:
             raise ValueError(f"max_weight must be positive, got {self.max_weight}")
 
@@ -128,7 +140,12 @@ def bnpo(batch: RolloutBatch, cfg: BNPOAdvantage) -> Tensor:
         [N, T] advantages in the dtype of ``rewards``.
     """
     if not cfg.components:
-        return broadcast(_bnpo_one(sequence_rewards(batch), batch.group_ids, cfg), batch)
+        correct = batch.extras.get("correct")
+        if cfg.signal == "correct" and correct is not None and len(correct) == batch.num_seqs:
+            R = torch.tensor([float(c) for c in correct], dtype=batch.rewards.dtype, device=batch.rewards.device)
+        else:
+            R = sequence_rewards(batch)
+        return broadcast(_bnpo_one(R, batch.group_ids, cfg), batch)
     rows = batch.extras.get("components")
     if rows is None or len(rows) != batch.num_seqs or any(any(c not in r for c in cfg.components) for r in rows):
         raise ValueError(
