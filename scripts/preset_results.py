@@ -70,6 +70,74 @@ EXTRA = {
 }
 
 
+def pref_settings(args) -> dict:
+    return {
+        "steps": args.steps,
+        "pairs_per_step": args.pairs,
+        "micro_batch_size": min(8, args.pairs),
+        "lr": args.pref_lr,
+        "eval_every": args.steps,
+        "eval_prompts": args.eval_prompts,
+        "eval_samples": args.eval_samples,
+        "save_every": args.steps,
+        "out_dir": args.out_dir,
+        "progress": False,
+    }
+
+
+def pref_command(name: str, args) -> str:
+    return (
+        f"anypo train {name} --steps {args.steps} --pairs-per-step {args.pairs} --micro-batch-size "
+        f"{min(8, args.pairs)} --lr {args.pref_lr} --eval-every {args.steps} --eval-prompts {args.eval_prompts}"
+        + (f" --eval-samples {args.eval_samples}" if args.eval_samples > 1 else "")
+    )
+
+
+PREF_COLUMNS = [
+    ("pref/loss", "loss"),
+    ("pref/accuracy", "accuracy"),
+    ("pref/reward_margin", "reward margin"),
+    ("pref/reward_chosen", "reward chosen"),
+    ("pref/reward_rejected", "reward rejected"),
+    ("pref/logps_chosen", "logp chosen"),
+    ("pref/nll", "NLL chosen"),
+]
+
+
+def pref_result_section(name: str, rows: list[dict], args, wall: float) -> str:
+    """Result of a preference preset: pair metrics over training, held-out pair accuracy and pass@1."""
+    train_rows = [r for r in rows if "pref/loss" in r]
+    every = max(len(train_rows) // 6, 1)
+    picked = [r for i, r in enumerate(train_rows) if i % every == 0 or i == len(train_rows) - 1]
+    cols = [(k, label) for k, label in PREF_COLUMNS if any(k in r for r in train_rows)]
+    ev = {r["step"]: r for r in rows if any(k.startswith("eval/") for k in r)}
+    first, last = ev.get(0, {}), ev.get(args.steps, {})
+    nan = float("nan")
+    k = args.eval_samples
+
+    def pair(key: str) -> str:
+        return f"{first.get(key, nan):.2f} before, {last.get(key, nan):.2f} after"
+
+    lines = [
+        "## Result",
+        "",
+        f"Embedded SmolLM2-135M-Instruct, the built-in addition pairs (a correct worked answer against the same "
+        f"answer with a wrong result), {args.steps} steps of {args.pairs} pairs, lr {args.pref_lr}, seed 0, on a "
+        f"2-core CPU ({wall / 60:.1f} min). Held-out pair accuracy (the implicit reward ranks chosen above "
+        f"rejected): {pair('eval/accuracy')}; held-out pass@1 of sampled answers ({args.eval_prompts} prompts, "
+        f"temperature 0.7): {pair('eval/pass@1')}"
+        + (f"; pass@{k}: {pair(f'eval/pass@{k}')}" if k > 1 else "")
+        + ".",
+        "",
+        "| step | " + "".join(f"{label} | " for _, label in cols),
+        "|---|" + "---|" * len(cols),
+    ]
+    for r in picked:
+        lines.append(f"| {r['step']} |" + "".join(f" {r.get(key, nan):.4f} |" for key, _ in cols))
+    lines += ["", "Reproduce:", "", "```bash", pref_command(name, args), "```", ""]
+    return "\n".join(lines)
+
+
 def result_section(name: str, rows: list[dict], args, wall: float) -> str:
     train_rows = [r for r in rows if "reward/mean" in r]
     evals = {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
@@ -167,6 +235,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--eval-prompts", type=int, default=100)
+    ap.add_argument("--pairs", type=int, default=16, help="preference presets: pairs per step")
+    ap.add_argument("--pref-lr", type=float, default=5e-6, help="preference presets: learning rate")
     ap.add_argument("--eval-samples", type=int, default=1, help="samples per held-out prompt (pass@k for this k)")
     ap.add_argument("--out-dir", default="runs/presets")
     ap.add_argument("--minibatch-prompts", type=int, default=None, help="override the presets' mini-batch size")
@@ -175,6 +245,19 @@ def main() -> None:
     results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for name in args.presets:
         t0 = time.perf_counter()
+        if PRESETS[name].kind == "preference":
+            from anypo.train_pref import PrefTrainConfig
+            from anypo.train_pref import train as train_pref
+
+            cfg = dataclasses.replace(
+                PrefTrainConfig(algo=PRESETS[name].build(), name=name, preset=name), **pref_settings(args)
+            )
+            run = train_pref(cfg)
+            rows = read_jsonl(run / "metrics.jsonl")
+            wall = time.perf_counter() - t0
+            write_section(name, pref_result_section(name, rows, args, wall))
+            print(f"{name}: {wall:.0f} s, run {run}", flush=True)
+            continue
         algo = PRESETS[name].build()
         if args.minibatch_prompts:
             algo = dataclasses.replace(algo, minibatch_prompts=args.minibatch_prompts)
