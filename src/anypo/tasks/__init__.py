@@ -25,6 +25,7 @@ from anypo.tasks.base import (
 )
 from anypo.tasks.countdown import CountdownTask
 from anypo.tasks.data import DataError, FileTask, iter_rows, looks_like_path
+from anypo.tasks.graded import GradedArithmeticTask, GradedCountdownTask, GradedTask, Level
 from anypo.tasks.rgym import ReasoningGymTask, reasoning_gym_names
 
 __all__ = [
@@ -37,6 +38,10 @@ __all__ = [
     "DataError",
     "Example",
     "FileTask",
+    "GradedArithmeticTask",
+    "GradedCountdownTask",
+    "GradedTask",
+    "Level",
     "MultiplicationTask",
     "ProceduralTask",
     "ReasoningGymTask",
@@ -54,6 +59,8 @@ TASKS: dict[str, type[Task]] = {
     "multiplication": MultiplicationTask,
     "arithmetic": ArithmeticTask,
     "countdown": CountdownTask,
+    "graded_arithmetic": GradedArithmeticTask,
+    "graded_countdown": GradedCountdownTask,
 }
 """Built-in procedural tasks by name; add your own ``Task`` subclass here to make it a name."""
 RG_PREFIXES = ("rg:", "reasoning_gym:")

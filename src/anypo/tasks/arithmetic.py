@@ -1,11 +1,15 @@
 """Arithmetic tasks: ``addition``, ``multiplication`` (k-digit operands) and ``arithmetic``
-(expressions with ``+ - *`` and parentheses). Answers are computed with Python integers."""
+(expressions with ``+ - *`` and parentheses). Answers are computed with Python integers.
+
+Every example carries a worked solution and a hint ladder (:mod:`anypo.tasks.solutions`): column
+addition with carries, partial products, or one operation per step."""
 
 from __future__ import annotations
 
 import random
 
 from anypo.tasks.base import Example, ProceduralTask
+from anypo.tasks.solutions import binary_worked, expression_worked
 
 __all__ = ["AdditionTask", "ArithmeticTask", "MultiplicationTask", "random_expression"]
 
@@ -30,7 +34,10 @@ class _BinaryTask(ProceduralTask):
         lo, hi = _operand_range(self.digits)
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
         question = f"What is {a} {self.symbol} {b}?"
-        return self.make_example(question, str(self.compute(a, b)), f"{a}{self.symbol}{b}", {"operands": [a, b]})
+        answer = str(self.compute(a, b))
+        worked = binary_worked(a, self.symbol, b)
+        key = f"{a}{self.symbol}{b}"
+        return self.make_example(question, answer, key, {"operands": [a, b]}, worked.solution(answer), worked.hints())
 
 
 class AdditionTask(_BinaryTask):
@@ -55,8 +62,8 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2}
 _ATOM = 3
 
 
-def random_expression(rng: random.Random, terms: int, lo: int, hi: int) -> tuple[str, int]:
-    """A random expression over ``terms`` integers in ``[lo, hi]`` with ``+ - *``.
+def random_expression(rng: random.Random, terms: int, lo: int, hi: int, ops: str = "+-*") -> tuple[str, int]:
+    """A random expression over ``terms`` integers in ``[lo, hi]`` with the operators ``ops``.
 
     The tree shape and operators are random; parentheses are written only where they change the
     value, so two trees that read the same give the same string (the canonical key).
@@ -71,7 +78,7 @@ def random_expression(rng: random.Random, terms: int, lo: int, hi: int) -> tuple
             return str(v), v, _ATOM
         k = rng.randint(1, n - 1)
         (lt, lv, lp), (rt, rv, rp) = build(k), build(n - k)
-        op = rng.choice("+-*")
+        op = rng.choice(ops)
         prec = _PRECEDENCE[op]
         if lp < prec:
             lt = f"({lt})"
@@ -83,6 +90,8 @@ def random_expression(rng: random.Random, terms: int, lo: int, hi: int) -> tuple
 
     if terms < 2:
         raise ValueError(f"an expression needs terms >= 2, got {terms}")
+    if not ops or set(ops) - set(_PRECEDENCE):
+        raise ValueError(f"ops must be a non-empty string of + - *, got {ops!r}")
     text, value, _ = build(terms)
     return text, value
 
@@ -91,6 +100,13 @@ class ArithmeticTask(ProceduralTask):
     """``Calculate <expression>.`` with ``terms`` operands of ``digits`` digits (defaults 3 and 1),
     operators ``+ - *`` and parentheses; answers may be negative."""
 
+    ops = "+-*"
+    """Operators drawn (the graded mix uses ``+`` and ``+-``)."""
+
     def generate(self, rng: random.Random) -> Example:
-        text, value = random_expression(rng, self.terms, *_operand_range(self.digits))
-        return self.make_example(f"Calculate {text}.", str(value), text, {"expression": text})
+        text, value = random_expression(rng, self.terms, *_operand_range(self.digits), ops=self.ops)
+        worked = expression_worked(text)
+        meta = {"expression": text}
+        return self.make_example(
+            f"Calculate {text}.", str(value), text, meta, worked.solution(str(value)), worked.hints()
+        )

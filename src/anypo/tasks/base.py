@@ -42,7 +42,8 @@ class TaskConfig:
     """Which task to train and evaluate on, and how to build it."""
 
     name: str = "addition"
-    """Task: ``addition``, ``multiplication``, ``arithmetic``, ``countdown``, ``rg:<generator>``
+    """Task: ``addition``, ``multiplication``, ``arithmetic``, ``countdown``, ``graded_arithmetic``,
+    ``graded_countdown``, ``rg:<generator>``
     (any reasoning-gym generator, also ``reasoning_gym:<generator>``), ``file`` (uses ``path``) or a
     path to a ``.jsonl`` / ``.json`` / ``.parquet`` file or a saved HF dataset directory."""
     seed: int = 0
@@ -84,8 +85,15 @@ class TaskConfig:
     (``reward_model.ground_truth``)."""
     system_field: str | None = None
     """Field holding a per-row system message (string or null); None: no such field."""
+    solution_field: str | None = "solution"
+    """Field holding a worked reference solution (string or number; null or absent: none). Not read
+    when it names the prompt, answer or system field; None: never read."""
+    hints_field: str | None = "hints"
+    """Field holding a hint ladder: a list of strings, weakest first (null or absent: none). None:
+    never read."""
     options: dict[str, int | float | bool | str] = field(default_factory=dict)
-    """Config fields of a reasoning-gym generator (e.g. ``min_terms``: 2)."""
+    """Config fields of a reasoning-gym generator (e.g. ``min_terms``: 2); for the graded tasks,
+    ``levels``: the levels to use (``3`` or ``"0,3"``; default all)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,10 @@ class Example:
         system: the system message, or None for the chat template's default.
         meta: task-specific information for rewards (countdown numbers, reasoning-gym entry, ...).
         key: canonical key of the problem, used to keep the splits disjoint; empty means ``prompt``.
+        solution: a worked reference solution (a full reply, ending with the answer line for the
+            built-in tasks), or None when the task has none. Never part of the prompt.
+        hints: a hint ladder, weakest first; the last is nearly the solution. Empty when the task
+            has none. Never part of the prompt: guidance methods insert them.
     """
 
     prompt: str
@@ -105,6 +117,8 @@ class Example:
     system: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     key: str = ""
+    solution: str | None = None
+    hints: tuple[str, ...] = ()
 
     @property
     def canonical_key(self) -> str:
@@ -173,10 +187,19 @@ class Task:
     def num_train(self) -> int:
         return self.default_num_train if self.config.num_train is None else self.config.num_train
 
-    def make_example(self, question: str, answer: str, key: str, meta: dict[str, Any] | None = None) -> Example:
+    def make_example(
+        self,
+        question: str,
+        answer: str,
+        key: str,
+        meta: dict[str, Any] | None = None,
+        solution: str | None = None,
+        hints: tuple[str, ...] = (),
+    ) -> Example:
         """An example whose prompt is ``question`` followed by the instruction on a new line."""
         prompt = f"{question}\n{self.instruction}" if self.instruction else question
-        return Example(prompt, answer, self.config.system, {"task": self.name, **(meta or {})}, key)
+        meta = {"task": self.name, **(meta or {})}
+        return Example(prompt, answer, self.config.system, meta, key, solution, tuple(hints))
 
     def train_examples(self, n: int | None = None) -> list[Example]:
         """The first ``n`` (default ``num_train``) training examples; never a held-out problem."""

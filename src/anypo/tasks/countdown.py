@@ -3,7 +3,8 @@
 Each puzzle is built from a solution: ``terms`` random numbers are combined (all of them, random
 order, tree and operators, exact integer steps only) into the target, so every puzzle is solvable.
 The answer is checked by :func:`anypo.rewards.countdown.check_countdown`, which accepts any correct
-expression using each number at most once.
+expression using each number at most once. The solution the puzzle was built from gives the
+example's worked solution (one operation per step) and hint ladder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import random
 
 from anypo.rewards import Countdown, Format
 from anypo.tasks.base import EXPRESSION_INSTRUCTION, Example, ProceduralTask
+from anypo.tasks.solutions import countdown_worked
 from anypo.types import PartConfig
 
 __all__ = ["CountdownTask"]
@@ -68,7 +70,9 @@ class CountdownTask(ProceduralTask):
             "You may use + - * / and each number at most once."
         )
         key = f"{sorted(numbers)}->{target}"
-        return self.make_example(question, solution, key, {"numbers": numbers, "target": target})
+        worked = countdown_worked(solution, target)
+        meta = {"numbers": numbers, "target": target}
+        return self.make_example(question, solution, key, meta, worked.solution(solution), worked.hints())
 
     def default_reward(self) -> tuple[tuple[PartConfig, float], ...]:
         """``countdown`` correctness (weight 1) and a ``format`` bonus (weight 0.1)."""
