@@ -2,12 +2,15 @@
 
 Every row is validated when the task is built; a malformed row raises :class:`DataError` naming
 the file, the row (1-based: the line of a JSONL file, the record of other formats) and the field.
-Fields not mapped to the prompt, answer or system go to ``Example.meta`` (a custom reward can read
-them there).
+Optional ``solution`` (a worked reference solution: string or number) and ``hints`` (a hint ladder:
+a list of strings, weakest first) fields become ``Example.solution`` and ``Example.hints``; their
+names are mapped by ``solution_field`` / ``hints_field``. Fields not mapped to the prompt, answer,
+system, solution or hints go to ``Example.meta`` (a custom reward can read them there).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Iterator
@@ -150,11 +153,57 @@ def row_to_example(row: Any, row_no: int, path: Path | str, cfg: TaskConfig, ins
         system = value
     if system is None:
         system = cfg.system
-    mapped = {f.split(".")[0] for f in (cfg.prompt_field, cfg.answer_field, cfg.system_field) if f}
+    solution_field, hints_field = _guidance_fields(cfg)
+    solution = _read_solution(row, solution_field, path, row_no)
+    hints = _read_hints(row, hints_field, path, row_no)
+    fields = (cfg.prompt_field, cfg.answer_field, cfg.system_field, solution_field, hints_field)
+    mapped = {f.split(".")[0] for f in fields if f}
     meta = {k: v for k, v in row.items() if k not in mapped}
     meta.update(source=str(path), row=row_no)
     text = f"{prompt}\n{instruction}" if instruction else prompt
-    return Example(text, str(answer), system, meta, key=prompt)
+    return Example(text, str(answer), system, meta, key=prompt, solution=solution, hints=hints)
+
+
+def _guidance_fields(cfg: TaskConfig) -> tuple[str | None, str | None]:
+    """``(solution_field, hints_field)`` to read: None for unset ones and for one that names the
+    prompt, answer or system field (``answer_field="solution"`` keeps ``solution`` as the answer)."""
+    taken = {cfg.prompt_field, cfg.answer_field, cfg.system_field}
+    solution = cfg.solution_field if cfg.solution_field and cfg.solution_field not in taken else None
+    hints = cfg.hints_field if cfg.hints_field and cfg.hints_field not in taken else None
+    return solution, hints
+
+
+def _read_solution(row: dict[str, Any], name: str | None, path: Path | str, row_no: int) -> str | None:
+    """The row's worked solution: a non-empty string or a number; absent or null: None."""
+    value = _MISSING if name is None else _get(row, name)
+    if value is _MISSING or value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(
+            path, row_no, name, f"expected a string (a worked solution) or null, got {type(value).__name__}"
+        )
+    if isinstance(value, str) and not value.strip():
+        raise DataError(path, row_no, name, "empty solution (use null or leave the field out for none)")
+    return str(value)
+
+
+def _read_hints(row: dict[str, Any], name: str | None, path: Path | str, row_no: int) -> tuple[str, ...]:
+    """The row's hint ladder: a list of non-empty strings, weakest first; absent or null: ()."""
+    value = _MISSING if name is None else _get(row, name)
+    if value is _MISSING or value is None:
+        return ()
+    if isinstance(value, str):
+        raise DataError(path, row_no, name, "expected a list of strings, got a single string (wrap it in a list)")
+    if not isinstance(value, (list, tuple)):
+        raise DataError(
+            path, row_no, name, f"expected a list of strings (weakest hint first), got {type(value).__name__}"
+        )
+    for i, hint in enumerate(value, start=1):
+        if not isinstance(hint, str):
+            raise DataError(path, row_no, name, f"hint {i} is not a string (got {type(hint).__name__})")
+        if not hint.strip():
+            raise DataError(path, row_no, name, f"hint {i} is empty")
+    return tuple(value)
 
 
 class FileTask(Task):
@@ -175,12 +224,27 @@ class FileTask(Task):
             heldout = self._load(where, config.heldout_split or config.split)[: config.num_heldout]
         else:
             heldout = self._carve(rows)
+        self._check_guidance_fields(rows + heldout)
         keys = {ex.canonical_key for ex in heldout}
         self._heldout = heldout
         self._train = [ex for ex in rows if ex.canonical_key not in keys]
         if not self._train:
             raise ValueError(
                 f"dataset {config.path}: no training rows left after removing {len(heldout)} held-out rows"
+            )
+
+    def _check_guidance_fields(self, examples: list[Example]) -> None:
+        """A solution / hints field renamed from its default must be found in some row (a typo
+        would otherwise silently give no solutions)."""
+        solution_field, hints_field = _guidance_fields(self.config)
+        defaults = {f.name: f.default for f in dataclasses.fields(TaskConfig)}
+        if solution_field not in (None, defaults["solution_field"]) and all(ex.solution is None for ex in examples):
+            raise ValueError(
+                f"dataset {self.config.path}: no row has solution_field {solution_field!r}; fix the name or set it to None"
+            )
+        if hints_field not in (None, defaults["hints_field"]) and all(not ex.hints for ex in examples):
+            raise ValueError(
+                f"dataset {self.config.path}: no row has hints_field {hints_field!r}; fix the name or set it to None"
             )
 
     def _load(self, path: str, split: str) -> list[Example]:
