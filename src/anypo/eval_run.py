@@ -10,7 +10,7 @@ import torch
 from anypo import models
 from anypo.config import EvalConfig
 from anypo.engines.hf import HFEngine
-from anypo.evaluate import default_ks, evaluate, mean_pass_at_k
+from anypo.evaluate import default_ks, evaluate, mean_pass_at_k, pass_at_k_by_difficulty
 from anypo.runs import JsonlWriter, new_run_dir, write_json_atomic
 from anypo.trainer_setup import tokenize_prompts
 
@@ -45,6 +45,8 @@ def run_eval(cfg: EvalConfig) -> Path:
     correct = [[r >= 1.0 for r in row] for row in rewards]
     ks = default_ks(cfg.samples)
     result = {f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, ks).items()}
+    by_level = pass_at_k_by_difficulty(correct, [ex.meta.get("difficulty") for ex in examples], ks)
+    result.update(by_level)
     result.update({"eval/prompts": len(ids), "eval/samples": cfg.samples, "time/load_s": t_load, "time/eval_s": t_eval})
     w = JsonlWriter(run_dir / "metrics.jsonl")
     w.write({"step": 0, **result})
@@ -63,6 +65,7 @@ def run_eval(cfg: EvalConfig) -> Path:
         "| metric | value |",
         "|---|---|",
         *[f"| pass@{k} | {result[f'eval/pass@{k}']:.3f} |" for k in ks],
+        *[f"| {key[5:].replace('/', ', ')} | {v:.3f} |" for key, v in by_level.items() if key.startswith("eval/pass@")],
         "",
         f"Model load {t_load:.1f} s, evaluation {t_eval:.1f} s.",
     ]

@@ -38,6 +38,39 @@ def mean_pass_at_k(correct: Sequence[Sequence[bool]], ks: Sequence[int]) -> dict
     return out
 
 
+def pass_at_k_by_difficulty(
+    correct: Sequence[Sequence[bool]], difficulty: Sequence[object], ks: Sequence[int], prefix: str = "eval/"
+) -> dict[str, float]:
+    """Mean pass@k over the prompts of each difficulty level, as metric keys.
+
+    Args:
+        correct: ``correct[p]`` holds the n outcomes of prompt p.
+        difficulty: the level of prompt p (``Example.meta.get("difficulty")``); prompts with None
+            are left out. With no level at all the result is empty, so tasks without levels log
+            nothing extra.
+        ks: the k values.
+        prefix: the key prefix.
+
+    Returns:
+        ``{"eval/pass@1/level_3": ..., "eval/prompts/level_3": count, ...}``, levels sorted.
+    """
+    if len(correct) != len(difficulty):
+        raise ValueError(f"{len(correct)} prompts' outcomes but {len(difficulty)} difficulty levels")
+    levels: dict[object, list[Sequence[bool]]] = {}
+    for row, level in zip(correct, difficulty, strict=True):
+        if level is not None:
+            levels.setdefault(level, []).append(row)
+    out: dict[str, float] = {}
+    for level in sorted(
+        levels, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v))
+    ):
+        rows = levels[level]
+        for k, v in mean_pass_at_k(rows, ks).items():
+            out[f"{prefix}pass@{k}/level_{level}"] = v
+        out[f"{prefix}prompts/level_{level}"] = float(len(rows))
+    return out
+
+
 @torch.no_grad()
 def evaluate(
     engine,

@@ -37,3 +37,33 @@ def test_mean_over_prompts_and_ks():
     assert default_ks(8) == [1, 2, 4, 8]
     assert default_ks(6) == [1, 2, 4, 6]
     assert default_ks(1) == [1]
+
+
+def test_pass_at_k_by_difficulty_by_hand():
+    """Prompts of levels [0, 3, 0, None, 3] with outcomes (n = 2):
+    level 0: [T, F] and [T, T] -> pass@1 (0.5 + 1) / 2 = 0.75, pass@2 (1 + 1) / 2 = 1;
+    level 3: [F, F] and [F, T] -> pass@1 (0 + 0.5) / 2 = 0.25, pass@2 (0 + 1) / 2 = 0.5;
+    the prompt without a level is left out; a task without levels gives no keys."""
+    from anypo.evaluate import pass_at_k_by_difficulty
+
+    correct = [[True, False], [False, False], [True, True], [True, True], [False, True]]
+    res = pass_at_k_by_difficulty(correct, [0, 3, 0, None, 3], [1, 2])
+    assert res == {
+        "eval/pass@1/level_0": pytest.approx(0.75),
+        "eval/pass@2/level_0": pytest.approx(1.0),
+        "eval/prompts/level_0": 2.0,
+        "eval/pass@1/level_3": pytest.approx(0.25),
+        "eval/pass@2/level_3": pytest.approx(0.5),
+        "eval/prompts/level_3": 2.0,
+    }
+    assert list(res)[:3] == ["eval/pass@1/level_0", "eval/pass@2/level_0", "eval/prompts/level_0"]
+    assert pass_at_k_by_difficulty(correct, [None] * 5, [1]) == {}
+    with pytest.raises(ValueError, match="5 prompts' outcomes but 4 difficulty levels"):
+        pass_at_k_by_difficulty(correct, [0, 0, 0, 0], [1])
+    # levels 10 and 2 sort numerically, not as text
+    assert list(pass_at_k_by_difficulty([[True], [False]], [10, 2], [1])) == [
+        "eval/pass@1/level_2",
+        "eval/prompts/level_2",
+        "eval/pass@1/level_10",
+        "eval/prompts/level_10",
+    ]
