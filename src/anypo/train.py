@@ -219,8 +219,9 @@ class Context:
 
     def fill_behaviour(self, batch: RolloutBatch, m: dict[str, float]) -> None:
         """The old (behaviour) log-probs, with the weights that generated ``batch``: the engine's, or
-        recomputed by the learner when off-policy or when the engine's are not the policy's
-        (``logprobs_exact``); the engine's are then kept as ``rollout_logprobs``."""
+        recomputed by the learner when off-policy, when the engine's are not the policy's
+        (``logprobs_exact``) or when a part ``needs_rollout_logprobs``; the engine's are then kept as
+        ``rollout_logprobs``."""
         cfg, micro = self.cfg, self.cfg.micro_batch_size
         on_policy = self.algo.on_policy(cfg.prompts_per_step)
         # an engine whose log-probs are not the contract's for these sampling settings (vLLM with
@@ -228,8 +229,9 @@ class Context:
         # cached decode and the packed training forward round differently, so the ratio of the first
         # update would not be 1 either: the old log-probs come from the training forward then
         exact = getattr(self.engine, "logprobs_exact", lambda _s: True)(cfg.sampling) and cfg.precision == "fp32"
-        if not on_policy or not exact or cfg.recompute_old_logprobs:
-            batch.rollout_logprobs = batch.old_logprobs  # kept for truncated importance sampling (tis)
+        # a rollout correction (TIS, IcePop) compares the engine's log-probs with the learner's: both needed
+        if not on_policy or not exact or cfg.recompute_old_logprobs or self.algo.needs("rollout_logprobs"):
+            batch.rollout_logprobs = batch.old_logprobs  # the engine's, for rollout corrections
             batch.old_logprobs = batched_logprobs(self.model, batch, cfg.sampling.temperature, micro, cfg.pack_prompts)
             m["rollout/engine_logprob_abs_diff"] = _abs_diff(
                 batch.rollout_logprobs, batch.old_logprobs, batch.response_mask

@@ -218,3 +218,55 @@ def test_greedy_rewards_are_an_argmax_decode_and_never_trained_on(make_cfg):
         wants.append(want)
         assert torch.all(batch.greedy_rewards[rows] == torch.tensor(want, dtype=batch.greedy_rewards.dtype))
     assert m["reward/greedy_mean"] == pytest.approx(sum(wants) / len(wants)) and m["reward/greedy_errors"] == 0
+
+
+# ---- 4. the engine's log-probs for rollout corrections -------------------------------------------
+
+
+def test_correction_gets_engine_and_learner_logprobs_on_policy(make_cfg):
+    """A loss with a rollout correction (the icepop preset) declares needs_rollout_logprobs: even
+    on-policy with the fp32 HF engine, whose log-probs are exact, the loop recomputes the old
+    log-probs with the learner and keeps the engine's, unchanged, as rollout_logprobs. Without the
+    correction (grpo) nothing is recomputed."""
+    from anypo.policy import batched_logprobs
+    from anypo.train import Context
+
+    cfg = make_cfg(algo=PRESETS["icepop"].build())
+    ctx = Context.build(cfg, Path(cfg.out_dir))
+    batch, m = ctx.rollout(1)
+    engine = batch.old_logprobs.clone()
+    ctx.fill_needs(batch, m)
+    assert torch.equal(batch.rollout_logprobs, engine)
+    want = batched_logprobs(ctx.model, batch, cfg.sampling.temperature, cfg.micro_batch_size)
+    torch.testing.assert_close(batch.old_logprobs, want)
+    assert m["rollout/engine_logprob_abs_diff"] < 1e-4  # same fp32 function, two implementations
+
+    plain = make_cfg()
+    ctx = Context.build(plain, Path(plain.out_dir))
+    batch, m = ctx.rollout(1)
+    ctx.fill_needs(batch, m)
+    assert batch.rollout_logprobs is None and "rollout/engine_logprob_abs_diff" not in m
+
+
+def test_icepop_masks_what_the_engine_disagrees_on(make_cfg, monkeypatch):
+    """An engine whose log-probs are off by +3 nats on every second response token (a ratio learner /
+    engine of e^-3 = 0.05 < alpha 0.5) and exact elsewhere: IcePop drops exactly those tokens
+    (tis/floored_frac is their share of the response tokens) and keeps the others with weight ~1."""
+    from anypo.engines.hf import HFEngine
+
+    real = HFEngine.generate
+    shares = []
+
+    def skewed(self, prompts, n, sampling, seed=None):
+        g = real(self, prompts, n, sampling, seed=seed)
+        odd = torch.zeros_like(g.logprobs, dtype=torch.bool)
+        odd[:, 1::2] = True
+        odd &= g.response_mask.bool()
+        g.logprobs = torch.where(odd, g.logprobs + 3.0, g.logprobs)
+        shares.append(float(odd.sum()) / float(g.response_mask.sum()))
+        return g
+
+    monkeypatch.setattr(HFEngine, "generate", skewed)
+    row = _rows(train(make_cfg(algo=PRESETS["icepop"].build(), steps=1)))[1]
+    assert row["tis/floored_frac"] == pytest.approx(shares[0], abs=1e-6)
+    assert row["tis/capped_frac"] == 0.0

@@ -3,6 +3,7 @@ hyperparameters, declares its needs, has a docs page and a paper-index entry."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -198,6 +199,17 @@ def test_remax_preset():
     assert registry.registry("policy_loss").name_of(a.policy_loss) == "reinforce"
     assert a.policy_loss.aggregation == "token_mean" and (a.ppo_epochs, a.minibatch_prompts) == (1, None)
     assert not a.advantage.group_relative and PRESETS["remax"].build(gamma=0.99).advantage.gamma == 0.99
+
+
+def test_icepop_preset():
+    """IcePop = the grpo preset with the policy loss weighted by M(k) on [0.5, 5.0] (token level,
+    masked); it declares that it needs the engine's log-probs next to the learner's."""
+    a, g = build("icepop"), build("grpo")
+    pl = a.policy_loss
+    assert (pl.tis, pl.tis_mode, pl.tis_floor, pl.tis_cap) == ("token", "mask", 0.5, 5.0)
+    assert dataclasses.replace(pl, tis=None, tis_mode="truncate", tis_floor=None, tis_cap=2.0) == g.policy_loss
+    assert a.regularizers == g.regularizers and a.advantage == g.advantage
+    assert a.needs("rollout_logprobs") and not g.needs("rollout_logprobs")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

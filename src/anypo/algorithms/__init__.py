@@ -30,6 +30,7 @@ _MODULES = (
     "gmpo",
     "dppo",
     "remax",
+    "icepop",
     # RLVR methods
     "bnpo",
     "drpo",

@@ -126,6 +126,10 @@ class VLLMEngine:
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         kwargs.update(llm_kwargs)
+        # a lower-precision copy (bf16 vLLM next to an fp32 policy) reports other log-probs than the learner's
+        self.same_dtype = str(kwargs["dtype"]).removeprefix("torch.") == str(
+            next(model.parameters()).dtype
+        ).removeprefix("torch.")
         # vLLM's CPU worker reseeds the global RNGs and replaces torch.set_num_threads with a no-op;
         # neither may leak into the trainer that shares this process.
         set_num_threads = torch.set_num_threads
@@ -159,8 +163,10 @@ class VLLMEngine:
 
     def logprobs_exact(self, sampling: SamplingConfig) -> bool:
         """Whether this engine's log-probs are the contract's under ``sampling``: not with top-k or
-        top-p, where vLLM returns those of the truncated, renormalised distribution."""
-        return sampling.top_k <= 0 and sampling.top_p >= 1.0
+        top-p, where vLLM returns those of the truncated, renormalised distribution, and not when vLLM
+        computes in another dtype than the policy's parameters (a bf16 copy of an fp32 policy); the
+        trainer then recomputes the old log-probs and keeps vLLM's as ``rollout_logprobs``."""
+        return self.same_dtype and sampling.top_k <= 0 and sampling.top_p >= 1.0
 
     @torch.no_grad()
     def generate(
