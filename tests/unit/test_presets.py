@@ -212,6 +212,18 @@ def test_icepop_preset():
     assert a.needs("rollout_logprobs") and not g.needs("rollout_logprobs")
 
 
+def test_llds_preset():
+    """LLDS = the grpo preset plus LLDS(lambda 0.2, action gate, token mean), at the official mini-batch
+    size of 256 prompts (2 updates of the official 512-prompt batch)."""
+    a, g = build("llds"), build("grpo")
+    assert (a.advantage, a.policy_loss) == (g.advantage, g.policy_loss)
+    assert a.regularizers[:-1] == g.regularizers
+    reg = a.regularizers[-1]
+    assert registry.registry("regularizer").name_of(reg) == "llds"
+    assert (reg.coef, reg.gate, reg.aggregation, reg.answer_lambda) == (0.2, "action", "token_mean", None)
+    assert a.minibatch_prompts == 256 and PRESETS["llds"].build(minibatch_prompts=1).minibatch_prompts == 1
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_docs_page_and_paper_index(name):
     """The page names the paper (title, arXiv abs link), explains the metrics, and has a Result section

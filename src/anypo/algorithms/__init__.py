@@ -43,6 +43,8 @@ _MODULES = (
     "opmd",
     "asymre",
     "rover",
+    # exploration and entropy control
+    "llds",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",
