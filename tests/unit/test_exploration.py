@@ -6,6 +6,8 @@ plain-python computation; every loss has a float64 finite-difference gradient ch
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -75,7 +77,7 @@ def test_llds_is_zero_at_the_first_update():
     lp = torch.tensor(LLDS_OLD, dtype=F64, requires_grad=True)
     out = _llds(lp, _batch(LLDS_M, LLDS_A, LLDS_OLD))
     out.loss.backward()
-    assert float(out.loss) == 0.0 and bool((lp.grad == 0).all())
+    assert float(out.loss.detach()) == 0.0 and bool((lp.grad == 0).all())
 
 
 def test_llds_answer_span_weight():
@@ -161,3 +163,201 @@ def test_llds_scale_is_the_minibatch():
     lp = torch.tensor(LLDS_NEW, dtype=F64)
     micro = _batch(LLDS_M, LLDS_A, LLDS_OLD).select(torch.tensor([0]), loss_scale=LossScale(7.0, 2.0))
     assert float(_llds(lp[:1], micro).loss) == pytest.approx(0.04 / 7, abs=1e-12)
+
+
+# ---------------------------------------------------------------- EPO
+
+# The spec's worked example (section 1): two past iterations with per-turn entropies [1.0, 0.8, 0.6]
+# and [0.9, 0.7, 0.5], so H_hist = [0.95, 0.75, 0.55]; sample 0 is a turn-0 sample, sample 1 a turn-2
+# sample, three tokens each.
+EPO_STATE = {"turn_entropy_sum": [1.9, 1.5, 1.1], "turn_count": [2, 2, 2], "updates": 0}
+EPO_H = [[0.90, 1.30, 0.70], [0.50, 0.40, 0.66]]
+
+
+def _epo(ent, batch, **cfg):
+    fn, Cfg = get("regularizer", "epo")
+    return fn(PolicyOutput(logprobs=torch.zeros_like(ent), entropy=ent), batch, Cfg(**cfg))
+
+
+def _epo_batch(mask=None, turns=(0, 2), state=EPO_STATE, **extras):
+    b = _batch([[1, 1, 1], [1, 1, 1]] if mask is None else mask, extras={"turn_ids": torch.as_tensor(turns), **extras})
+    b.part_state = None if state is None else {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+    return b
+
+
+def test_epo_phase_weight():
+    """w(e) = 1 - 0.2 (1 - exp(-2 e / 75)) up to h = 75, then 0.8 exp(-3 (e - 75) / 75), for E = 150:
+    w(0) = 1, w(30) = 1 - 0.2 (1 - e^-0.8) = 0.889866, w(75) = 1 - 0.2 (1 - e^-2) = 0.827067,
+    w(76) = 0.8 e^-0.04 = 0.768632, w(100) = 0.8 e^-1 = 0.294304, w(150) = 0.8 e^-3 = 0.039830
+    (the spec's list); e is clamped to [0, E]."""
+    from anypo.regularizers.epo import epo_phase_weight
+
+    hand = [1.0, 1 - 0.2 * (1 - math.exp(-0.8)), 1 - 0.2 * (1 - math.exp(-2)), 0.8 * math.exp(-0.04)]
+    hand += [0.8 * math.exp(-1), 0.8 * math.exp(-3)]
+    got = [epo_phase_weight(e) for e in (0, 30, 75, 76, 100, 150)]
+    assert got == pytest.approx(hand, abs=1e-12)
+    assert got == pytest.approx([1.0, 0.889866, 0.827067, 0.768632, 0.294304, 0.03983], abs=1e-6)
+    assert epo_phase_weight(-5) == 1.0 and epo_phase_weight(400) == pytest.approx(0.8 * math.exp(-3))
+
+
+def test_epo_spec_example_code_smoothing():
+    """Band (0.8 H_hist, 1.2 H_hist): turn 0 (0.76, 1.14), turn 2 (0.44, 0.66), strict inequalities.
+    Sample 0: 0.90 inside, 1.30 above, 0.70 below; sample 1: 0.50 inside, 0.40 below, 0.66 not
+    strictly inside. P = [[0, .1, .1], [0, .1, .1]]; agg(H) = 4.46 / 6 = 0.743333, agg(P) = 0.4 / 6 =
+    0.066667; the loss is -c_H (agg(H) - c_s agg(P)) = -0.001 * 0.676667 = -0.00067667. P is a constant
+    (the official code's torch.where of Python scalars): dL/dH = -c_H / 6 on every token, the entropy
+    bonus's gradient alone."""
+    ent = torch.tensor(EPO_H, dtype=F64, requires_grad=True)
+    cfg = {"min_ratio": 0.8, "max_ratio": 1.2, "penalty": 0.1, "phase_weights": False, "smooth_from_turn": 0}
+    out = _epo(ent, _epo_batch(), **cfg)
+    assert float(out.loss.detach()) == pytest.approx(-0.001 * (4.46 / 6 - 0.4 / 6), abs=1e-15)
+    assert float(out.loss.detach()) == pytest.approx(-0.00067667, abs=1e-8)
+    assert out.metrics["policy/entropy"] == pytest.approx(0.743333, abs=1e-6)
+    assert out.metrics["epo/penalty"] == pytest.approx(0.066667, abs=1e-6)
+    assert out.metrics["epo/out_of_band_frac"] == pytest.approx(4 / 6)
+    assert out.metrics["epo/history_entropy"] == pytest.approx((3 * 0.95 + 3 * 0.55) / 6)
+    out.loss.backward()
+    torch.testing.assert_close(ent.grad, torch.full((2, 3), -0.001 / 6, dtype=F64), rtol=0, atol=1e-15)
+
+
+def test_epo_phase_weight_scales_the_penalty():
+    """At e = updates = 30 the penalty is multiplied by w(30) = 0.889866: agg(P) = 0.889866 * 0.4 / 6."""
+    ent = torch.tensor(EPO_H, dtype=F64)
+    state = {**EPO_STATE, "updates": 30}
+    out = _epo(ent, _epo_batch(state=state), min_ratio=0.8, max_ratio=1.2, smooth_from_turn=0)
+    w = 1 - 0.2 * (1 - math.exp(-0.8))
+    assert out.metrics["epo/penalty"] == pytest.approx(w * 0.4 / 6, abs=1e-12)
+    assert out.metrics["epo/phase_weight"] == pytest.approx(w)
+
+
+def test_epo_hinge_smoothing_value_and_gradient():
+    """smoothing="hinge" (our differentiable variant): P = 0.1 (relu(lo - H) + relu(H - hi)). With H =
+    [[0.90, 1.30, 0.70], [0.50, 0.40, 0.70]] and the bands above: P = 0.1 * [[0, 0.16, 0.06],
+    [0, 0.04, 0.04]], agg(P) = 0.03 / 6. dL/dH = -c_H / 6 + c_H c_s 0.1 sign / 6 with sign +1 above the
+    band (1.30 and 0.70 of sample 1), -1 below (0.70 of sample 0, 0.40), 0 inside."""
+    H = [[0.90, 1.30, 0.70], [0.50, 0.40, 0.70]]
+    ent = torch.tensor(H, dtype=F64, requires_grad=True)
+    cfg = {"min_ratio": 0.8, "max_ratio": 1.2, "phase_weights": False, "smooth_from_turn": 0, "smoothing": "hinge"}
+    out = _epo(ent, _epo_batch(), **cfg)
+    pen = 0.1 * (0.16 + 0.06 + 0.04 + 0.04) / 6
+    assert out.metrics["epo/penalty"] == pytest.approx(pen, abs=1e-12)
+    assert float(out.loss.detach()) == pytest.approx(-0.001 * (sum(map(sum, H)) / 6 - pen), abs=1e-15)
+    out.loss.backward()
+    sign = torch.tensor([[0, 1, -1], [0, -1, 1]], dtype=F64)
+    torch.testing.assert_close(ent.grad, -0.001 / 6 + 0.001 * 0.1 * sign / 6, rtol=0, atol=1e-15)
+
+
+def test_epo_without_history_is_the_entropy_bonus():
+    """No state (the first step, or a loop that hands none over) or an empty history: no smoothing,
+    L = -c_H agg(H) = -0.001 * 4.46 / 6, whatever the band."""
+    ent = torch.tensor(EPO_H, dtype=F64)
+    for state in (None, {"turn_entropy_sum": [], "turn_count": [], "updates": 3}):
+        out = _epo(ent, _epo_batch(state=state), min_ratio=0.8, max_ratio=1.2, smooth_from_turn=0)
+        assert float(out.loss) == pytest.approx(-0.001 * 4.46 / 6, abs=1e-15) and out.metrics["epo/penalty"] == 0
+
+
+def test_epo_smooths_only_late_turns_and_known_turns():
+    """smooth_from_turn=1: sample 0 (turn 0) is not smoothed, sample 1 (turn 2) is: agg(P) = 0.2 / 6.
+    A turn beyond the history (turn 5) gets no smoothing either."""
+    ent = torch.tensor(EPO_H, dtype=F64)
+    kw = {"min_ratio": 0.8, "max_ratio": 1.2, "phase_weights": False}
+    out = _epo(ent, _epo_batch(), smooth_from_turn=1, **kw)
+    assert out.metrics["epo/penalty"] == pytest.approx(0.2 / 6, abs=1e-12)
+    out = _epo(ent, _epo_batch(turns=(5, 2)), smooth_from_turn=0, **kw)
+    assert out.metrics["epo/penalty"] == pytest.approx(0.2 / 6, abs=1e-12)
+    out = _epo(ent, _epo_batch(), **kw)  # the official gate: turn >= 25 only
+    assert out.metrics["epo/penalty"] == 0
+
+
+def test_epo_seq_mode():
+    """mask_mode="seq": each response's mean entropy against its band. Sample 0: mean 2.9 / 3 = 0.9667 in
+    (0.76, 1.14): P = 0; sample 1 (last token masked): mean 0.45 in (0.44, 0.66): P = 0. With
+    max_ratio 1.0 the band of sample 0 is (0.76, 0.95): 0.9667 is above, P = 0.1 on its 3 tokens;
+    agg(P) = 0.3 / 5 tokens."""
+    ent = torch.tensor(EPO_H, dtype=F64)
+    mask = [[1, 1, 1], [1, 1, 0]]
+    kw = {"min_ratio": 0.8, "phase_weights": False, "smooth_from_turn": 0, "mask_mode": "seq"}
+    assert _epo(ent, _epo_batch(mask=mask), max_ratio=1.2, **kw).metrics["epo/penalty"] == 0
+    out = _epo(ent, _epo_batch(mask=mask), max_ratio=1.0, **kw)
+    assert out.metrics["epo/penalty"] == pytest.approx(0.3 / 5, abs=1e-12)
+
+
+def test_epo_history_update_from_metrics():
+    """update_state adds each turn's token-mean entropy of the update: turn 0 (sample 0) 2.9 / 3, turn 2
+    (sample 1) 1.56 / 3, read from the metrics as mass / share; turn 1 (never seen) keeps count 0. The
+    history mean of turn 0 becomes (1.9 + 0.96667) / 3; the update counter moves to 1."""
+    Cfg = get("regularizer", "epo")[1]
+    cfg = Cfg(smooth_from_turn=0)
+    batch = _epo_batch()
+    out = _epo(torch.tensor(EPO_H, dtype=F64), batch, smooth_from_turn=0)
+    assert out.metrics["epo/turn_token_share/0"] == pytest.approx(0.5)
+    assert out.metrics["epo/turn_entropy_mass/2"] == pytest.approx(1.56 / 6)
+    state = batch.part_state
+    cfg.update_state(state, out.metrics)
+    assert state["turn_count"] == [3, 2, 3] and state["updates"] == 1
+    assert state["turn_entropy_sum"] == pytest.approx([1.9 + 2.9 / 3, 1.5, 1.1 + 1.56 / 3])
+    fresh = cfg.init_state()
+    cfg.update_state(fresh, out.metrics)
+    assert fresh == {
+        "turn_entropy_sum": [pytest.approx(2.9 / 3), 0.0, pytest.approx(0.52)],
+        "turn_count": [1, 0, 1],
+        "updates": 1,
+    }
+
+
+def test_epo_per_token_turn_ids_and_trimmed_microbatches():
+    """turn_ids may be [N, T] (several turns in one row); a micro-batch trimmed on the right keeps the
+    first T columns. Row 0 holds turns 0, 0, 2 and row 1 turn 2: with the band as above, tokens
+    1.30 (turn 0) and 0.70 (turn 2, band (0.44, 0.66)), 0.40, 0.66 are outside: agg(P) = 0.4 / 6."""
+    ent = torch.tensor(EPO_H, dtype=F64)
+    turns = torch.tensor([[0, 0, 2, 9], [2, 2, 2, 9]])  # one column wider than the batch
+    kw = {"min_ratio": 0.8, "max_ratio": 1.2, "phase_weights": False, "smooth_from_turn": 0}
+    out = _epo(ent, _epo_batch(turns=turns), **kw)
+    assert out.metrics["epo/penalty"] == pytest.approx(0.4 / 6, abs=1e-12)
+    with pytest.raises(ValueError, match="turn_ids"):
+        _epo(ent, _epo_batch(turns=(0, 1, 2)), **kw)
+
+
+@pytest.mark.parametrize("smoothing", ["code", "hinge"])
+@pytest.mark.parametrize("mask_mode", ["token", "seq"])
+def test_epo_microbatches_sum_to_the_minibatch(smoothing, mask_mode):
+    """With a history and per-sample turns, the losses of two micro-batches carrying the mini-batch's
+    counts sum to the mini-batch's loss, and so do the gradients."""
+    rng = np.random.default_rng(0)
+    mask = np.ones((4, 5))
+    mask[1, 3:] = mask[3, 1:] = 0
+    ent = torch.tensor(rng.random((4, 5)) * 1.5, requires_grad=True)
+    batch = _epo_batch(mask=mask, turns=(0, 2, 1, 0))
+    kw = {"min_ratio": 0.8, "max_ratio": 1.2, "smooth_from_turn": 0, "smoothing": smoothing, "mask_mode": mask_mode}
+    whole = _epo(ent, batch, **kw).loss
+    (g_whole,) = torch.autograd.grad(whole, ent)
+    total = 0
+    for idx in ([0, 2], [1, 3]):
+        micro = batch.select(torch.tensor(idx), loss_scale=batch.scale())
+        total = total + _epo(ent[idx], micro, **kw).loss
+    (g_micro,) = torch.autograd.grad(total, ent)
+    torch.testing.assert_close(total, whole, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(g_micro, g_whole, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("mask_mode", ["token", "seq"])
+def test_epo_gradcheck(mask_mode):
+    """float64 finite differences of the hinge-smoothed loss in the entropy (values off the band edges)."""
+    ent = torch.tensor([[0.91, 1.31, 0.69], [0.52, 0.39, 0.71]], dtype=F64, requires_grad=True)
+    kw = {"min_ratio": 0.8, "max_ratio": 1.2, "smooth_from_turn": 0, "smoothing": "hinge", "mask_mode": mask_mode}
+    batch = _epo_batch(mask=[[1, 1, 1], [1, 1, 0]])
+    assert torch.autograd.gradcheck(lambda e: _epo(e, batch, coef=0.5, **kw).loss, (ent,))
+
+
+def test_epo_config_errors():
+    Cfg = get("regularizer", "epo")[1]
+    for bad, field in (
+        ({"min_ratio": 1.5, "max_ratio": 1.2}, "min_ratio"),
+        ({"mask_mode": "turn"}, "mask_mode"),
+        ({"smoothing": "soft"}, "smoothing"),
+        ({"penalty": -1.0}, "penalty"),
+        ({"phase_steps": -1}, "phase_steps"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            Cfg(**bad)
+    assert Cfg().stateful and not Cfg(smooth=False).stateful and Cfg().needs_entropy

@@ -224,6 +224,26 @@ def test_llds_preset():
     assert a.minibatch_prompts == 256 and PRESETS["llds"].build(minibatch_prompts=1).minibatch_prompts == 1
 
 
+def test_epo_preset():
+    """EPO = the grpo preset plus EPO(c_H 0.001, c_s 1, band (0, 2 H_hist), penalty 0.1, token mode, phase
+    weights over 150 steps; the official constant penalty), smoothing every turn (single-turn data), and
+    stateful: its entropy history goes into checkpoints."""
+    a, g = build("epo"), build("grpo")
+    assert (a.advantage, a.policy_loss, a.regularizers[:-1]) == (g.advantage, g.policy_loss, g.regularizers)
+    reg = a.regularizers[-1]
+    assert registry.registry("regularizer").name_of(reg) == "epo"
+    assert (reg.coef, reg.smooth_coef, reg.min_ratio, reg.max_ratio, reg.penalty) == (0.001, 1.0, 0.0, 2.0, 0.1)
+    assert (reg.mask_mode, reg.smoothing, reg.phase_weights, reg.phase_steps, reg.smooth_from_turn) == (
+        "token",
+        "code",
+        True,
+        150,
+        0,
+    )
+    assert a.needs("entropy") and set(a.stateful_parts()) == {"regularizers.1"}
+    assert PRESETS["epo"].build(smoothing="hinge").regularizers[-1].smoothing == "hinge"
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_docs_page_and_paper_index(name):
     """The page names the paper (title, arXiv abs link), explains the metrics, and has a Result section

@@ -45,6 +45,7 @@ _MODULES = (
     "rover",
     # exploration and entropy control
     "llds",
+    "epo",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",
