@@ -22,6 +22,7 @@ from anypo.ops import masked_mean, masked_sum
 from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
 from anypo.rollout import GroupRollout, concat_batches, drop_reward_errors
 from anypo.rollout.replay import StaleRollouts
+from anypo.rollout.stats import advantage_metrics, first_groups, rollout_metrics
 from anypo.run import TrainingError, run_loop
 from anypo.runs import peak_rss_gb
 from anypo.types import LossScale, MetricReduction, RolloutBatch
@@ -131,7 +132,7 @@ class Context:
                 self.fill_needs(batch, m, behaviour=self.stale is None)
             batch.advantages = self.advantage_fn(self._with_state(batch, "advantage"), self.algo.advantage)
             batch.part_state = None
-            m.update(_advantage_metrics(batch))
+            m.update(advantage_metrics(batch))
         t_prep = time.perf_counter() - t1
         # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
         t2 = time.perf_counter()
@@ -141,13 +142,15 @@ class Context:
             self.engine.load_weights(self.model.state_dict())
         t_train = time.perf_counter() - t2
         n_tokens = float(batch.response_mask.sum())
+        # under a replay schedule the step generates other batches than the one it trains on
+        gen_tokens = m["rollout/generated_tokens"] if self.stale is not None else n_tokens
         m.update(
             {
                 "time/generate_s": t_gen,
                 "time/prepare_s": t_prep,
                 "time/train_s": t_train,
                 "time/step_s": time.perf_counter() - t0,
-                "throughput/generate_tok_s": n_tokens / max(t_gen, 1e-9),
+                "throughput/generate_tok_s": gen_tokens / max(t_gen, 1e-9),
                 "throughput/train_tok_s": n_tokens * self.algo.ppo_epochs / max(t_train, 1e-9),
                 "memory/peak_rss_gb": peak_rss_gb(),
             }
@@ -177,13 +180,13 @@ class Context:
         if not kept:  # nothing kept after max_draws: train on the last draw rather than stall
             kept = [scored[-1]]
         batch = concat_batches(kept, self.tokenizer.pad_token_id)
-        batch = _first_groups(batch, self.cfg.prompts_per_step)
+        batch = first_groups(batch, self.cfg.prompts_per_step)
         greedy: dict[str, float] = {}
         if self.algo.needs("greedy_rewards") and batch.num_seqs:  # ReMax's baseline: never trained on
             batch.greedy_rewards, greedy = self.rollout_part.greedy_rewards(batch, seed=self.cfg.seed + step)
             tokens += int(greedy["rollout/greedy_tokens"])
         errors, self._errors_seen = self.reward.num_errors - self._errors_seen, self.reward.num_errors
-        m = _rollout_metrics(batch, concat_batches(scored, self.tokenizer.pad_token_id), draws)
+        m = rollout_metrics(batch, concat_batches(scored, self.tokenizer.pad_token_id), draws)
         m.update(greedy)
         m["reward/errors"] = float(errors)
         m["reward/error_samples"] = float(n_failed)
@@ -458,66 +461,6 @@ def _autocast(precision: str):
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     return lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _first_groups(batch: RolloutBatch, n_groups: int) -> RolloutBatch:
-    """Keep the first ``n_groups`` distinct groups (a draw may overfill the batch)."""
-    seen: list[int] = []
-    for g in batch.group_ids.tolist():
-        if g not in seen:
-            seen.append(g)
-    if len(seen) <= n_groups:
-        return batch
-    keep = torch.isin(batch.group_ids, torch.tensor(seen[:n_groups]))
-    return batch.select(keep.nonzero().flatten())
-
-
-def _rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) -> dict[str, float]:
-    """Reward and length statistics of every scored sample of the step (all draws, reward errors out)."""
-    if generated.num_seqs == 0:
-        return {"rollout/draws": float(draws), "rollout/trained_seqs": 0.0}
-    r = generated.rewards
-    lengths = generated.response_mask.sum(1).float()
-    same = [
-        bool((r[generated.group_ids == g] == r[generated.group_ids == g][0]).all())
-        for g in generated.group_ids.unique()
-    ]
-    correct = generated.extras.get("correct", [])
-    return {
-        "reward/mean": float(r.mean()),
-        "reward/std": float(r.std()) if len(r) > 1 else 0.0,
-        **({"reward/accuracy": sum(correct) / len(correct)} if correct and all(c == c for c in correct) else {}),
-        "rollout/all_equal_group_frac": sum(same) / len(same),
-        "rollout/draws": float(draws),
-        "rollout/trained_seqs": float(batch.num_seqs),
-        "response/length_mean": float(lengths.mean()),
-        "response/length_max": float(lengths.max()),
-        "response/truncated_frac": float(generated.truncated.float().mean()),
-        **_length_by_correctness(lengths, correct),
-    }
-
-
-def _advantage_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """Scale of the advantages over response tokens (what normalising estimators such as BNPO change)."""
-    a = batch.advantages.detach().float().abs()
-    mask = batch.response_mask.bool()
-    if not mask.any():
-        return {}
-    a = a[mask]
-    return {"advantage/abs_mean": float(a.mean()), "advantage/abs_max": float(a.max())}
-
-
-def _length_by_correctness(lengths: torch.Tensor, correct: list[float]) -> dict[str, float]:
-    """Mean length of the correct and of the incorrect responses (what length-aware methods change)."""
-    if not correct or len(correct) != len(lengths) or any(c != c for c in correct):
-        return {}
-    ok = torch.tensor([c >= 0.5 for c in correct])
-    out = {}
-    if ok.any():
-        out["response/length_correct_mean"] = float(lengths[ok].mean())
-    if (~ok).any():
-        out["response/length_incorrect_mean"] = float(lengths[~ok].mean())
-    return out
 
 
 def _abs_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:

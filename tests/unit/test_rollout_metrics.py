@@ -5,22 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anypo.train import _advantage_metrics, _length_by_correctness
+from anypo.rollout.stats import advantage_metrics, length_by_correctness
 from anypo.types import RolloutBatch
 
 
 def test_length_by_correctness_by_hand():
     """Lengths 3, 5, 10, 2 with correctness 1, 0, 1, 0: correct mean (3 + 10) / 2 = 6.5,
     incorrect mean (5 + 2) / 2 = 3.5."""
-    m = _length_by_correctness(torch.tensor([3.0, 5.0, 10.0, 2.0]), [1.0, 0.0, 1.0, 0.0])
+    m = length_by_correctness(torch.tensor([3.0, 5.0, 10.0, 2.0]), [1.0, 0.0, 1.0, 0.0])
     assert m == {"response/length_correct_mean": 6.5, "response/length_incorrect_mean": 3.5}
 
 
 def test_length_by_correctness_one_side_or_unknown():
     """All wrong: only the incorrect mean; no correctness (or nan) logs nothing."""
-    assert _length_by_correctness(torch.tensor([4.0, 6.0]), [0.0, 0.0]) == {"response/length_incorrect_mean": 5.0}
-    assert _length_by_correctness(torch.tensor([4.0, 6.0]), []) == {}
-    assert _length_by_correctness(torch.tensor([4.0, 6.0]), [1.0, float("nan")]) == {}
+    assert length_by_correctness(torch.tensor([4.0, 6.0]), [0.0, 0.0]) == {"response/length_incorrect_mean": 5.0}
+    assert length_by_correctness(torch.tensor([4.0, 6.0]), []) == {}
+    assert length_by_correctness(torch.tensor([4.0, 6.0]), [1.0, float("nan")]) == {}
 
 
 def test_advantage_metrics_over_response_tokens_only():
@@ -32,6 +32,6 @@ def test_advantage_metrics_over_response_tokens_only():
         rewards=torch.zeros(2),
         advantages=torch.tensor([[1.0, -2.0, 9.0], [0.5, 7.0, 7.0]]),
     )
-    m = _advantage_metrics(batch)
+    m = advantage_metrics(batch)
     assert m["advantage/abs_mean"] == pytest.approx(3.5 / 3)
     assert m["advantage/abs_max"] == 2.0

@@ -1,0 +1,70 @@
+"""Per-step statistics of a rollout batch that the online loop logs for every preset (rewards,
+lengths, lengths by correctness, advantage scale), and trimming a batch to its first groups."""
+
+from __future__ import annotations
+
+import torch
+
+from anypo.types import RolloutBatch
+
+__all__ = ["advantage_metrics", "first_groups", "length_by_correctness", "rollout_metrics"]
+
+
+def first_groups(batch: RolloutBatch, n_groups: int) -> RolloutBatch:
+    """Keep the first ``n_groups`` distinct groups (a draw may overfill the batch)."""
+    seen: list[int] = []
+    for g in batch.group_ids.tolist():
+        if g not in seen:
+            seen.append(g)
+    if len(seen) <= n_groups:
+        return batch
+    keep = torch.isin(batch.group_ids, torch.tensor(seen[:n_groups]))
+    return batch.select(keep.nonzero().flatten())
+
+
+def rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) -> dict[str, float]:
+    """Reward and length statistics of every scored sample of the step (all draws, reward errors out)."""
+    if generated.num_seqs == 0:
+        return {"rollout/draws": float(draws), "rollout/trained_seqs": 0.0}
+    r = generated.rewards
+    lengths = generated.response_mask.sum(1).float()
+    same = [
+        bool((r[generated.group_ids == g] == r[generated.group_ids == g][0]).all())
+        for g in generated.group_ids.unique()
+    ]
+    correct = generated.extras.get("correct", [])
+    return {
+        "reward/mean": float(r.mean()),
+        "reward/std": float(r.std()) if len(r) > 1 else 0.0,
+        **({"reward/accuracy": sum(correct) / len(correct)} if correct and all(c == c for c in correct) else {}),
+        "rollout/all_equal_group_frac": sum(same) / len(same),
+        "rollout/draws": float(draws),
+        "rollout/trained_seqs": float(batch.num_seqs),
+        "response/length_mean": float(lengths.mean()),
+        "response/length_max": float(lengths.max()),
+        "response/truncated_frac": float(generated.truncated.float().mean()),
+        **length_by_correctness(lengths, correct),
+    }
+
+
+def advantage_metrics(batch: RolloutBatch) -> dict[str, float]:
+    """Scale of the advantages over response tokens (what normalising estimators such as BNPO change)."""
+    a = batch.advantages.detach().float().abs()
+    mask = batch.response_mask.bool()
+    if not mask.any():
+        return {}
+    a = a[mask]
+    return {"advantage/abs_mean": float(a.mean()), "advantage/abs_max": float(a.max())}
+
+
+def length_by_correctness(lengths: torch.Tensor, correct: list[float]) -> dict[str, float]:
+    """Mean length of the correct and of the incorrect responses (what length-aware methods change)."""
+    if not correct or len(correct) != len(lengths) or any(c != c for c in correct):
+        return {}
+    ok = torch.tensor([c >= 0.5 for c in correct])
+    out = {}
+    if ok.any():
+        out["response/length_correct_mean"] = float(lengths[ok].mean())
+    if (~ok).any():
+        out["response/length_incorrect_mean"] = float(lengths[~ok].mean())
+    return out
