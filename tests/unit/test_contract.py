@@ -55,6 +55,23 @@ def current_logprobs(batch: RolloutBatch, seed: int = 1) -> torch.Tensor:
     return lp.requires_grad_(True)
 
 
+def old_pass_inputs(cfg, batch: RolloutBatch) -> None:
+    """Fill what a part declares it needs from the loop's old-policy pass (``needs_old_*``), with values of
+    the right shape and garbage off the mask: DCPO's log-probs at other temperatures, Lp-Reg's proxy
+    log-probs at every other response token (NaN elsewhere), above the current log-probs there."""
+    old = batch.old_logprobs
+    if getattr(cfg, "needs_old_tempered_logprobs", False):
+        from anypo.advantages.dcpo import tempered_key
+
+        for i, t in enumerate(cfg.old_logprob_temperatures(batch.part_state)):
+            batch.extras[tempered_key(t)] = old * (1.0 + 0.1 * i)
+    if getattr(cfg, "needs_old_proxy_logprobs", False):
+        from anypo.regularizers.lp_reg import PROXY_LOGPROBS
+
+        pick = (batch.response_mask != 0) & (torch.arange(old.shape[1]) % 2 == 0)
+        batch.extras[PROXY_LOGPROBS] = torch.where(pick, old + 0.6, torch.full_like(old, float("nan")))
+
+
 def check_metrics(metrics: dict) -> None:
     for k, v in metrics.items():
         assert isinstance(k, str) and "/" in k, f"metric {k!r} is not namespaced"
@@ -95,6 +112,7 @@ def test_advantage_contract(name, dtype):
     batch.advantages = batch.returns = None
     if Cfg().needs_greedy_rewards:  # ReMax: one greedy reward per group; group 2's failed (NaN)
         batch.greedy_rewards = torch.tensor([0.5, 0.5, 0.5, float("nan"), float("nan"), float("nan")], dtype=dtype)
+    old_pass_inputs(Cfg(), batch)
     A = fn(batch, Cfg())
     assert A.shape == (N, T) and A.dtype == dtype
     assert torch.isfinite(A).all()
@@ -126,6 +144,7 @@ def test_regularizer_contract(name, dtype):
     batch = random_batch(dtype)
     lp = current_logprobs(batch)
     ent = (torch.rand(N, T, dtype=dtype) * 2).masked_fill(batch.response_mask == 0, float("nan")).requires_grad_(True)
+    old_pass_inputs(Cfg(), batch)
     out = fn(PolicyOutput(logprobs=lp, entropy=ent), batch, Cfg())
     assert out.loss.dim() == 0 and out.loss.dtype == dtype and torch.isfinite(out.loss)
     out.loss.backward()

@@ -361,3 +361,279 @@ def test_epo_config_errors():
         with pytest.raises(ValueError, match=field):
             Cfg(**bad)
     assert Cfg().stateful and not Cfg(smooth=False).stateful and Cfg().needs_entropy
+
+
+# ---------------------------------------------------------------- shared numpy helpers
+
+
+def _lsm(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+# ---------------------------------------------------------------- DCPO
+
+# The spec's worked example (section 4): one group of 4 responses of 2 tokens, rewards [1, 0, 0, 1],
+# logits Z of the behaviour policy over a 3-token vocabulary, sampled tokens y.
+DCPO_R = np.array([1.0, 0, 0, 1])
+DCPO_Z = np.array(
+    [
+        [[2.0, 0.5, -1.0], [0.0, 1.0, 0.2]],
+        [[1.0, 1.0, 0.0], [3.0, 0.0, -2.0]],
+        [[0.2, 0.1, 0.0], [1.5, -0.5, 0.5]],
+        [[2.5, 0.0, 0.0], [0.3, 0.3, 0.3]],
+    ]
+)
+DCPO_Y = np.array([[0, 1], [1, 0], [2, 0], [0, 2]])
+
+
+def _tempered_np(t):
+    """log softmax(Z / t) at the sampled tokens, by numpy."""
+    return np.take_along_axis(_lsm(DCPO_Z / t), DCPO_Y[..., None], -1)[..., 0]
+
+
+def _dcpo_batch(rewards=DCPO_R, state=None, temps=(1.2, 0.8, 1.0)):
+    from anypo.advantages.dcpo import tempered_key
+
+    b = _batch(np.ones((4, 2)), rewards=rewards, extras={tempered_key(t): torch.tensor(_tempered_np(t)) for t in temps})
+    b.part_state = state
+    return b
+
+
+def _dcpo(batch, **cfg):
+    fn, Cfg = get("advantage", "dcpo")
+    return fn(batch, Cfg(**cfg))
+
+
+def test_dcpo_spec_example():
+    """H_prev = 0.30 <= H0 = 0.5: T = 1.2. A = (R - 0.5) / (std_unbiased 0.57735 + 1e-6) = +-0.866024;
+    b = [1, 0, 0, 1], p = 0.5; a = min(0.2, 0.1) / 0.5 = 0.2, alpha = 0.2 / 1.2 = 1/6; rho =
+    exp(lp^1.2 - lp^1) from the logits; A' = (5/6) A + (1/6) b rho = the spec's [[0.876702, 0.877162],
+    [-0.721687, -0.721687], [-0.721687, -0.721687], [0.87703, 0.888353]]. The state then holds the
+    batch's T = 1 NLL, -mean(lp^1), for the next step."""
+    state = {"h_prev": 0.30}
+    out = _dcpo(_dcpo_batch(state=state))
+    A = (DCPO_R - 0.5) / (DCPO_R.std(ddof=1) + 1e-6)
+    rho = np.exp(_tempered_np(1.2) - _tempered_np(1.0))
+    alpha = 0.2 / 1.2
+    want = (1 - alpha) * A[:, None] + alpha * DCPO_R[:, None] * rho
+    np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=1e-12)
+    spec = [[0.876702, 0.877162], [-0.721687, -0.721687], [-0.721687, -0.721687], [0.87703, 0.888353]]
+    np.testing.assert_allclose(out.numpy(), spec, atol=2e-6)
+    np.testing.assert_allclose(rho[0], [0.930094, 0.932851], atol=1e-6)
+    assert state["h_prev"] == pytest.approx(-_tempered_np(1.0).mean(), abs=1e-12)
+    assert state["temperature"] == 1.2 and state["alpha"] == pytest.approx(alpha)
+
+
+def test_dcpo_temperature_follows_the_entropy_statistic():
+    """H_prev > H0 picks T = 0.8 (and asks the loop for 0.8 and 1.0); H_prev == H0 picks 1.2 (<=); the
+    initial state (H_prev = 0) picks 1.2. With H_prev = 0.7: a = min(0.2, 0.1) / 0.5 = 0.2, alpha = 1/6, rho
+    from T = 0.8."""
+    Cfg = get("advantage", "dcpo")[1]
+    cfg = Cfg()
+    assert cfg.init_state() == {"h_prev": 0.0} and cfg.old_logprob_temperatures(cfg.init_state()) == (1.2, 1.0)
+    assert cfg.old_logprob_temperatures({"h_prev": 0.7}) == (0.8, 1.0)
+    assert cfg.temperature({"h_prev": 0.5}) == 1.2 and cfg.temperature(None) == 1.2
+    out = _dcpo(_dcpo_batch(state={"h_prev": 0.7}))
+    A = (DCPO_R - 0.5) / (DCPO_R.std(ddof=1) + 1e-6)
+    a = min(0.2, 0.1) / 0.5
+    alpha = a / (a + 1)
+    rho = np.exp(_tempered_np(0.8) - _tempered_np(1.0))
+    np.testing.assert_allclose(out.numpy(), (1 - alpha) * A[:, None] + alpha * DCPO_R[:, None] * rho, atol=1e-12)
+
+
+def test_dcpo_without_successes_is_grpo():
+    """No reward above 0.05 (p = 0; the official code divides by zero): the mix is skipped, A' = A, the
+    GRPO z-score of [0, 0.04, 0.02, 0.01]."""
+    R = np.array([0.0, 0.04, 0.02, 0.01])
+    state = {"h_prev": 0.1}
+    out = _dcpo(_dcpo_batch(rewards=R, state=state))
+    A = (R - R.mean()) / (R.std(ddof=1) + 1e-6)
+    np.testing.assert_allclose(out.numpy(), np.repeat(A[:, None], 2, 1), atol=1e-12)
+    assert state["alpha"] == 0.0
+
+
+def test_dcpo_masks_and_missing_inputs():
+    """Padding gets 0 whatever the extras hold there (-inf); a missing temperature names the key."""
+    from anypo.advantages.dcpo import tempered_key
+
+    b = _dcpo_batch()
+    b.response_mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], dtype=F64)
+    b.extras[tempered_key(1.2)][1, 1] = float("-inf")
+    out = _dcpo(b)
+    assert torch.isfinite(out).all() and out[1, 1] == 0 and (out[3] == 0).all()
+    with pytest.raises(ValueError, match="old_logprobs_at_T1.2"):
+        _dcpo(_dcpo_batch(temps=(1.0,)))
+
+
+def test_dcpo_gradient_through_the_policy_loss():
+    """With A' in PPO clip on-policy (r = 1, no clipping active), dL/dlp = -A' / N_tok: the GRPO gradient
+    scaled by 1 - alpha plus alpha b rho times the REINFORCE gradient. float64 gradcheck of that loss."""
+    A = _dcpo(_dcpo_batch(state={"h_prev": 0.3}))
+    fn, Cfg = get("policy_loss", "ppo_clip")
+    old = torch.tensor(_tempered_np(1.0))
+    b = _batch(np.ones((4, 2)), A.numpy(), old.numpy())
+    lp = old.clone().requires_grad_(True)
+    fn(PolicyOutput(logprobs=lp), b, Cfg(aggregation="token_mean")).loss.backward()
+    torch.testing.assert_close(lp.grad, -A / 8, rtol=0, atol=1e-14)
+    x = (old + 0.05).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda y: fn(PolicyOutput(logprobs=y), b, Cfg(aggregation="token_mean")).loss, (x,))
+
+
+def test_dcpo_config_errors():
+    Cfg = get("advantage", "dcpo")[1]
+    with pytest.raises(ValueError, match="temperature"):
+        Cfg(temperature_low=0.0)
+    with pytest.raises(ValueError, match="alpha_cap"):
+        Cfg(alpha_cap=-0.1)
+    assert Cfg().stateful and Cfg().needs_old_tempered_logprobs and Cfg().group_relative
+
+
+# ---------------------------------------------------------------- Lp-Reg
+
+# The spec's worked example (section 2): 4 tokens (one response position each), behaviour logits Z,
+# sampled tokens y, all with A = -1; the current log-probs are the old ones shifted by d.
+LP_Z = np.array([[2.0, 1.0, 0.0, -3.0], [1.0, 1.0, -0.5, -4.0], [3.0, 0.0, -1.0, -2.0], [0.5, 0.0, -0.2, -5.0]])
+LP_Y = np.array([1, 2, 1, 3])
+LP_D = np.array([-0.10, -0.30, -0.10, -0.20])
+
+
+def _proxy_np(z, kappa, t=1.0, fixed=False):
+    """numpy min-p proxy: keep p >= kappa max p (or p >= kappa) of softmax(z), -1e4 elsewhere, then
+    log softmax(z' / t)."""
+    p = np.exp(_lsm(z))
+    keep = p >= (kappa if fixed else kappa * p.max(-1, keepdims=True))
+    return _lsm(np.where(keep, z, -1e4) / t)
+
+
+def test_minp_proxy_matches_numpy_and_the_spec():
+    """kappa 0.02: row 3's token 3 (p = 0.0028 < 0.02 * 0.45) is filtered, lq = -10001.2434; the others are
+    renormalised over the kept tokens: [-1.407606, -2.298916, -3.048587]. Fixed threshold and a
+    temperature (filter on the raw logits, then divide) against numpy too."""
+    from anypo.regularizers.lp_reg import minp_proxy_logprobs
+
+    z, y = torch.tensor(LP_Z), torch.tensor(LP_Y)
+    lq = minp_proxy_logprobs(z, y, 0.02)
+    np.testing.assert_allclose(lq.numpy(), _proxy_np(LP_Z, 0.02)[np.arange(4), LP_Y], atol=1e-9)
+    np.testing.assert_allclose(lq.numpy(), [-1.407606, -2.298916, -3.048587, -10001.2434], atol=1e-4)
+    got = minp_proxy_logprobs(z, y, 0.05, filter="fixed", temperature=0.7)
+    np.testing.assert_allclose(got.numpy(), _proxy_np(LP_Z, 0.05, 0.7, fixed=True)[np.arange(4), LP_Y], atol=1e-9)
+
+
+def _lp_reg_inputs(frac=0.5):
+    """The loop's side, done here by hand: select with lp_reg_select on the old log-probs and advantages,
+    compute the proxy only at the selected positions."""
+    from anypo.regularizers.lp_reg import PROXY_LOGPROBS, LpReg, lp_reg_select, minp_proxy_logprobs
+
+    cfg = LpReg(neg_frac=frac)
+    old = torch.tensor(_lsm(LP_Z)[np.arange(4), LP_Y])[:, None]  # [4, 1]
+    adv = -torch.ones(4, 1, dtype=F64)
+    sel = lp_reg_select(old, adv, torch.ones(4, 1), cfg)
+    lq = torch.full((4, 1), float("nan"), dtype=F64)
+    rows = sel[:, 0].nonzero().flatten()
+    lq[rows, 0] = minp_proxy_logprobs(torch.tensor(LP_Z)[rows], torch.tensor(LP_Y)[rows], cfg.kappa).to(F64)
+    batch = _batch(np.ones((4, 1)), adv.numpy(), old.numpy(), extras={PROXY_LOGPROBS: lq})
+    return cfg, batch, old, sel
+
+
+def test_lp_reg_spec_example_with_ppo_clip():
+    """k = max(1, int(4 * 0.5)) = 2: the two lowest old log-probs are tokens 3 and 2. Token 3 is filtered
+    (lq = -10001) so lp < lq fails: S = {2}. Per-token loss of ppo_clip (0.2 / 0.28) + lp_reg:
+    token 0: r = e^-0.1 = 0.904837 inside the band; token 1: r = e^-0.3 = 0.740818 < 0.8, clipped to 0.8;
+    token 2: 0.904837 + k3 with delta = lq - lp = 0.10 + (lq - lp_old) = 0.123585: e^delta - delta - 1 =
+    0.007961 (the spec's snippet prints 0.912799 for this token, i.e. 0.007961; its prose says 0.007963);
+    token 3: e^-0.2 = 0.818731. Token mean 0.859092 (the spec)."""
+    cfg, batch, old, sel = _lp_reg_inputs()
+    assert sel[:, 0].tolist() == [False, False, True, True]
+    lp = (old + torch.tensor(LP_D)[:, None]).requires_grad_(True)
+    fn_pg, PG = get("policy_loss", "ppo_clip")
+    fn = get("regularizer", "lp_reg")[0]
+    pg = fn_pg(PolicyOutput(logprobs=lp), batch, PG(eps_low=0.2, eps_high=0.28, aggregation="token_mean"))
+    reg = fn(PolicyOutput(logprobs=lp), batch, cfg)
+    delta = 0.10 + (_proxy_np(LP_Z, 0.02)[2, 1] - _lsm(LP_Z)[2, 1])  # lq - lp_old = -3.048587 + 3.072172
+    k3 = math.exp(delta) - delta - 1
+    assert k3 == pytest.approx(0.007961, abs=1e-6)
+    per_token = [math.exp(-0.1), 0.8, math.exp(-0.1) + k3, math.exp(-0.2)]
+    assert float((pg.loss + reg.loss).detach()) == pytest.approx(sum(per_token) / 4, abs=1e-6)
+    assert float((pg.loss + reg.loss).detach()) == pytest.approx(0.859092, abs=1e-6)
+    assert reg.metrics["lp_reg/selected_frac"] == 0.5 and reg.metrics["lp_reg/regularized_frac"] == 0.25
+    reg.loss.backward()  # dk3/dlp = 1 - exp(delta) on token 2, over 4 tokens; 0 elsewhere
+    want = torch.zeros(4, 1, dtype=F64)
+    want[2, 0] = (1 - math.exp(float(batch.extras["lp_reg_proxy_logprobs"][2, 0] - lp[2, 0].detach()))) / 4
+    torch.testing.assert_close(lp.grad, want, rtol=0, atol=1e-14)
+    assert want[2, 0] < 0  # the likelihood is pushed up toward the proxy
+
+
+def test_lp_reg_equals_the_official_loss_with_the_recipe_clip():
+    """With PPOClip(eps_low=1.0, eps_high=9.0) (the recipe) the clipped term of an A < 0 token equals the
+    unclipped -A r (max(r, 1 - 1.0) = r), so ppo_clip + lp_reg is the code's loss: sum over tokens of
+    -A r, plus k3 on S, over 4 tokens."""
+    cfg, batch, old, _ = _lp_reg_inputs()
+    lp = old + torch.tensor(LP_D)[:, None] * 3  # ratios e^-0.3 .. e^-0.9, far below 0.8
+    fn_pg, PG = get("policy_loss", "ppo_clip")
+    pg = fn_pg(PolicyOutput(logprobs=lp), batch, PG(eps_low=1.0, eps_high=9.0, aggregation="token_mean")).loss
+    reg = get("regularizer", "lp_reg")[0](PolicyOutput(logprobs=lp), batch, cfg).loss
+    lq2 = float(batch.extras["lp_reg_proxy_logprobs"][2, 0])
+    delta = lq2 - float(lp[2, 0])
+    official = np.exp(3 * LP_D).sum() + (math.exp(delta) - delta - 1)
+    assert float(pg + reg) == pytest.approx(official / 4, abs=1e-12)
+
+
+def test_lp_reg_selection_rules():
+    """k = max(1, int(n frac)) lowest among A < 0 (the code's strict k > 1: k = 1 selects nothing); ties go
+    to the lower flat index; A > 0 tokens only with pos_frac; masked tokens never."""
+    from anypo.regularizers.lp_reg import LpReg, lp_reg_select
+
+    old = torch.tensor([[-1.0, -3.0, -3.0, -0.5], [-2.0, -4.0, -0.1, -9.0]], dtype=F64)
+    adv = torch.tensor([[-1.0] * 4, [1.0] * 4], dtype=F64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    sel = lp_reg_select(old, adv, mask, LpReg(neg_frac=0.5))  # 4 negative tokens: k = 2, the two -3.0
+    assert sel.tolist() == [[False, True, True, False], [False] * 4]
+    assert not lp_reg_select(old, adv, mask, LpReg(neg_frac=0.3)).any()  # int(1.2) = 1: nothing
+    sel = lp_reg_select(old, adv, mask, LpReg(neg_frac=0.0, pos_frac=0.7))  # 3 positive tokens: k = 2
+    assert sel.tolist() == [[False] * 4, [True, True, False, False]]  # -9.0 is masked
+    tie = lp_reg_select(torch.full((1, 5), -1.0), -torch.ones(1, 5), torch.ones(1, 5), LpReg(neg_frac=0.4))
+    assert tie.tolist() == [[True, True, False, False, False]]
+
+
+def test_lp_reg_k3_clamp_and_missing_inputs():
+    """k3 is clamped at 10 (verl's low_var_kl): lq - lp = 5 gives e^5 - 6 = 142 -> 10, gradient 0. A
+    missing proxy names the key; beta = 0 needs nothing and adds 0."""
+    from anypo.regularizers.lp_reg import PROXY_LOGPROBS
+
+    fn, Cfg = get("regularizer", "lp_reg")
+    lp = torch.tensor([[-6.0, -1.0]], dtype=F64, requires_grad=True)
+    batch = _batch(
+        [[1, 1]], [[-1.0, -1.0]], [[-6.0, -1.0]], extras={PROXY_LOGPROBS: torch.tensor([[-1.0, float("nan")]])}
+    )
+    out = fn(PolicyOutput(logprobs=lp), batch, Cfg())
+    assert float(out.loss.detach()) == pytest.approx(10.0 / 2)
+    out.loss.backward()
+    assert (lp.grad == 0).all()
+    with pytest.raises(ValueError, match="lp_reg_proxy_logprobs"):
+        fn(PolicyOutput(logprobs=lp), _batch([[1, 1]], [[-1.0, -1.0]], [[-6.0, -1.0]]), Cfg())
+    assert not Cfg(beta=0.0).needs_old_proxy_logprobs
+    assert float(fn(PolicyOutput(logprobs=lp), _batch([[1, 1]]), Cfg(beta=0.0)).loss.detach()) == 0.0
+
+
+def test_lp_reg_gradcheck():
+    """float64 finite differences in lp, several tokens in S (lp below lq, k3 below the clamp)."""
+    from anypo.regularizers.lp_reg import PROXY_LOGPROBS
+
+    rng = np.random.default_rng(5)
+    old = -rng.random((3, 4)) * 3
+    lq = np.where(rng.random((3, 4)) > 0.4, old + 0.5, np.nan)
+    mask = np.ones((3, 4))
+    mask[2, 3] = 0
+    batch = _batch(mask, -np.ones((3, 4)), old, extras={PROXY_LOGPROBS: torch.tensor(lq)})
+    fn, Cfg = get("regularizer", "lp_reg")
+    lp = torch.tensor(old + rng.normal(0, 0.1, (3, 4)), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: fn(PolicyOutput(logprobs=x), batch, Cfg(beta=0.7)).loss, (lp,))
+
+
+def test_lp_reg_config_errors():
+    Cfg = get("regularizer", "lp_reg")[1]
+    for bad, field in (({"kappa": 0.0}, "kappa"), ({"filter": "topk"}, "filter"), ({"neg_frac": 2.0}, "neg_frac")):
+        with pytest.raises(ValueError, match=field):
+            Cfg(**bad)
+    assert Cfg().needs_old_proxy_logprobs and not Cfg().needs_logits

@@ -149,6 +149,12 @@ def test_regularizer_microbatch_sum(name, aggregation):
     fn, Cfg = get("regularizer", name)
     cfg = Cfg(aggregation=aggregation)
     batch, lp, ent = minibatch(3)
+    if getattr(cfg, "needs_old_proxy_logprobs", False):  # Lp-Reg: proxy log-probs at some tokens, NaN elsewhere
+        from anypo.regularizers.lp_reg import PROXY_LOGPROBS
+
+        pick = (batch.response_mask != 0) & (torch.arange(T) % 2 == 0)
+        lq = batch.old_logprobs + 0.3 * torch.arange(N, dtype=torch.float64)[:, None] / N  # above lp on some rows
+        batch.extras[PROXY_LOGPROBS] = torch.where(pick, lq, torch.full_like(lq, float("nan")))
 
     def loss_of(b, index, cols):
         return fn(PolicyOutput(logprobs=lp[index], entropy=ent[index]), b, cfg).loss

@@ -5,6 +5,7 @@ An advantage part may also fill ``batch.returns`` (value targets) when it ``need
 """
 
 from anypo.advantages.bnpo import BNPOAdvantage, bnpo
+from anypo.advantages.dcpo import DCPOAdvantage, dcpo
 from anypo.advantages.drpo import DRPOAdvantage, drpo
 from anypo.advantages.gpg import GPGAdvantage, gpg
 from anypo.advantages.maxrl import MaxRLAdvantage, maxrl
@@ -35,6 +36,7 @@ from anypo.advantages.xrpo import XRPOAdvantage, xrpo
 
 __all__ = [
     "BNPOAdvantage",
+    "DCPOAdvantage",
     "DRPOAdvantage",
     "DrGRPOAdvantage",
     "GAEAdvantage",
@@ -50,6 +52,7 @@ __all__ = [
     "RiskPOAdvantage",
     "XRPOAdvantage",
     "bnpo",
+    "dcpo",
     "discounted_returns",
     "drpo",
     "dr_grpo",

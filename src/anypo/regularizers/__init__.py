@@ -3,5 +3,6 @@
 from anypo.regularizers.basic import EntropyBonus, KLPenalty, entropy, kl
 from anypo.regularizers.epo import EPO, epo
 from anypo.regularizers.llds import LLDS, llds
+from anypo.regularizers.lp_reg import LpReg, lp_reg
 
-__all__ = ["EPO", "LLDS", "EntropyBonus", "KLPenalty", "entropy", "epo", "kl", "llds"]
+__all__ = ["EPO", "LLDS", "EntropyBonus", "KLPenalty", "LpReg", "entropy", "epo", "kl", "llds", "lp_reg"]
