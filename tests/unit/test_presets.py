@@ -254,3 +254,10 @@ def test_docs_page_and_paper_index(name):
     assert "## Logged metrics" in page and "\n## Result\n" in page
     index = (DOCS / "paper_index.md").read_text()
     assert f"`{name}`" in index and p.arxiv in index
+
+
+def test_readme_lists_every_preset():
+    """The README's method table links every registered preset's docs page."""
+    readme = (DOCS.parent / "README.md").read_text()
+    missing = [n for n in PRESETS if f"(docs/algorithms/{n}.md)" not in readme]
+    assert not missing, f"README.md's Methods table lacks {missing}"
