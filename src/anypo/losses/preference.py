@@ -305,18 +305,18 @@ class RPO(PreferenceLossConfig):
 
     Paper: "Provably Mitigating Overoptimization in RLHF: Your SFT Loss is Implicitly an Adversarial
     Regularizer", https://arxiv.org/abs/2405.16436 (Sec. 5; equation number not checked):
-    ``L = L_DPO(beta) + eta L_SFT``, ``L_SFT`` the NLL of the chosen responses. We follow TRL's
-    reference form ``DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[1, eta])``: the SFT term
-    is the token-mean NLL over all chosen tokens of the mini-batch (``sft_reduction="token_mean"``;
-    ``"seq_sum"`` gives ``-(1/P) sum_i log pi(y_w,i|x_i)``). Defaults ``beta = 0.01``, ``eta =
-    0.005`` (App. E.1 as quoted by TRL's paper index). UNVERIFIED: whether the paper scales the SFT
-    term by eta or eta*beta and whether it sums or averages over tokens (spec section 5). Not
-    TRL's deprecated ``rpo_alpha``, which is Iterative Reasoning PO (arXiv 2404.19733).
+    ``L = L_DPO(beta) + w L_SFT``, ``L_SFT`` the NLL of the chosen responses. The authors' code
+    (github.com/YSLIU627/Regularized-Preference-Optimization, ``rpo_trainer.py``) computes per pair
+    ``L_DPO - eta * beta * log pi(y_w | x)`` with the summed log-probability of the chosen response:
+    ``sft_reduction="seq_sum"`` and ``sft_weight = eta * beta`` (the ``rpo`` preset: eta 0.005,
+    beta 0.01, so 5e-5). ``sft_reduction="token_mean"`` is TRL's combination
+    ``DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[1, w])``, the NLL per chosen token of the
+    mini-batch. Not TRL's deprecated ``rpo_alpha``, which is Iterative Reasoning PO (arXiv 2404.19733).
     """
 
     beta: float = 0.01
     sft_weight: float = 0.005
-    """eta: weight of the SFT term."""
+    """w: weight of the SFT term (the paper's eta * beta with sft_reduction="seq_sum", as the rpo preset sets)."""
     sft_reduction: SFTReduction = "token_mean"
     """token_mean: NLL per chosen token (TRL's sft); seq_sum: per chosen sequence, mean over pairs."""
 
