@@ -16,7 +16,7 @@ import torch
 from anypo import checkpoint, models, registry
 from anypo.config import TrainConfig
 from anypo.engines import make_engine
-from anypo.evaluate import mean_pass_at_k
+from anypo.evaluate import mean_pass_at_k, pass_at_k_by_difficulty
 from anypo.metrics import MetricAccumulator, mean_over_steps
 from anypo.ops import masked_mean, masked_sum
 from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
@@ -368,7 +368,7 @@ class Context:
 
     # ---- evaluation, checkpoints, logging ----
     def evaluate(self) -> dict[str, float]:
-        """pass@k on the held-out split with the current weights."""
+        """pass@k on the held-out split with the current weights, overall and per ``meta["difficulty"]`` level."""
         from anypo.evaluate import evaluate as run_eval
 
         cfg = self.cfg
@@ -383,7 +383,9 @@ class Context:
             )
         correct = [[r >= 1.0 for r in row] for row in rewards]
         ks = sorted({1, cfg.eval_samples})
-        return {f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, ks).items()}
+        out = {f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, ks).items()}
+        levels = [ex.meta.get("difficulty") for ex in self.heldout[: len(ids)]]  # graded tasks; else nothing
+        return out | pass_at_k_by_difficulty(correct, levels, ks)
 
     # ---- what the run scaffold (anypo.run) asks of a loop ----
     def train_step(self, step: int) -> tuple[dict[str, float], list[dict]]:
