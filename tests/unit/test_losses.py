@@ -308,15 +308,24 @@ def test_bad_aggregation_is_rejected():
         get("policy_loss", "ppo_clip")[1](aggregation="token-mean")
 
 
+# Policy losses whose value is -A sg[w(r)] lp (a stop-gradient weight of the ratio to the anchor):
+# finite differences of the value see w move, autograd by design does not (the gradchecks below).
+STOP_GRADIENT_WEIGHT = {"cispo", "dppo"}
+
+
 @pytest.mark.parametrize("name", names("policy_loss"))
 @pytest.mark.parametrize("spread", [0.1, 0.6])
 def test_gradcheck_every_policy_loss(name, spread):
     """torch.autograd.gradcheck (float64 central differences) on random inputs, inside (spread 0.1)
     and partly outside (0.6) the clip ranges, with the default config of each loss.
 
-    CISPO's weight is a stop-gradient, so its gradient is that of the surrogate with the weight
-    frozen at the current point: moving old_logprobs together with lp keeps r (hence the weight)
-    constant in the finite differences while autograd sees only the lp term.
+    The losses of STOP_GRADIENT_WEIGHT multiply lp by a stop-gradient weight of the ratio (CISPO:
+    sg[clip(r)]; DPPO: sg[min(r, C)] on the tokens of its trust region), so their gradient is that of
+    the surrogate with the weight frozen at the current point: moving the anchor log-probs
+    (old_logprobs, and rollout_logprobs when set) together with lp keeps r (hence the weight)
+    constant in the finite differences while autograd sees only the lp term. DPPO's trust-region
+    mask is piecewise constant in (lp, anchor) and flips only at a threshold, which an eps = 1e-6
+    step from these random points does not reach.
     """
     g = torch.Generator().manual_seed(int(spread * 10))
     N, T = 5, 6
@@ -335,8 +344,8 @@ def test_gradcheck_every_policy_loss(name, spread):
     lp0 = lp.detach().clone()
 
     def loss(x: torch.Tensor) -> torch.Tensor:
-        if name == "cispo":
-            batch.old_logprobs = old + (x - lp0)
+        if name in STOP_GRADIENT_WEIGHT:
+            batch.old_logprobs = old + (x - lp0)  # the anchor (no rollout_logprobs here) moves with lp
         return fn(PolicyOutput(logprobs=x), batch, cfg).loss
 
     assert torch.autograd.gradcheck(loss, (lp,), eps=1e-6, atol=1e-7)

@@ -364,6 +364,29 @@ def test_dppo_anchor():
     assert not torch.allclose(g_old, g)
 
 
+def test_dppo_declares_no_rollout_logprobs_need():
+    """DPPO never compares the engine's log-probs with the learner's, so neither anchor declares
+    needs_rollout_logprobs (which would make the loop recompute old_logprobs on every batch). With
+    anchor="rollout" the loss is the same whether the loop recomputed (old = the learner's mu + 0.5,
+    rollout_logprobs = the engine's mu) or not (old_logprobs = the engine's mu, no rollout_logprobs):
+    both give the hand example's gradient -A min(r, 20) valid / 6 of test_dppo_binary_tv_hand_example."""
+    _, Cfg = get("policy_loss", "dppo")
+    for anchor in ("rollout", "old"):
+        assert Cfg(anchor=anchor).needs_rollout_logprobs is False
+    assert not PRESETS["dppo"].build().needs("rollout_logprobs")
+    fn = get("policy_loss", "dppo")[0]
+    expected = [[0, 0, -1.2 / 6, (9 / 7) / 6, -20 / 6, 0]]
+    losses = []
+    for field in ("old_logprobs", "rollout_logprobs"):  # not recomputed / recomputed by the learner
+        batch, lp = dppo_toy(field)
+        assert (batch.rollout_logprobs is None) == (field == "old_logprobs")
+        out = fn(PolicyOutput(logprobs=lp), batch, Cfg())
+        (g,) = torch.autograd.grad(out.loss, lp)
+        np.testing.assert_allclose(g.numpy(), expected, rtol=1e-9, atol=1e-15)
+        losses.append(out.loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+
+
 def test_dppo_config():
     _, Cfg = get("policy_loss", "dppo")
     assert Cfg().bounds == (0.15, 0.15) and Cfg(divergence="kl").bounds == (0.05, 0.05)

@@ -59,7 +59,8 @@ class DPPO(PolicyLossConfig):
     engine's log-probs (``batch.rollout_logprobs`` when the learner recomputed ``old_logprobs``,
     else ``old_logprobs``, which are then the engine's): the paper's recommendation (Sec. 5.2,
     verl ``bypass_mode=True``). ``anchor="old"`` uses the recomputed ``old_logprobs`` (the code's
-    ``*_recompute`` modes).
+    ``*_recompute`` modes). Neither anchor needs the loop's extra learner pass, so DPPO declares
+    ``needs_rollout_logprobs`` False (see the property).
 
     Defaults: ``delta`` 0.15 for TV and 0.05 for KL (the authors' verl example; SkyRL and prime-rl
     default to 0.2 for TV), ``ratio_cap`` 20 (verl's default truncation; the authors' example
@@ -95,6 +96,17 @@ class DPPO(PolicyLossConfig):
                 raise ValueError(f"DPPO.{name} must be > 0 (or None for the default), got {value}")
         if self.ratio_cap is not None and not self.ratio_cap > 0:
             raise ValueError(f"DPPO.ratio_cap must be > 0 (or None), got {self.ratio_cap}")
+
+    @property
+    def needs_rollout_logprobs(self) -> bool:
+        """False for both anchors: DPPO reads one set of log-probs, never the engine's and the
+        learner's side by side (it has no TIS correction). ``anchor="rollout"`` wants the engine's:
+        the batch's ``old_logprobs`` when the loop did not recompute them, ``rollout_logprobs`` when
+        it did (off-policy, bf16, vLLM, ``--recompute-old-logprobs``), the same values either way.
+        ``anchor="old"`` wants the learner's: the loop recomputes them whenever they can differ from
+        the engine's. Declaring the need would force a learner forward on every batch that changes
+        nothing, the very pass the paper's bypass mode (Sec. 5.2) skips."""
+        return False
 
     @property
     def bounds(self) -> tuple[float, float]:
