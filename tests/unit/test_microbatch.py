@@ -1,6 +1,9 @@
 """The micro-batch contract: losses of micro-batches built with
 ``batch.select(idx, loss_scale=batch.scale())``, summed, equal the loss of the whole mini-batch, and
-so do the gradients, for every aggregation mode and every loss (policy, regularizer, value)."""
+so do the gradients, for every aggregation mode and every loss (policy, regularizer, value). A policy
+loss whose formula fixes its reduction declares the aggregations it accepts
+(``PolicyLossConfig.aggregations``, e.g. ROVER's token mean): it is tested in those and must refuse
+the others."""
 
 from __future__ import annotations
 
@@ -99,9 +102,26 @@ def _config(Cfg, aggregation: str, **extra):
     return Cfg(**kw)
 
 
-@pytest.mark.parametrize("split", list(SPLITS))
-@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+# (policy loss, aggregation) for every aggregation each loss's config declares it accepts
+POLICY_AGGREGATIONS = [(n, a) for n in names("policy_loss") for a in get("policy_loss", n)[1].aggregations]
+
+
 @pytest.mark.parametrize("name", names("policy_loss"))
+def test_policy_loss_declared_aggregations(name):
+    """Every declared aggregation is a known one and builds; every other known one is refused with
+    a ValueError naming the field (a loss never silently reduces differently from its config)."""
+    Cfg = get("policy_loss", name)[1]
+    assert Cfg.aggregations and set(Cfg.aggregations) <= set(AGGREGATIONS), name
+    for aggregation in AGGREGATIONS:
+        if aggregation in Cfg.aggregations:
+            assert _config(Cfg, aggregation).aggregation == aggregation
+        else:
+            with pytest.raises(ValueError, match="aggregation"):
+                _config(Cfg, aggregation)
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+@pytest.mark.parametrize(("name", "aggregation"), POLICY_AGGREGATIONS)
 def test_policy_loss_microbatch_sum(name, aggregation, split):
     fn, Cfg = get("policy_loss", name)
     cfg = _config(Cfg, aggregation)
@@ -114,8 +134,7 @@ def test_policy_loss_microbatch_sum(name, aggregation, split):
     assert_same(*whole_and_micro(loss_of, batch, [lp], SPLITS[split], trim=False))
 
 
-@pytest.mark.parametrize("aggregation", AGGREGATIONS)
-@pytest.mark.parametrize("name", names("policy_loss"))
+@pytest.mark.parametrize(("name", "aggregation"), POLICY_AGGREGATIONS)
 def test_policy_loss_microbatch_sum_with_trimmed_padding(name, aggregation):
     """Micro-batches re-padded to their own length: seq_mean_token_sum_norm still divides by the
     mini-batch's padded T, carried by ``LossScale.norm_length``."""

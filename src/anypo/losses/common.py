@@ -37,7 +37,7 @@ Training" (2025 blog, https://fengyao.notion.site/off-policy-rl); no arXiv paper
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -76,9 +76,18 @@ class PolicyLossConfig(PartConfig):
     norm_length: float | None = None
     """Constant length of seq_mean_token_sum_norm (Dr. GRPO's L_max); None: the mini-batch's padded T."""
 
+    aggregations: ClassVar[tuple[str, ...]] = AGGREGATIONS
+    """The aggregations the loss accepts (a class constant, not a field): all of ``AGGREGATIONS`` unless
+    its formula fixes the reduction (e.g. ROVER's token-mean regression)."""
+
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        if self.aggregation not in self.aggregations:
+            raise ValueError(
+                f"{type(self).__name__}.aggregation must be one of {', '.join(self.aggregations)} (the loss's own "
+                f"reduction), got {self.aggregation!r}"
+            )
         if self.norm_length is not None and self.norm_length <= 0:
             raise ValueError(f"norm_length must be positive, got {self.norm_length}")
 

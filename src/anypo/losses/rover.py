@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -94,6 +94,8 @@ class ROVER(PolicyLossConfig):
 
     aggregation: Literal["token_mean"] = "token_mean"
     """The official token-level loss is a token mean (level="response" is a mean over responses)."""
+    aggregations: ClassVar[tuple[str, ...]] = ("token_mean",)
+    """The only aggregation accepted: the official loss's (level="response" reduces per response itself)."""
     rho: float = 1.0
     """Temperature of the Q parametrisation Q = rho (lp - old) (the code's rover_t)."""
     next_q_scale: float = 1.0
@@ -106,9 +108,7 @@ class ROVER(PolicyLossConfig):
     """Source of M_old: on_policy (= M_theta, one update per rollout) or batch (extras['old_mean_logprobs'])."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.aggregation != "token_mean":
-            raise ValueError(f"ROVER.aggregation must be 'token_mean' (the official loss), got {self.aggregation!r}")
+        super().__post_init__()  # aggregation: token_mean only (``aggregations``)
         if not self.rho > 0:
             raise ValueError(f"ROVER.rho must be > 0 (rover_t), got {self.rho}")
         if self.next_q_scale < 0:
