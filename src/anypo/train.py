@@ -130,9 +130,10 @@ class Context:
         if batch.num_seqs:
             with self.autocast():
                 self.fill_needs(batch, m, behaviour=self.stale is None)
+            batch.part_metrics = {}  # the advantage part's diagnostics (batch.add_metric), logged as advantage/*
             batch.advantages = self.advantage_fn(self._with_state(batch, "advantage"), self.algo.advantage)
-            batch.part_state = None
             m.update(advantage_metrics(batch))
+            batch.part_state = batch.part_metrics = None
         t_prep = time.perf_counter() - t1
         # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
         t2 = time.perf_counter()

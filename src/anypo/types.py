@@ -92,6 +92,10 @@ class RolloutBatch:
             schedule.
         part_state: the calling part's own state across steps (``PartConfig.stateful``), set by the
             loop just before it calls that part; ``None`` for parts without state.
+        part_metrics: diagnostics of the advantage part, written with ``add_metric`` while it runs
+            (an advantage returns a tensor only: this is its ``LossOutput.metrics``). The loop sets
+            an empty dict before the call, logs every entry ``k`` as ``advantage/<k>`` and resets it
+            to ``None``.
     """
 
     response_mask: Tensor
@@ -113,6 +117,7 @@ class RolloutBatch:
     greedy_rewards: Tensor | None = None
     staleness: Tensor | None = None
     part_state: dict[str, Any] | None = None
+    part_metrics: dict[str, float] | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -132,6 +137,13 @@ class RolloutBatch:
             num_seqs=float(self.num_seqs),
             norm_length=float(self.response_mask.shape[-1]),
         )
+
+    def add_metric(self, key: str, value: float | Tensor) -> None:
+        """Record a scalar diagnostic of the part being called (e.g. GPG's ``alpha``) in
+        ``part_metrics``; the online loop logs it as ``advantage/<key>`` (``key`` without that prefix)."""
+        if self.part_metrics is None:
+            self.part_metrics = {}
+        self.part_metrics[key] = float(value)
 
     def require(self, name: str, hint: str) -> Tensor:
         """Return the tensor field ``name`` or raise an error saying how to provide it."""

@@ -117,6 +117,7 @@ def test_advantage_contract(name, dtype):
     assert A.shape == (N, T) and A.dtype == dtype
     assert torch.isfinite(A).all()
     assert (A[batch.response_mask == 0] == 0).all()
+    check_metrics({f"advantage/{k}": v for k, v in (batch.part_metrics or {}).items()})  # add_metric: finite floats
     if Cfg().needs_values:
         assert batch.returns is not None and batch.returns.shape == (N, T) and torch.isfinite(batch.returns).all()
 

@@ -147,7 +147,9 @@ def dcpo(batch: RolloutBatch, cfg: DCPOAdvantage) -> Tensor:
         cfg: H0, temperatures, cap, success threshold, eps.
 
     Returns:
-        [N, T] advantages in the dtype of ``rewards``, 0 off the mask.
+        [N, T] advantages in the dtype of ``rewards``, 0 off the mask. Records with
+        ``batch.add_metric`` (the loop's ``advantage/*``): ``alpha``, ``temperature`` (the target
+        T), ``h_prev`` (the entropy statistic that chose them) and ``success_frac`` (p).
     """
     state = batch.part_state
     mask = batch.mask
@@ -164,6 +166,8 @@ def dcpo(batch: RolloutBatch, cfg: DCPOAdvantage) -> Tensor:
         alpha = a / (a + 1.0)
     rho = (lpT - lp1).clamp(-20.0, 20.0).exp()  # [N, T], no gradient (inputs are data)
     out = ((1.0 - alpha) * A + alpha * b[:, None] * rho) * mask
+    for key, value in (("alpha", alpha), ("temperature", T), ("h_prev", h_prev), ("success_frac", p)):
+        batch.add_metric(key, value)  # advantage/alpha, advantage/temperature, ...
     if state is not None:
         state["h_prev"] = float(-masked_mean(lp1, mask)) if bool((mask != 0).any()) else h_prev
         state["temperature"] = T

@@ -89,7 +89,8 @@ def gpg(batch: RolloutBatch, cfg: GPGAdvantage) -> Tensor:
         cfg: std normalisation, epsilon, optional cap of alpha.
 
     Returns:
-        [N, T] advantages in the dtype of ``rewards``; 0 for groups of one sample.
+        [N, T] advantages in the dtype of ``rewards``; 0 for groups of one sample. Records ``alpha``
+        (after the cap) with ``batch.add_metric`` (the loop's ``advantage/alpha``).
     """
     R = sequence_rewards(batch)  # [N]
     mean, std, count = group_stats(R, batch.group_ids)  # [N] each
@@ -99,5 +100,6 @@ def gpg(batch: RolloutBatch, cfg: GPGAdvantage) -> Tensor:
     alpha = gpg_alpha(R, batch.group_ids)  # 0-d
     if cfg.max_alpha is not None:
         alpha = alpha.clamp(max=cfg.max_alpha)
+    batch.add_metric("alpha", alpha)  # logged as advantage/alpha
     A = alpha * A * (count > 1).to(R.dtype)
     return broadcast(A, batch)

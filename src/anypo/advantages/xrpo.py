@@ -100,7 +100,9 @@ def xrpo(batch: RolloutBatch, cfg: XRPOAdvantage) -> Tensor:
         cfg: GRPO epsilon, lambda_n, kappa, scope.
 
     Returns:
-        [N, T] advantages in the dtype of ``rewards``.
+        [N, T] advantages in the dtype of ``rewards``. Records with ``batch.add_metric`` (the loop's
+        ``advantage/*``) ``bonus_frac``, the share of the responses given a bonus (> 0), and
+        ``bonus_mean``, the mean bonus over those responses (0 when none).
     """
     R = sequence_rewards(batch)  # [N]
     mean, std, _ = group_stats(R, batch.group_ids)
@@ -111,4 +113,7 @@ def xrpo(batch: RolloutBatch, cfg: XRPOAdvantage) -> Tensor:
     length = mask.sum(-1)  # [N]
     seq_ll = masked_sum(zero_masked(old, mask), mask, dim=-1) / length.clamp_min(1.0)  # [N] s_i
     bonus = novelty_bonus(A, seq_ll, length > 0, batch.group_ids, cfg)
+    given = bonus > 0  # [N]
+    batch.add_metric("bonus_frac", given.to(R.dtype).mean() if R.numel() else 0.0)  # advantage/bonus_frac
+    batch.add_metric("bonus_mean", bonus[given].mean() if bool(given.any()) else 0.0)  # advantage/bonus_mean
     return broadcast(A + bonus, batch)

@@ -48,13 +48,15 @@ def rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) ->
 
 
 def advantage_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """Scale of the advantages over response tokens (what normalising estimators such as BNPO change)."""
+    """Scale of the advantages over response tokens (what normalising estimators such as BNPO change),
+    and the advantage part's own diagnostics (``batch.part_metrics``, e.g. GPG's alpha) as ``advantage/<key>``."""
+    own = {f"advantage/{k}": float(v) for k, v in (batch.part_metrics or {}).items()}
     a = batch.advantages.detach().float().abs()
     mask = batch.response_mask.bool()
     if not mask.any():
-        return {}
+        return own
     a = a[mask]
-    return {"advantage/abs_mean": float(a.mean()), "advantage/abs_max": float(a.max())}
+    return own | {"advantage/abs_mean": float(a.mean()), "advantage/abs_max": float(a.max())}
 
 
 def length_by_correctness(lengths: torch.Tensor, correct: list[float]) -> dict[str, float]:
