@@ -145,7 +145,14 @@ def _part_name(part: Any) -> str:
 
 
 def _algo_problems(cfg: Any) -> list[str]:
+    from anypo.config import AlgoConfig
+
     algo, B, G = cfg.algo, cfg.prompts_per_step, cfg.samples_per_prompt
+    if not isinstance(algo, AlgoConfig):  # e.g. a preference preset's PrefAlgoConfig: another loop's method
+        return [
+            f"algo is a {type(algo).__name__}, not the online loop's AlgoConfig: build the config of the "
+            "preset's loop (anypo train <preset> picks it by the preset's kind; anypo.cli.loop_of(kind))"
+        ]
     out = _at_least(cfg, "algo.ppo_epochs", 1, "the passes over each rollout batch")
     size = algo.minibatch_prompts
     if size is not None and size < 1:

@@ -41,12 +41,38 @@ def with_(cfg, **changes):
     return dataclasses.replace(cfg, **flat)
 
 
+def _loop_checks() -> dict:
+    """The config check of each loop kind (``anypo.cli.LOOPS``): the function its train() runs first."""
+    from anypo.train_pref import pref_config_problems
+
+    return {"online": train_config_problems, "preference": pref_config_problems}
+
+
 def test_the_base_config_and_every_preset_are_valid():
+    """Each preset builds the config of its loop as ``anypo train`` does (the class of
+    ``cli.loop_of(kind)``) and passes that loop's check; a new loop kind must add its check here."""
+    from anypo.cli import LOOPS, loop_of
+
     assert train_config_problems(base()) == []
     check_train_config(base())  # does not raise
+    checks = _loop_checks()
+    assert set(checks) == set(LOOPS)
+    kinds = set()
     for name, preset in PRESETS.items():
-        cfg = TrainConfig(algo=preset.build(), model=ModelConfig(name="tiny"), name=name)
-        assert train_config_problems(cfg) == [], name
+        config_cls = loop_of(preset.kind)[0]
+        cfg = config_cls(algo=preset.build(), model=ModelConfig(name="tiny"), name=name, preset=name)
+        assert checks[preset.kind](cfg) == [], name
+        kinds.add(preset.kind)
+    assert kinds == set(LOOPS)  # both loops' checks ran on presets
+
+
+def test_a_preset_of_another_loop_is_one_clear_problem():
+    """A preference preset's PrefAlgoConfig in the online loop's TrainConfig: one message naming the
+    class and the way out, not an AttributeError."""
+    cdpo = PRESETS["cdpo"]
+    assert cdpo.kind == "preference"
+    problems = train_config_problems(TrainConfig(algo=cdpo.build(), model=ModelConfig(name="tiny")))
+    assert len(problems) == 1 and "PrefAlgoConfig" in problems[0] and "AlgoConfig" in problems[0], problems
 
 
 # (case id, changes making exactly one check fail, a word of the message: the option's flag)
