@@ -4,6 +4,7 @@ finite, checkpoints load."""
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,9 @@ def test_preset_smoke_trains_tiny_model(preset, tmp_path):
 
 
 def test_list_json_has_every_preset_with_its_docs_page(capsys):
-    """`anypo list --json`: name, title, arXiv, status, kind and an existing docs page per preset."""
+    """`anypo list --json`: name, title, arXiv, status, kind and an existing docs page per preset.
+    The arXiv field is an id, or "" for a source not on arXiv (cdpo: a note), whose URL is then in
+    the preset's docstring, never a placeholder."""
     assert cli.main(["list", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert sorted(r["name"] for r in records) == sorted(PRESETS)
@@ -58,6 +61,8 @@ def test_list_json_has_every_preset_with_its_docs_page(capsys):
         assert r["status"] in ("verified", "reconstructed") and r["kind"] == PRESETS[r["name"]].kind
         assert r["kind"] in ("online", "preference")
         assert r["arxiv"] == PRESETS[r["name"]].arxiv and r["title"]
+        doc = PRESETS[r["name"]].build.__doc__ or ""
+        assert re.fullmatch(r"\d{4}\.\d{4,5}", r["arxiv"]) or (r["arxiv"] == "" and "https://" in doc), r["name"]
         assert (root / r["docs"]).exists(), r["docs"]
 
 
