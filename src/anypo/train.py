@@ -138,7 +138,7 @@ class Context:
         # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
         t2 = time.perf_counter()
         self.mid_update = True  # the weights change from here until the scaffold has logged the step
-        m.update(self.update(batch))
+        m.update(self.update(batch, step))
         if m["train/optimizer_steps"] > 0:
             self.engine.load_weights(self.model.state_dict())
         t_train = time.perf_counter() - t2
@@ -242,7 +242,7 @@ class Context:
             )
 
     # ---- update ----
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
+    def update(self, batch: RolloutBatch, step: int = 0) -> dict[str, float]:
         """``ppo_epochs`` passes over the batch, each one optimizer step per mini-batch of whole groups.
 
         A pass splits a seeded permutation of the batch's groups into mini-batches of
@@ -250,13 +250,16 @@ class Context:
         always in the same optimizer step: the group baseline cancels inside the step and a
         token-mean is a mean over whole groups. Each mini-batch is normalised by its own global
         counts, with the generation budget ``max_new_tokens`` as the constant length of Dr. GRPO's
-        ``seq_mean_token_sum_norm``.
+        ``seq_mean_token_sum_norm``. A part that selects tokens over a whole mini-batch gets each one
+        first (``prepare_minibatch``), with a seed from (run seed, step, mini-batch index).
         """
         algo = self.algo
         gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.scheduler.last_epoch)
         groups = torch.unique(batch.group_ids)  # [K] sorted
         size = algo.minibatch_prompts or max(len(groups), 1)
         done, reductions, bad, no_signal = [], {}, 0, 0
+        fresh = self.stale is None  # the weights are those of old_logprobs until the first optimizer step
+        index = 0
         for _ in range(algo.ppo_epochs if batch.num_seqs else 0):
             order = groups[torch.randperm(len(groups), generator=gen)] if size < len(groups) else groups
             for chunk in order.split(size):
@@ -267,11 +270,14 @@ class Context:
                     num_seqs=float(mini.num_seqs),
                     norm_length=float(self.cfg.sampling.max_new_tokens),
                 )
+                self.prepare(mini, (self.cfg.seed * 1_000_003 + step) * 1_009 + index, fresh)
+                index += 1
                 metrics = self._minibatch_step(mini, reductions)
                 if metrics is None:
                     bad += 1
                     continue
-                no_signal += int(metrics.pop("train/no_signal"))
+                stepped = not metrics.pop("train/no_signal")
+                fresh, no_signal = fresh and not stepped, no_signal + int(not stepped)
                 done.append(metrics)
         out = mean_over_steps(done, reductions)
         out["train/skipped_updates"] = float(bad)  # non-finite loss or gradient: no weight change
@@ -279,6 +285,23 @@ class Context:
         out["train/optimizer_steps"] = float(len(done) - no_signal)
         out["train/lr"] = self.scheduler.get_last_lr()[0]
         return out
+
+    def prepare(self, mini: RolloutBatch, seed: int, fresh: bool) -> None:
+        """Let the parts that select tokens over the whole mini-batch (``needs_minibatch_prepare``) write
+        their selections into ``mini.extras``, from the log-probs of this optimizer step's weights:
+        ``old_logprobs`` while ``fresh`` (no step taken since they were computed), else a no-grad pass."""
+        parts = [p for p in self.algo.parts() if getattr(p, "needs_minibatch_prepare", False)]
+        if not parts:
+            return
+        lp = mini.old_logprobs
+        if not fresh:
+            cfg = self.cfg
+            with self.autocast():
+                lp = batched_logprobs(
+                    self.model, mini, cfg.sampling.temperature, cfg.micro_batch_size, cfg.pack_prompts
+                )
+        for part in parts:
+            part.prepare_minibatch(mini, lp, seed)
 
     def _minibatch_step(self, mini: RolloutBatch, reductions: dict[str, MetricReduction]) -> dict[str, float] | None:
         """One optimizer step on ``mini``; None (and no weight change) if the loss or a gradient is not
@@ -293,7 +316,8 @@ class Context:
         clock = time.perf_counter
         scale = mini.loss_scale
         # Micro-batches carry the mini-batch's global counts: their losses sum to the mini-batch loss.
-        for _, micro in micro_batches(mini, cfg.micro_batch_size):
+        size = mini.num_seqs if algo.needs("whole_minibatch") else cfg.micro_batch_size  # DRPO's exact scope
+        for _, micro in micro_batches(mini, size):
             need_ent = cfg.log_entropy or algo.needs("entropy")
             t = clock()
             with self.autocast():  # the backward runs outside autocast, as recommended

@@ -358,6 +358,29 @@ class PartConfig:
         return False
 
     @property
+    def needs_whole_minibatch(self) -> bool:
+        """The loss must see each mini-batch in one piece: the loop runs it as a single micro-batch."""
+        return False
+
+    @property
+    def needs_minibatch_prepare(self) -> bool:
+        """The part selects tokens by statistics of the whole mini-batch (Clip-Cov, KL-Cov): the loop
+        calls ``prepare_minibatch`` once per mini-batch, before splitting it into micro-batches."""
+        return False
+
+    def prepare_minibatch(self, mini: RolloutBatch, logprobs: Tensor, seed: int) -> None:
+        """Write per-token selections of the mini-batch ``mini`` into ``mini.extras`` ([N, T] tensors,
+        which its micro-batches then carry row by row). Called only when ``needs_minibatch_prepare``.
+
+        Args:
+            mini: the mini-batch (``old_logprobs``, ``advantages``, ``response_mask``, ``loss_scale``).
+            logprobs: [N, T] log-probs of its tokens under the weights of this optimizer step (no
+                grad; ``old_logprobs`` itself at the first update of an on-policy step).
+            seed: for random choices; the loop derives it from the run seed, the step and the
+                mini-batch's index in the step, so a resumed run draws the same.
+        """
+
+    @property
     def replay(self) -> Replay | None:
         """Stale rollouts this part needs (a ``Replay`` schedule), or None. ``AlgoConfig.replay``, when
         set, takes precedence (``AlgoConfig.replay_schedule``)."""

@@ -72,3 +72,107 @@ def test_loop_logs_the_advantage_parts_metrics(make_cfg, tmp_path):
     run = train(make_cfg(algo=PRESETS["gpg"].build(), steps=1))
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert "advantage/alpha" in row
+
+
+# ---- 3. per-mini-batch token selections (Clip-Cov, KL-Cov) -----------------------------------------
+
+
+def _wide_clip_cov(**kw):
+    """The clip_cov preset with a band that holds every token and 30% of them detached, so the random
+    draw matters at the tiny model's scale."""
+    import dataclasses
+
+    from anypo.algorithms import PRESETS
+
+    algo = PRESETS["clip_cov"].build()
+    loss = dataclasses.replace(algo.policy_loss, cov_low=-1e9, cov_high=1e9, frac=0.3)
+    return dataclasses.replace(algo, policy_loss=loss, sampler=None, **kw)
+
+
+def test_minibatch_prepare_sees_each_optimizer_steps_weights(make_cfg, monkeypatch):
+    """2 prompts, one mini-batch per prompt, 2 epochs: prepare_minibatch runs 4 times, once per
+    mini-batch and before its micro-batches. The log-probs it gets are those of the weights of that
+    optimizer step, recomputed here with an independent padded forward of the model at call time:
+    at the first mini-batch they are the stored old log-probs (no step yet), later they differ from
+    the old ones (lr 1e-2 moved the weights). Its seeds are distinct, and a second identical run
+    passes the same seeds and detaches the same tokens."""
+    import torch
+
+    from anypo.losses.cov import CLIP_COV_DETACHED, ClipCov
+    from anypo.policy import response_logprobs
+    from anypo.train import Context, train
+
+    calls = []
+    real = ClipCov.prepare_minibatch
+
+    def spy(self, mini, logprobs, seed):
+        with torch.no_grad():
+            want = response_logprobs(Context.current.model, mini, 1.0, pack=False).logprobs  # temperature 1
+        calls.append((mini.group_ids.tolist(), logprobs.clone(), want, mini.old_logprobs.clone(), seed))
+        real(self, mini, logprobs, seed)
+        calls[-1] += (mini.extras[CLIP_COV_DETACHED].nonzero().tolist(),)
+
+    real_build = Context.build.__func__
+
+    def build(cls, cfg, run_dir):
+        Context.current = real_build(cls, cfg, run_dir)
+        return Context.current
+
+    monkeypatch.setattr(Context, "current", None, raising=False)
+    monkeypatch.setattr(ClipCov, "prepare_minibatch", spy)
+    monkeypatch.setattr(Context, "build", classmethod(build))
+    cfg = make_cfg(algo=_wide_clip_cov(minibatch_prompts=1, ppo_epochs=2), steps=1, lr=1e-2)
+    train(cfg)
+    first = list(calls)
+    assert len(first) == 4 and all(len(set(c[0])) == 1 for c in first)  # one whole group each
+    for i, (_, lp, want, old, _seed, _det) in enumerate(first):
+        torch.testing.assert_close(lp, want, atol=2e-5, rtol=0)  # padding is 0 in both
+        if i == 0:
+            torch.testing.assert_close(lp, old)  # the stored old log-probs, no extra pass
+        else:
+            assert (lp - old).abs().max() > 1e-4  # recomputed under moved weights
+    assert len({c[4] for c in first}) == 4
+    calls.clear()
+    train(make_cfg(algo=_wide_clip_cov(minibatch_prompts=1, ppo_epochs=2), steps=1, lr=1e-2))
+    assert [c[4] for c in calls] == [c[4] for c in first] and [c[5] for c in calls] == [c[5] for c in first]
+    assert all(c[5] for c in first)  # something was detached each time
+
+
+def test_minibatch_selections_resume_exactly(make_cfg, tmp_path):
+    """Run A: 3 steps of the wide Clip-Cov (random draws over every token), 2 mini-batches per step.
+    Run B: interrupted inside step 3's rollout and resumed from the step-2 checkpoint. The draws are
+    seeded by (run seed, step, mini-batch index), so B's step 3 detaches the same tokens as A's: the
+    same loss, detached share and gradient norm."""
+    from anypo import checkpoint
+    from anypo.train import train
+
+    body = "    return (sum(map(ord, sample.completion)) % 11) / 10\n"
+    plain = tmp_path / "plain.py"
+    plain.write_text("def reward(sample):\n" + body)
+    stopping = tmp_path / "stopping.py"
+    stopping.write_text(
+        "calls = 0\n"
+        "def reward(sample):\n"
+        "    global calls\n"
+        "    calls += 1\n"
+        "    if calls == 2 * 8 + 3:  # inside step 3's rollout (2 prompts x 4 samples per step)\n"
+        "        raise KeyboardInterrupt\n" + body
+    )
+    kw = {"algo": _wide_clip_cov(minibatch_prompts=1), "steps": 3, "save_every": 10, "lr": 1e-2}
+    a = train(make_cfg(out_dir=str(tmp_path / "a"), rewards=(f"{plain}:reward",), **kw))
+    cfg_b = make_cfg(out_dir=str(tmp_path / "b"), rewards=(f"{stopping}:reward",), **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b)
+    (b,) = list((tmp_path / "b").iterdir())
+    assert checkpoint.latest(b).name == "step_000002"
+    train(cfg_b, resume=b)
+    ra, rb = _rows(a), _rows(b)
+    assert ra[3]["clip_cov/detached_frac"] > 0
+    for k in ("policy/loss", "clip_cov/detached_frac", "train/grad_norm", "reward/mean"):
+        assert ra[3][k] == rb[3][k], k
+
+
+def _rows(run: Path) -> dict[int, dict]:
+    import json
+
+    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}

@@ -130,6 +130,8 @@ def test_policy_loss_contract(name, dtype):
     lp = current_logprobs(batch)
     for cfg in (Cfg(), *([Cfg(tis="sequence")] if "tis" in {f.name for f in dataclasses.fields(Cfg)} else [])):
         lp.grad = None
+        if cfg.needs_minibatch_prepare:  # Clip-Cov / KL-Cov: the loop's once-per-mini-batch token selection
+            cfg.prepare_minibatch(batch, lp.detach(), seed=0)
         out = fn(PolicyOutput(logprobs=lp), batch, cfg)
         assert out.loss.dim() == 0 and out.loss.dtype == dtype and torch.isfinite(out.loss)
         out.loss.backward()

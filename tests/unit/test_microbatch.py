@@ -85,6 +85,13 @@ def _trim(b: RolloutBatch, width: int) -> RolloutBatch:
     return RolloutBatch(**kw)
 
 
+def prepare(cfg, batch: RolloutBatch, lp: torch.Tensor) -> None:
+    """What the loop does once per mini-batch for a part that selects tokens over the whole mini-batch
+    (``needs_minibatch_prepare``: Clip-Cov, KL-Cov): the micro-batches then carry the selection."""
+    if getattr(cfg, "needs_minibatch_prepare", False):
+        cfg.prepare_minibatch(batch, lp.detach(), seed=0)
+
+
 def assert_same(whole, g_whole, total, g_micro):
     torch.testing.assert_close(total, whole, rtol=1e-10, atol=1e-12)
     for a, b in zip(g_whole, g_micro, strict=True):
@@ -126,6 +133,7 @@ def test_policy_loss_microbatch_sum(name, aggregation, split):
     fn, Cfg = get("policy_loss", name)
     cfg = _config(Cfg, aggregation)
     batch, lp, _ = minibatch()
+    prepare(cfg, batch, lp)
 
     def loss_of(b, index, cols):
         x = lp[index] if cols is None else lp[index][:, cols]
@@ -141,6 +149,7 @@ def test_policy_loss_microbatch_sum_with_trimmed_padding(name, aggregation):
     fn, Cfg = get("policy_loss", name)
     cfg = _config(Cfg, aggregation)
     batch, lp, _ = minibatch(1)
+    prepare(cfg, batch, lp)
 
     def loss_of(b, index, cols):
         x = lp[index] if cols is None else lp[index][:, cols]

@@ -244,6 +244,20 @@ def test_epo_preset():
     assert PRESETS["epo"].build(smoothing="hinge").regularizers[-1].smoothing == "hinge"
 
 
+def test_clip_cov_and_kl_cov_presets():
+    """The official recipes (PRIME-RL/Entropy-Mechanism-of-RL recipe/dapo/7b_*_cov.sh): Clip-Cov with
+    clip_cov_ratio 2e-4, band (1, 5), PPO clip 1, dynamic sampling, mini-batches of 32 prompts; KL-Cov
+    with k_percent 0.2 / 100 = 2e-3, coef 1, one update per step. Both select tokens per mini-batch."""
+    c, k = build("clip_cov"), build("kl_cov")
+    pc, pk = c.policy_loss, k.policy_loss
+    assert (pc.frac, pc.cov_low, pc.cov_high, pc.eps_low, pc.eps_high) == (2e-4, 1.0, 5.0, 1.0, 1.0)
+    assert c.minibatch_prompts == 32 and registry.registry("sampler").name_of(c.sampler) == "dynamic_sampling"
+    assert (pk.frac, pk.beta, k.minibatch_prompts, k.ppo_epochs) == (2e-3, 1.0, None, 1)
+    assert c.needs("minibatch_prepare") and k.needs("minibatch_prepare")
+    assert not build("grpo").needs("minibatch_prepare")
+    assert pc.aggregation == pk.aggregation == "token_mean" and not c.regularizers and not k.regularizers
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_docs_page_and_paper_index(name):
     """The page names the paper (title, arXiv abs link), explains the metrics, and has a Result section

@@ -46,6 +46,8 @@ _MODULES = (
     # exploration and entropy control
     "llds",
     "epo",
+    "clip_cov",
+    "kl_cov",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

@@ -6,6 +6,7 @@ Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds 
 
 from anypo.losses import preference  # noqa: F401  (registers the preference_loss kind)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
+from anypo.losses.cov import ClipCov, KLCov, clip_cov, kl_cov
 from anypo.losses.dhpo import DHPO, dhpo
 from anypo.losses.mdpo import MDPOLM, mdpo_lm
 from anypo.losses.dppo import DPPO, dppo
@@ -33,19 +34,23 @@ __all__ = [
     "RegGRPO",
     "SAPO",
     "AsymRE",
+    "ClipCov",
     "ClippedValueLoss",
+    "KLCov",
     "PPOClip",
     "PolicyLossConfig",
     "RatioLossConfig",
     "Reinforce",
     "asymre",
     "cispo",
+    "clip_cov",
     "clipped",
     "dhpo",
     "dppo",
     "drpo",
     "gmpo",
     "gspo",
+    "kl_cov",
     "luspo",
     "mdpo_lm",
     "opmd",
