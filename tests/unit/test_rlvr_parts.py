@@ -203,6 +203,28 @@ def test_riskpo_spec_example():
     np.testing.assert_allclose(adv("riskpo", batch, bundle_size=2, credit="uniform")[:, 0], paper * 2, rtol=1e-5)
 
 
+def test_riskpo_scores_correctness_not_the_format_bonus():
+    """The spec-13 example with a 0.1 format term added to every reward (R + 0.1): with the default
+    signal="correct" and extras['correct'] = the 0/1 outcomes, the advantages are the spec's
+    [0, -.848524, -.848524, -5.15174]; with signal="reward" the papers' scores shift by 0.2 (both
+    questions) and the quantiles with them, and the result differs only where the std credit sees it."""
+    R = [r + 0.1 for r in RISK_R]
+    batch = outcome_batch(R, RISK_IDS, correct=list(RISK_R))
+    np.testing.assert_allclose(
+        adv("riskpo", batch, bundle_size=2)[:, 0], [0, -0.848524, -0.848524, -5.15174] * 2, rtol=1e-5
+    )
+    # a shift of every reward by 0.1 changes neither quantile gaps nor stds: the same advantages
+    np.testing.assert_allclose(
+        adv("riskpo", batch, bundle_size=2, signal="reward"), adv("riskpo", batch, bundle_size=2), atol=1e-5
+    )
+    # all-wrong question whose format term varies: correctness std 0 -> divisor 1; reward std 0.0577 -> divisor 0.0577
+    wrong = outcome_batch([0.1, 0.0, 0.1, 0.0], [0, 0, 0, 0], correct=[0.0, 0.0, 0.0, 0.0])
+    a_c = adv("riskpo", wrong, bundle_size=1)[:, 0]
+    a_r = adv("riskpo", wrong, bundle_size=1, signal="reward")[:, 0]
+    assert np.abs(a_c).max() == 0.0  # X = 0 everywhere: q_dn = q_up = 0, every term 0
+    assert np.abs(a_r).max() > 1.0  # the format spread alone is amplified by 1 / 0.0577
+
+
 def test_riskpo_pure_rvar_and_score_credit():
     """w_mix = 0: the spec's g_RVaR = [0, -.999999, -.999999, -1.57143] over std(X) = sqrt(2/3);
     credit 'score': 0.5 g where R > 0, else 1.5 g (from the spec's paper advantages)."""

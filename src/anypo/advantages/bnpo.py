@@ -15,7 +15,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from anypo.advantages.outcome import ADVANTAGES, GroupRelativeConfig, broadcast, sequence_rewards
+from anypo.advantages.outcome import (
+    ADVANTAGES,
+    GroupRelativeConfig,
+    broadcast,
+    correctness_or_reward,
+    sequence_rewards,
+)
 from anypo.types import RolloutBatch
 
 __all__ = ["BNPOAdvantage", "bnpo", "bnpo_weights"]
@@ -140,11 +146,7 @@ def bnpo(batch: RolloutBatch, cfg: BNPOAdvantage) -> Tensor:
         [N, T] advantages in the dtype of ``rewards``.
     """
     if not cfg.components:
-        correct = batch.extras.get("correct")
-        if cfg.signal == "correct" and correct is not None and len(correct) == batch.num_seqs:
-            R = torch.tensor([float(c) for c in correct], dtype=batch.rewards.dtype, device=batch.rewards.device)
-        else:
-            R = sequence_rewards(batch)
+        R = correctness_or_reward(batch) if cfg.signal == "correct" else sequence_rewards(batch)
         return broadcast(_bnpo_one(R, batch.group_ids, cfg), batch)
     rows = batch.extras.get("components")
     if rows is None or len(rows) != batch.num_seqs or any(any(c not in r for c in cfg.components) for r in rows):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from anypo.ops import group_reduce, group_stats, masked_sum, masked_whiten
@@ -40,6 +41,19 @@ def sequence_rewards(batch: RolloutBatch) -> Tensor:
     if batch.token_rewards is not None:
         R = R + masked_sum(batch.token_rewards.to(R.dtype), batch.response_mask, dim=-1)
     return R
+
+
+def correctness_or_reward(batch: RolloutBatch) -> Tensor:
+    """[N] the task's correctness (``extras["correct"]``) when the batch has it, else the sequence reward.
+
+    For estimators defined on 0/1 verifier outcomes (BNPO's success rates, RiskPO's quantiles): the
+    built-in tasks' total reward adds a 0.1 format term to the correctness, which moves rates out of
+    [0, 1] and gives a group of all-wrong answers a reward spread of 0.1.
+    """
+    correct = batch.extras.get("correct")
+    if correct is not None and len(correct) == batch.num_seqs:
+        return torch.tensor([float(c) for c in correct], dtype=batch.rewards.dtype, device=batch.rewards.device)
+    return sequence_rewards(batch)
 
 
 def broadcast(a: Tensor, batch: RolloutBatch) -> Tensor:
