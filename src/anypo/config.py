@@ -86,15 +86,19 @@ class AlgoConfig:
             )
         return declared.pop() if declared else self.replay
 
-    def stateful_parts(self) -> dict[str, PartConfig]:
-        """The parts that keep state across steps (``PartConfig.stateful``), by their slot in this
-        config (``advantage``, ``policy_loss``, ``regularizers.0``, ``value_loss``): the key of their
-        state in the loop and in checkpoints. Samplers keep their own ``state_dict``."""
+    def slots(self) -> dict[str, PartConfig]:
+        """The parts the loop calls with a batch, by their slot in this config (``advantage``,
+        ``policy_loss``, ``regularizers.0``, ``value_loss``)."""
         slots: dict[str, PartConfig] = {"advantage": self.advantage, "policy_loss": self.policy_loss}
         slots.update({f"regularizers.{i}": r for i, r in enumerate(self.regularizers)})
         if self.value_loss is not None:
             slots["value_loss"] = self.value_loss
-        return {k: p for k, p in slots.items() if getattr(p, "stateful", False)}
+        return slots
+
+    def stateful_parts(self) -> dict[str, PartConfig]:
+        """The parts that keep state across steps (``PartConfig.stateful``), by their slot (``slots``):
+        the key of their state in the loop and in checkpoints. Samplers keep their own ``state_dict``."""
+        return {k: p for k, p in self.slots().items() if getattr(p, "stateful", False)}
 
 
 @dataclass(frozen=True)

@@ -161,20 +161,12 @@ def response_logprobs(
     when asked.
     """
     mask = batch.response_mask.bool()
-    parts = _body_and_head(model) if pack else None
-    if parts is None:
+    packed = response_hidden(model, batch) if pack else None
+    if packed is None:
         lg = _padded_response_logits(model, batch).float() / temperature  # [N, T, V]
         return _from_logits(lg, batch.response_ids, mask, entropy, logits)
-    body, head = parts
-    pk = pack_by_prompt(batch)
-    hidden = body(
-        inputs_embeds=_embed(body, head, pk.ids),
-        attention_mask=pk.attention,
-        position_ids=pk.positions,
-        use_cache=False,
-    )
-    h = hidden.last_hidden_state.flatten(0, 1)[pk.source]  # [n, H], n = response tokens
-    targets = batch.response_ids[mask]  # [n], row-major like pk.source
+    h, head = packed
+    targets = batch.response_ids[mask]  # [n], row-major like h
     N, T = mask.shape
     if logits or entropy_grad:  # materialise [n, V]: a part needs the logits or the entropy's gradient
         lg = head(h).float() / temperature
@@ -185,6 +177,25 @@ def response_logprobs(
     out_lp = lp.new_zeros(N, T).masked_scatter(mask, lp)
     out_ent = lp.new_zeros(N, T).masked_scatter(mask, ent) if ent is not None else None
     return PolicyOutput(logprobs=out_lp, entropy=out_ent)
+
+
+def response_hidden(model: torch.nn.Module, batch: RolloutBatch) -> tuple[Tensor, torch.nn.Linear] | None:
+    """``(h, head)``: the final hidden states that predict the masked response tokens, [n, H] in
+    row-major order of ``batch.response_mask`` (n = its sum), from one packed pass
+    (``pack_by_prompt``), and the LM head (``head(h)`` are the raw logits). None where packing is
+    unsafe for ``model`` (then only the padded forward of ``_padded_response_logits`` applies)."""
+    parts = _body_and_head(model)
+    if parts is None:
+        return None
+    body, head = parts
+    pk = pack_by_prompt(batch)
+    hidden = body(
+        inputs_embeds=_embed(body, head, pk.ids),
+        attention_mask=pk.attention,
+        position_ids=pk.positions,
+        use_cache=False,
+    )
+    return hidden.last_hidden_state.flatten(0, 1)[pk.source], head  # [n, H]
 
 
 def _embed(body: torch.nn.Module, head: torch.nn.Module, ids: Tensor) -> Tensor:

@@ -6,7 +6,6 @@ The loop never branches on a method's name. It asks the chosen parts what they n
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from pathlib import Path
@@ -21,16 +20,23 @@ from anypo.metrics import MetricAccumulator, mean_over_steps
 from anypo.ops import masked_mean, masked_sum
 from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
 from anypo.rollout import GroupRollout, concat_batches, drop_reward_errors
+from anypo.rollout.old_pass import behaviour_pass, fill_proxies, old_pass_request
 from anypo.rollout.replay import StaleRollouts
-from anypo.rollout.stats import advantage_metrics, first_groups, rollout_metrics
+from anypo.rollout.stats import advantage_metrics, first_groups, first_samples, rollout_metrics, warn_reward_errors
 from anypo.run import TrainingError, run_loop
 from anypo.runs import peak_rss_gb
 from anypo.types import LossScale, MetricReduction, RolloutBatch
 from anypo.validate import check_train_config
 
-__all__ = ["Context", "TrainingError", "train"]
+__all__ = ["PROVIDED_NEEDS", "Context", "TrainingError", "train"]
 
-log = logging.getLogger(__name__)
+# What this loop provides to a part that declares needs_<what> (the config check refuses any other need);
+# ON_POLICY_NEEDS: not under a replay schedule (the tempered and proxy passes need the current weights)
+PROVIDED_NEEDS = frozenset(
+    {"ref_logprobs", "values", "entropy", "logits", "rollout_logprobs", "greedy_rewards", "whole_minibatch"}
+    | {"minibatch_prepare", "old_tempered_logprobs", "old_mean_logprobs", "old_proxy_logprobs"}
+)
+ON_POLICY_NEEDS = frozenset({"old_tempered_logprobs", "old_proxy_logprobs"})
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
@@ -134,6 +140,7 @@ class Context:
             batch.advantages = self.advantage_fn(self._with_state(batch, "advantage"), self.algo.advantage)
             m.update(advantage_metrics(batch))
             batch.part_state = batch.part_metrics = None
+            self.fill_proxy(batch)
         t_prep = time.perf_counter() - t1
         # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
         t2 = time.perf_counter()
@@ -193,14 +200,10 @@ class Context:
         m["reward/error_samples"] = float(n_failed)
         m["rollout/generated_tokens"] = float(tokens)
         m["data/skipped_long_prompts"] = float(self.skipped_prompts)
-        frac = n_failed / max(n_generated, 1)
-        if frac > self.cfg.reward_error_warn_frac and not self._warned_reward_errors:
-            self._warned_reward_errors = True
-            log.warning(
-                "step %d: the reward failed on %d of %d samples (%.0f%%); they are dropped from training and "
-                "counted as reward/error_samples (warned once per run; see reward_error_warn_frac)",
-                step, n_failed, n_generated, 100 * frac,
-            )  # fmt: skip
+        if not self._warned_reward_errors:  # once per run
+            self._warned_reward_errors = warn_reward_errors(
+                step, n_failed, n_generated, self.cfg.reward_error_warn_frac
+            )
         return batch, m
 
     def _generate_stale(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
@@ -234,11 +237,24 @@ class Context:
         # update would not be 1 either: the old log-probs come from the training forward then
         exact = getattr(self.engine, "logprobs_exact", lambda _s: True)(cfg.sampling) and cfg.precision == "fp32"
         # a rollout correction (TIS, IcePop) compares the engine's log-probs with the learner's: both needed
-        if not on_policy or not exact or cfg.recompute_old_logprobs or self.algo.needs("rollout_logprobs"):
+        recompute = not on_policy or not exact or cfg.recompute_old_logprobs or self.algo.needs("rollout_logprobs")
+        # the same no-grad forward gives what parts declare of the behaviour policy (needs_old_*)
+        request = old_pass_request(self.algo, self.part_states, logprobs=recompute)
+        out = behaviour_pass(self.model, batch, cfg.sampling.temperature, micro, cfg.pack_prompts, request)
+        if recompute:
             batch.rollout_logprobs = batch.old_logprobs  # the engine's, for rollout corrections
-            batch.old_logprobs = batched_logprobs(self.model, batch, cfg.sampling.temperature, micro, cfg.pack_prompts)
-            m["rollout/engine_logprob_abs_diff"] = _abs_diff(
-                batch.rollout_logprobs, batch.old_logprobs, batch.response_mask
+            batch.old_logprobs = out.pop("logprobs")
+            diff = (batch.rollout_logprobs - batch.old_logprobs).abs()
+            m["rollout/engine_logprob_abs_diff"] = float(masked_mean(diff, batch.response_mask))
+        batch.extras.update(out)  # DCPO's tempered log-probs, ROVER's mean log-probs
+
+    def fill_proxy(self, batch: RolloutBatch) -> None:
+        """After the advantages: the proxy log-probs a part declares (``needs_old_proxy_logprobs``, Lp-Reg)
+        at the positions it chooses, from a no-grad forward of the behaviour policy (refused under replay)."""
+        cfg = self.cfg
+        with self.autocast():
+            fill_proxies(
+                self.model, batch, self.algo.parts(), cfg.sampling.temperature, cfg.micro_batch_size, cfg.pack_prompts
             )
 
     # ---- update ----
@@ -290,12 +306,9 @@ class Context:
         """Let the parts that select tokens over the whole mini-batch (``needs_minibatch_prepare``) write
         their selections into ``mini.extras``, from the log-probs of this optimizer step's weights:
         ``old_logprobs`` while ``fresh`` (no step taken since they were computed), else a no-grad pass."""
-        parts = [p for p in self.algo.parts() if getattr(p, "needs_minibatch_prepare", False)]
-        if not parts:
-            return
+        cfg, parts = self.cfg, [p for p in self.algo.parts() if getattr(p, "needs_minibatch_prepare", False)]
         lp = mini.old_logprobs
-        if not fresh:
-            cfg = self.cfg
+        if parts and not fresh:
             with self.autocast():
                 lp = batched_logprobs(
                     self.model, mini, cfg.sampling.temperature, cfg.micro_batch_size, cfg.pack_prompts
@@ -322,14 +335,9 @@ class Context:
             t = clock()
             with self.autocast():  # the backward runs outside autocast, as recommended
                 out = response_logprobs(
-                    self.model,
-                    micro,
-                    cfg.sampling.temperature,
-                    entropy=need_ent,
-                    logits=algo.needs("logits"),
-                    entropy_grad=algo.needs("entropy"),
-                    pack=cfg.pack_prompts,
-                )
+                    self.model, micro, cfg.sampling.temperature, entropy=need_ent, logits=algo.needs("logits"),
+                    entropy_grad=algo.needs("entropy"), pack=cfg.pack_prompts,
+                )  # fmt: skip
                 parts = [self.loss_fn(out, self._with_state(micro, "policy_loss"), algo.policy_loss)]
                 for i, (fn, rcfg) in enumerate(zip(self.reg_fns, algo.regularizers, strict=True)):
                     parts.append(fn(out, self._with_state(micro, f"regularizers.{i}"), rcfg))
@@ -416,16 +424,7 @@ class Context:
     def train_step(self, step: int) -> tuple[dict[str, float], list[dict]]:
         """One step for the scaffold: its metrics and the first ``log_samples`` completions."""
         batch, m = self.step(step)
-        n = min(self.cfg.log_samples, batch.num_seqs)
-        samples = [
-            {
-                "prompt_index": batch.extras["prompt_index"][i],
-                "completion": batch.extras["text"][i],
-                "reward": float(batch.rewards[i]),
-            }
-            for i in range(n)
-        ]
-        return m, samples
+        return m, first_samples(batch, self.cfg.log_samples)
 
     def checkpoint_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         tensors = {"policy": checkpoint.trainable_state(self.model)}
@@ -488,7 +487,3 @@ def _autocast(precision: str):
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     return lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _abs_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    return float(masked_mean((a - b).abs(), mask))

@@ -184,6 +184,7 @@ def _algo_problems(cfg: Any) -> list[str]:
                     "set --algo.ppo-epochs 1 and --algo.minibatch-prompts None, or use a ratio loss (ppo_clip)"
                 )
     out += _replay_problems(algo, parts)
+    out += _needs_problems(algo, parts)
     if algo.needs("values") and algo.value_loss is None:
         needy = [_part_name(p) for p in parts if getattr(p, "needs_values", False)]
         out.append(
@@ -211,6 +212,35 @@ def _replay_problems(algo: Any, parts: tuple) -> list[str]:
         for p in parts
         if getattr(p, "requires_on_policy", False)
     ]
+
+
+def _needs_problems(algo: Any, parts: tuple) -> list[str]:
+    """A part that declares a need the online loop cannot provide (``needs_<what>`` not in
+    ``anypo.train.PROVIDED_NEEDS``), or one it cannot provide under the replay schedule in use."""
+    from anypo.train import ON_POLICY_NEEDS, PROVIDED_NEEDS
+
+    try:
+        stale = algo.replay_schedule().active
+    except ValueError:
+        stale = False  # reported by _replay_problems
+    out = []
+    for p in parts:
+        for name in sorted(n for n in dir(type(p)) if n.startswith("needs_")):
+            if not bool(getattr(p, name, False)):
+                continue
+            what = name.removeprefix("needs_")
+            doc = " ".join(((getattr(type(p), name, None).__doc__ or "").strip().split(".")[0]).split())
+            if what not in PROVIDED_NEEDS:
+                out.append(
+                    f"the {_part_name(p)} declares {name} ({doc}), which the online loop does not provide: "
+                    "choose a setting of the part without it (see its docstring) or another part"
+                )
+            elif stale and what in ON_POLICY_NEEDS:
+                out.append(
+                    f"the {_part_name(p)} declares {name}, which the loop provides only on-policy, not under a replay "
+                    "schedule: set --algo.replay.sync-interval 1 and --algo.replay.sync-offset 0"
+                )
+    return out
 
 
 def _sampling_problems(s: Any, prefix: str) -> list[str]:

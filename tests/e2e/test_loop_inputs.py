@@ -176,3 +176,105 @@ def _rows(run: Path) -> dict[int, dict]:
     import json
 
     return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+# ---- 4. the behaviour policy's extra inputs (DCPO, ROVER off-policy, Lp-Reg) ------------------------
+
+
+def _unpadded_logits(ctx, batch, i):
+    """[L, V] raw logits predicting row i's L response tokens and the tokens, from one plain forward."""
+    import torch
+
+    prompt = batch.prompt_ids[i][batch.prompt_mask[i].bool()].tolist()
+    L = int(batch.response_mask[i].sum())
+    resp = batch.response_ids[i, :L].tolist()
+    with torch.no_grad():
+        z = ctx.model(torch.tensor([prompt + resp])).logits[0, len(prompt) - 1 : -1].double()
+    return z, torch.tensor(resp)
+
+
+def test_dcpo_gets_the_behaviour_logprobs_at_the_states_temperatures(make_cfg):
+    """The dcpo preset: before the advantages the loop fills extras['old_logprobs_at_T<t>'] for the t
+    the part asks for given its state: (1.2, 1.0) at H_prev = 0, (0.8, 1.0) once H_prev > H0 = 0.5.
+    Each equals z_o / t - logsumexp(z / t) of the raw logits of a plain forward; the engine's
+    old log-probs stay (on-policy, fp32: nothing is recomputed)."""
+    import torch
+
+    from anypo.algorithms import PRESETS
+    from anypo.train import Context
+
+    cfg = make_cfg(algo=PRESETS["dcpo"].build())
+    ctx = Context.build(cfg, Path(cfg.out_dir))
+    for h_prev, temps in ((0.0, (1.2, 1.0)), (0.9, (0.8, 1.0))):
+        ctx.part_states["advantage"]["h_prev"] = h_prev
+        batch, m = ctx.rollout(1)
+        engine = batch.old_logprobs.clone()
+        ctx.fill_needs(batch, m)
+        assert torch.equal(batch.old_logprobs, engine) and batch.rollout_logprobs is None
+        assert sorted(k for k in batch.extras if k.startswith("old_logprobs_at_T")) == sorted(
+            f"old_logprobs_at_T{t:g}" for t in temps
+        )
+        for i in range(batch.num_seqs):
+            z, o = _unpadded_logits(ctx, batch, i)
+            for t in temps:
+                want = z.gather(-1, o[:, None]).squeeze(-1) / t - torch.logsumexp(z / t, -1)
+                got = batch.extras[f"old_logprobs_at_T{t:g}"][i, : len(o)].double()
+                torch.testing.assert_close(got, want, atol=3e-5, rtol=0)
+
+
+def test_rover_off_policy_gets_the_behaviour_mean_logprobs(make_cfg):
+    """rover with old_means='batch' (the official 4-update regime; here one group per mini-batch):
+    extras['old_mean_logprobs'] = mean_v (z_v / T) - logsumexp(z / T) at the sampling temperature
+    (0.7 here) for every response token, and a 1-step run trains with it (finite, weights change)."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from anypo.algorithms import PRESETS
+    from anypo.engines.base import SamplingConfig
+    from anypo.train import Context, train
+
+    algo = dataclasses.replace(PRESETS["rover"].build(old_means="batch"), minibatch_prompts=1)
+    cfg = make_cfg(algo=algo, sampling=SamplingConfig(max_new_tokens=8, temperature=0.7))
+    ctx = Context.build(cfg, Path(cfg.out_dir))
+    batch, m = ctx.rollout(1)
+    ctx.fill_needs(batch, m)
+    for i in range(batch.num_seqs):
+        z, o = _unpadded_logits(ctx, batch, i)
+        want = (z / 0.7).mean(-1) - torch.logsumexp(z / 0.7, -1)
+        torch.testing.assert_close(batch.extras["old_mean_logprobs"][i, : len(o)].double(), want, atol=3e-5, rtol=0)
+    row = json.loads((train(cfg) / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["train/optimizer_steps"] == 2 and all(v == v for v in row.values() if isinstance(v, float))
+
+
+def test_lp_reg_gets_the_min_p_proxy_at_its_positions(make_cfg):
+    """The lp_reg preset (neg_frac raised to 0.5 so the tiny batch selects several tokens): after the
+    advantages the loop fills extras['lp_reg_proxy_logprobs'] exactly at lp_reg_select's positions,
+    NaN elsewhere, with lq = z'_o - logsumexp(z') where z' keeps z_v iff softmax(z)_v >= 0.02 max
+    softmax(z) and is -1e4 elsewhere (temperature 1), z the behaviour policy's raw logits."""
+    import dataclasses
+
+    import torch
+
+    from anypo.algorithms import PRESETS
+    from anypo.regularizers.lp_reg import lp_reg_select
+    from anypo.train import Context
+
+    algo = PRESETS["lp_reg"].build()
+    reg = dataclasses.replace(algo.regularizers[0], neg_frac=0.5)
+    cfg = make_cfg(algo=dataclasses.replace(algo, regularizers=(reg,)))
+    ctx = Context.build(cfg, Path(cfg.out_dir))
+    batch, m = ctx.rollout(1)
+    ctx.fill_needs(batch, m)
+    batch.advantages = ctx.advantage_fn(batch, algo.advantage)
+    ctx.fill_proxy(batch)
+    lq = batch.extras["lp_reg_proxy_logprobs"]
+    pos = lp_reg_select(batch.old_logprobs, batch.advantages, batch.response_mask, reg)
+    assert int(pos.sum()) > 1 and torch.equal(~torch.isnan(lq), pos)
+    for i, t in pos.nonzero().tolist():
+        z, o = _unpadded_logits(ctx, batch, i)
+        p = torch.softmax(z[t], -1)
+        zz = torch.where(p >= 0.02 * p.max(), z[t], torch.full_like(z[t], -1e4))
+        want = float(zz[o[t]] - torch.logsumexp(zz, -1))
+        assert float(lq[i, t]) == pytest.approx(want, rel=1e-6, abs=3e-5)

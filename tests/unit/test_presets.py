@@ -258,6 +258,24 @@ def test_clip_cov_and_kl_cov_presets():
     assert pc.aggregation == pk.aggregation == "token_mean" and not c.regularizers and not k.regularizers
 
 
+def test_dcpo_and_lp_reg_presets():
+    """DCPO: the official code's H0 0.5, T 1.2 / 0.8, cap 0.1, threshold 0.05, PPO clip 0.2 with dual
+    clip 3, token mean, updates of 128 prompts; it needs the tempered old log-probs and keeps state.
+    Lp-Reg: the authors' on-policy recipe, PPO clip 1.0 / 9.0 token mean + LpReg(1, 0.02, minp, 1%, 0),
+    one update; it needs the proxy log-probs."""
+    d, lr = build("dcpo"), build("lp_reg")
+    adv = d.advantage
+    assert (adv.entropy_base, adv.temperature_high, adv.temperature_low, adv.alpha_cap) == (0.5, 1.2, 0.8, 0.1)
+    assert adv.success_threshold == 0.05 and PRESETS["dcpo"].build(entropy_base=0.25).advantage.entropy_base == 0.25
+    p = d.policy_loss
+    assert (p.eps_low, p.eps_high, p.dual_clip, p.aggregation, d.minibatch_prompts) == (0.2, 0.2, 3.0, "token_mean", 128)
+    assert d.needs("old_tempered_logprobs") and set(d.stateful_parts()) == {"advantage"} and not d.regularizers
+    (reg,) = lr.regularizers
+    assert (reg.beta, reg.kappa, reg.filter, reg.neg_frac, reg.pos_frac) == (1.0, 0.02, "minp", 0.01, 0.0)
+    assert (lr.policy_loss.eps_low, lr.policy_loss.eps_high, lr.policy_loss.aggregation) == (1.0, 9.0, "token_mean")
+    assert lr.minibatch_prompts is None and lr.needs("old_proxy_logprobs")
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_docs_page_and_paper_index(name):
     """The page names the paper (title, arXiv abs link), explains the metrics, and has a Result section

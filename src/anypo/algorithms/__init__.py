@@ -48,6 +48,8 @@ _MODULES = (
     "epo",
     "clip_cov",
     "kl_cov",
+    "dcpo",
+    "lp_reg",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

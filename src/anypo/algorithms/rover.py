@@ -19,15 +19,15 @@ def rover(old_means: str = "on_policy") -> AlgoConfig:
     script; its G = 8, rollout temperature 0.6 and lr 1e-6 are run settings).
 
     Mini-batches: the official run takes 4 updates per rollout batch (mini-batches of 32 of 128
-    prompts), where ``M_old`` comes from the old-log-prob pass. The loop does not store it yet, so the
+    prompts), where ``M_old`` comes from the old-log-prob pass. By default the
     preset runs the code's on-policy branch (``old_means="on_policy"``, one update per rollout batch,
     bootstrap term 0); at the CPU-sized 2-8 prompts per step a 32-prompt mini-batch is the whole batch
-    anyway. ``old_means="batch"`` with ``minibatch_prompts=32`` is the official regime once the loop
-    fills ``extras["old_mean_logprobs"]`` (the config declares ``needs_old_mean_logprobs``).
+    anyway. ``old_means="batch"`` with ``minibatch_prompts=32`` is the official regime: the loop
+    fills ``extras["old_mean_logprobs"]`` in its old-log-prob pass (``needs_old_mean_logprobs``).
 
     Args:
-        old_means: ``on_policy`` (default) or ``batch`` (the official off-policy regime; needs the
-            loop to store the behaviour policy's mean log-softmax).
+        old_means: ``on_policy`` (default) or ``batch`` (the official off-policy regime, with the
+            behaviour policy's mean log-softmax from the loop's old-log-prob pass).
     """
     return AlgoConfig(
         advantage=GRPOAdvantage(scale="group", eps=1e-6),

@@ -8,7 +8,7 @@ the advantages, ``m`` the response mask, ``z`` [V] the behaviour policy's raw lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -107,8 +107,23 @@ class LpReg(PartConfig):
 
     @property
     def needs_old_proxy_logprobs(self) -> bool:
-        """The loop must fill extras['lp_reg_proxy_logprobs'] (selected positions, min-p proxy of pi_old)."""
+        """The loop must fill extras['lp_reg_proxy_logprobs'] (selected positions, min-p proxy of pi_old)
+        through the three members below: ``proxy_key``, ``proxy_positions``, ``proxy_logprobs``."""
         return self.beta != 0 and (self.neg_frac > 0 or self.pos_frac > 0)
+
+    proxy_key: ClassVar[str] = PROXY_LOGPROBS
+    """The extras key the loop fills with [N, T] proxy log-probs (NaN off the positions)."""
+
+    def proxy_positions(self, batch: RolloutBatch) -> Tensor:
+        """[N, T] bool: where the loop must compute the proxy (:func:`lp_reg_select`; needs advantages)."""
+        hint = "the behaviour log-probs, before the proxy pass"
+        adv = batch.require("advantages", "the proxy positions are chosen after the advantages")
+        return lp_reg_select(batch.require("old_logprobs", hint), adv, batch.response_mask, self)
+
+    def proxy_logprobs(self, logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+        """[k] the proxy's log-probs of ``targets`` [k] from the behaviour policy's raw ``logits`` [k, V]
+        (:func:`minp_proxy_logprobs` at the rollout temperature)."""
+        return minp_proxy_logprobs(logits, targets, self.kappa, self.filter, temperature)
 
 
 def minp_proxy_logprobs(

@@ -3,11 +3,22 @@ lengths, lengths by correctness, advantage scale), and trimming a batch to its f
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from anypo.types import RolloutBatch
 
-__all__ = ["advantage_metrics", "first_groups", "length_by_correctness", "rollout_metrics"]
+__all__ = [
+    "advantage_metrics",
+    "first_groups",
+    "first_samples",
+    "length_by_correctness",
+    "rollout_metrics",
+    "warn_reward_errors",
+]
+
+log = logging.getLogger("anypo.train")
 
 
 def first_groups(batch: RolloutBatch, n_groups: int) -> RolloutBatch:
@@ -70,3 +81,24 @@ def length_by_correctness(lengths: torch.Tensor, correct: list[float]) -> dict[s
     if (~ok).any():
         out["response/length_incorrect_mean"] = float(lengths[~ok].mean())
     return out
+
+
+def first_samples(batch: RolloutBatch, n: int) -> list[dict]:
+    """The first ``n`` completions of the batch as rows of ``samples.jsonl``."""
+    return [
+        {"prompt_index": batch.extras["prompt_index"][i], "completion": batch.extras["text"][i], "reward": float(r)}
+        for i, r in enumerate(batch.rewards[: min(n, batch.num_seqs)].tolist())
+    ]
+
+
+def warn_reward_errors(step: int, n_failed: int, n_generated: int, warn_frac: float) -> bool:
+    """Warn when the reward failed on more than ``warn_frac`` of the step's samples; True if it warned."""
+    frac = n_failed / max(n_generated, 1)
+    if frac <= warn_frac:
+        return False
+    log.warning(
+        "step %d: the reward failed on %d of %d samples (%.0f%%); they are dropped from training and "
+        "counted as reward/error_samples (warned once per run; see reward_error_warn_frac)",
+        step, n_failed, n_generated, 100 * frac,
+    )  # fmt: skip
+    return True

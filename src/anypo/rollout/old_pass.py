@@ -1,0 +1,183 @@
+"""The behaviour policy's per-token inputs that parts declare beyond the sampled tokens' log-probs.
+
+Parts ask through their configs (``AlgoConfig.needs``); the loop never looks at their names:
+
+* ``needs_old_tempered_logprobs`` (DCPO): for every ``t`` in the part's
+  ``old_logprob_temperatures(state)``, ``extras[tempered_key(t)]`` [N, T] =
+  ``log_softmax(z / t)[o]``, ``z`` the raw logits;
+* ``needs_old_mean_logprobs`` (ROVER off-policy): ``extras["old_mean_logprobs"]`` [N, T] =
+  ``mean_v log_softmax(z / T_s)_v`` with ``T_s`` the sampling temperature;
+* ``needs_old_proxy_logprobs`` (Lp-Reg): ``extras[part.proxy_key]`` [N, T] at
+  ``part.proxy_positions(batch)`` (chosen after the advantages), NaN elsewhere, from the raw logits
+  of those positions only through ``part.proxy_logprobs(logits, targets, T_s)``.
+
+The first two come from the same no-grad forward as the old log-probs (:func:`behaviour_pass`, one
+pass whether or not the old log-probs are recomputed); the proxy needs the advantages, so it is a
+second no-grad forward after them (:func:`proxy_pass`). Both run in the loop's micro-batches and
+reduce the vocabulary ``chunk`` positions at a time: nothing of size [N, T, V] exists, only [chunk, V]
+temporaries (the padded fallback of a model that cannot be packed holds one micro-batch's logits, as
+its training forward does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from anypo.advantages.dcpo import tempered_key  # the extras keys are the declaring parts' contracts
+from anypo.losses.rover import OLD_MEAN_LOGPROBS
+from anypo.ops import linear_logprobs, logprobs_from_logits
+from anypo.policy import _padded_response_logits, micro_batches, response_hidden
+from anypo.types import RolloutBatch
+
+__all__ = ["OldPassRequest", "behaviour_pass", "fill_proxies", "old_pass_request", "proxy_pass"]
+
+
+@dataclass(frozen=True)
+class OldPassRequest:
+    """What one behaviour pass computes.
+
+    Attributes:
+        logprobs: the sampled tokens' log-probs at the sampling temperature (recomputed old log-probs).
+        temperatures: temperatures ``t`` of ``extras[tempered_key(t)]`` (raw logits divided by ``t``).
+        mean_logprobs: ``extras["old_mean_logprobs"]``.
+    """
+
+    logprobs: bool = False
+    temperatures: tuple[float, ...] = ()
+    mean_logprobs: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.logprobs or bool(self.temperatures) or self.mean_logprobs
+
+
+def old_pass_request(algo: Any, part_states: dict[str, Any], logprobs: bool) -> OldPassRequest:
+    """The request of ``algo``'s parts this step (the tempered temperatures may depend on a part's state)."""
+    temps: set[float] = set()
+    for slot, part in algo.slots().items():
+        if getattr(part, "needs_old_tempered_logprobs", False):
+            temps.update(float(t) for t in part.old_logprob_temperatures(part_states.get(slot)))
+    return OldPassRequest(logprobs, tuple(sorted(temps)), algo.needs("old_mean_logprobs"))
+
+
+def _micro_passes(model: torch.nn.Module, batch: RolloutBatch, micro: int, pack: bool):
+    """Per micro-batch: (row indices, its response mask [Nm, Tm] bool, targets [n], rows, packed)
+    where ``rows(sel)`` gives the raw logits [k, V] of the masked positions ``sel`` ([n] bool), computed
+    from the packed hidden states ``packed = (h, head)``, or the padded fallback's logits (``packed`` None)."""
+    for idx, mb in micro_batches(batch, micro):
+        mask = mb.response_mask.bool()
+        targets = mb.response_ids[mask]  # [n] row-major
+        packed = response_hidden(model, mb) if pack else None
+        if packed is None:
+            full = _padded_response_logits(model, mb)[mask]  # [n, V]: one micro-batch, as its training forward
+
+            def rows(sel: Tensor | slice, full: Tensor = full) -> Tensor:
+                return full[sel].float()
+
+            yield idx, mask, targets, rows, None
+        else:
+            h, head = packed
+
+            def rows(sel: Tensor | slice, h: Tensor = h, head: torch.nn.Module = head) -> Tensor:
+                return head(h[sel]).float()
+
+            yield idx, mask, targets, rows, (h, head)
+
+
+@torch.no_grad()
+def behaviour_pass(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    temperature: float,
+    micro: int,
+    pack: bool,
+    request: OldPassRequest,
+    chunk: int = 256,
+) -> dict[str, Tensor]:
+    """One no-grad forward of ``model`` over ``batch`` computing ``request``.
+
+    Args:
+        temperature: the sampling temperature (of the log-probs and of the mean log-probs).
+        micro: sequences per forward; pack: pack samples of a prompt (``response_logprobs``).
+        chunk: positions whose [chunk, V] logits exist at once.
+
+    Returns:
+        [N, T] tensors in the dtype of ``batch.rewards``, 0 on padding: ``"logprobs"`` (exactly
+        ``batched_logprobs``'s) when asked, ``tempered_key(t)`` per temperature, ``"old_mean_logprobs"``.
+    """
+    if not request.any:
+        return {}
+    N, T = batch.response_mask.shape
+    keys = (["logprobs"] if request.logprobs else []) + [tempered_key(t) for t in request.temperatures]
+    keys += [OLD_MEAN_LOGPROBS] if request.mean_logprobs else []
+    out = {k: torch.zeros(N, T, dtype=batch.rewards.dtype) for k in keys}
+    for idx, mask, targets, rows, packed in _micro_passes(model, batch, micro, pack):
+        n, vals = len(targets), {k: [] for k in keys}
+        if request.logprobs and packed is not None:  # the training forward's own fused head: same numbers
+            h, head = packed
+            vals["logprobs"].append(linear_logprobs(h, head.weight, head.bias, targets, temperature)[0])
+        for i in range(0, n, chunk):
+            z = rows(slice(i, i + chunk))  # [c, V] raw logits
+            y = targets[i : i + chunk, None].long()
+            if request.logprobs and packed is None:
+                vals["logprobs"].append(logprobs_from_logits(z / temperature, y.squeeze(-1)))
+            for t in request.temperatures:
+                vals[tempered_key(t)].append(torch.log_softmax(z / t, dim=-1).gather(-1, y).squeeze(-1))
+            if request.mean_logprobs:
+                zs = z / temperature
+                vals[OLD_MEAN_LOGPROBS].append(zs.mean(-1) - torch.logsumexp(zs, dim=-1))
+        for k in keys:
+            flat = torch.cat(vals[k]) if vals[k] else torch.zeros(0)
+            grid = torch.zeros(mask.shape, dtype=out[k].dtype).masked_scatter(mask, flat.to(out[k].dtype))
+            out[k][idx, : mask.shape[1]] = grid
+    return out
+
+
+@torch.no_grad()
+def proxy_pass(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    micro: int,
+    pack: bool,
+    positions: Tensor,
+    proxy: Callable[[Tensor, Tensor], Tensor],
+    chunk: int = 256,
+) -> Tensor:
+    """[N, T] ``proxy(raw logits [k, V], targets [k])`` at ``positions`` ([N, T] bool), NaN elsewhere.
+
+    Only micro-batches holding a selected position run the model, and only the selected positions
+    go through the LM head, ``chunk`` at a time.
+    """
+    out = torch.full(batch.response_mask.shape, float("nan"), dtype=batch.rewards.dtype)
+    positions = positions.bool() & (batch.response_mask != 0)
+    if not bool(positions.any()):
+        return out
+    keep = positions.any(-1).nonzero().flatten()  # rows with a selected position
+    sub = batch.select(keep)
+    for idx, mask, targets, rows, _ in _micro_passes(model, sub, micro, pack):
+        sel = positions[keep[idx], : mask.shape[1]][mask]  # [n] bool over the micro-batch's masked tokens
+        where = sel.nonzero().flatten()
+        vals = [proxy(rows(where[i : i + chunk]), targets[where[i : i + chunk]]) for i in range(0, len(where), chunk)]
+        flat = torch.full((len(sel),), float("nan"), dtype=out.dtype)
+        if vals:
+            flat[where] = torch.cat(vals).to(out.dtype)
+        grid = torch.full(mask.shape, float("nan"), dtype=out.dtype).masked_scatter(mask, flat)
+        out[keep[idx], : mask.shape[1]] = grid
+    return out
+
+
+def fill_proxies(
+    model: torch.nn.Module, batch: RolloutBatch, parts: Iterable[Any], temperature: float, micro: int, pack: bool
+) -> None:
+    """For each part with ``needs_old_proxy_logprobs``: ``batch.extras[part.proxy_key]`` = the
+    :func:`proxy_pass` at ``part.proxy_positions(batch)`` with ``part.proxy_logprobs`` at ``temperature``."""
+    for part in parts:
+        if getattr(part, "needs_old_proxy_logprobs", False):
+            proxy = partial(part.proxy_logprobs, temperature=temperature)
+            batch.extras[part.proxy_key] = proxy_pass(model, batch, micro, pack, part.proxy_positions(batch), proxy)
