@@ -278,3 +278,47 @@ def test_lp_reg_gets_the_min_p_proxy_at_its_positions(make_cfg):
         zz = torch.where(p >= 0.02 * p.max(), z[t], torch.full_like(z[t], -1e4))
         want = float(zz[o[t]] - torch.logsumexp(zz, -1))
         assert float(lq[i, t]) == pytest.approx(want, rel=1e-6, abs=3e-5)
+
+
+# ---- 5. the step-start policy's full distributions (MDPO's exact KL) -----------------------------
+
+
+def test_mdpo_gets_the_step_start_distributions_in_every_update(make_cfg, monkeypatch):
+    """mdpo_lm (5 full-batch updates per step, exact KL): in each of the 5 updates every micro-batch
+    carries extras['old_full_logprobs'] [Nm, Tm, V] = log_softmax(z / T) of the weights the step
+    began with, recomputed here by a plain unpadded forward of a copy of those weights; the weights
+    themselves move (lr 1e-2), so from the second update on the KL to pi_k is > 0."""
+    import copy
+    import json
+
+    import torch
+
+    from anypo.algorithms import PRESETS
+    from anypo.rollout.old_pass import StepAnchor
+    from anypo.train import train
+
+    snaps, seen = [], []
+    real_sync, real_fill = StepAnchor.sync, StepAnchor.fill
+
+    def sync(self, model):
+        snaps.append(copy.deepcopy(model).eval())
+        real_sync(self, model)
+
+    def fill(self, micro, temperature, pack):
+        real_fill(self, micro, temperature, pack)
+        seen.append((micro.select(slice(0, 1)), micro.extras["old_full_logprobs"][0].clone(), temperature))
+
+    monkeypatch.setattr(StepAnchor, "sync", sync)
+    monkeypatch.setattr(StepAnchor, "fill", fill)
+    run = train(make_cfg(algo=PRESETS["mdpo_lm"].build(total_iterations=2), steps=1, lr=1e-2))
+    assert len(snaps) == 1 and len(seen) == 5 * 2  # 5 updates x 2 micro-batches of 4
+    for mb, full, temperature in seen:
+        prompt = mb.prompt_ids[0][mb.prompt_mask[0].bool()].tolist()
+        L = int(mb.response_mask[0].sum())
+        resp = mb.response_ids[0, :L].tolist()
+        with torch.no_grad():
+            z = snaps[0](torch.tensor([prompt + resp])).logits[0, len(prompt) - 1 : -1].float()
+        torch.testing.assert_close(full[:L], torch.log_softmax(z / temperature, -1), atol=3e-5, rtol=0)
+        assert (full[L:] == 0).all()
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["train/optimizer_steps"] == 5 and row["mdpo/kl"] > 0

@@ -73,9 +73,7 @@ def test_behaviour_pass_only_what_is_asked(tiny_model, tokenizer):
     """An empty request computes nothing; the mean alone gives one key."""
     b = _batch(tokenizer)
     assert not OldPassRequest().any and behaviour_pass(tiny_model, b, 1.0, 4, True, OldPassRequest()) == {}
-    assert set(behaviour_pass(tiny_model, b, 1.0, 4, True, OldPassRequest(mean_logprobs=True))) == {
-        "old_mean_logprobs"
-    }
+    assert set(behaviour_pass(tiny_model, b, 1.0, 4, True, OldPassRequest(mean_logprobs=True))) == {"old_mean_logprobs"}
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -122,3 +120,35 @@ def test_proxy_pass_nothing_selected(tiny_model, tokenizer):
     b = _batch(tokenizer)
     out = proxy_pass(tiny_model, b, 2, True, torch.zeros(6, 8, dtype=torch.bool), lambda z, y: z[:, 0])
     assert torch.isnan(out).all()
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_step_anchor_is_a_frozen_copy_of_the_step_start_weights(tiny_model, tokenizer, pack):
+    """StepAnchor.fill puts log_softmax(z / T) of the synced weights at every response position
+    (T = 0.7; 0 on padding); changing the policy afterwards does not change the anchor until the
+    next sync, which then follows it."""
+    import copy
+
+    from anypo.rollout.old_pass import StepAnchor
+
+    model = copy.deepcopy(tiny_model)
+    b = _batch(tokenizer)
+    anchor = StepAnchor(model)
+    anchor.fill(b, 0.7, pack)
+    first = b.extras["old_full_logprobs"].clone()
+    for i in range(b.num_seqs):
+        z, _ = _raw_logits(model, b, i)
+        L = len(z)
+        torch.testing.assert_close(first[i, :L].double(), torch.log_softmax(z / 0.7, -1), atol=3e-5, rtol=0)
+        assert (first[i, L:] == 0).all()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05)
+    anchor.fill(b, 0.7, pack)
+    assert torch.equal(b.extras["old_full_logprobs"], first)
+    anchor.sync(model)
+    anchor.fill(b, 0.7, pack)
+    z, _ = _raw_logits(model, b, 1)
+    torch.testing.assert_close(
+        b.extras["old_full_logprobs"][1, : len(z)].double(), torch.log_softmax(z / 0.7, -1), atol=3e-5, rtol=0
+    )

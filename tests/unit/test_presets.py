@@ -268,12 +268,26 @@ def test_dcpo_and_lp_reg_presets():
     assert (adv.entropy_base, adv.temperature_high, adv.temperature_low, adv.alpha_cap) == (0.5, 1.2, 0.8, 0.1)
     assert adv.success_threshold == 0.05 and PRESETS["dcpo"].build(entropy_base=0.25).advantage.entropy_base == 0.25
     p = d.policy_loss
-    assert (p.eps_low, p.eps_high, p.dual_clip, p.aggregation, d.minibatch_prompts) == (0.2, 0.2, 3.0, "token_mean", 128)
+    assert (p.eps_low, p.eps_high, p.dual_clip, p.aggregation) == (0.2, 0.2, 3.0, "token_mean")
+    assert d.minibatch_prompts == 128
     assert d.needs("old_tempered_logprobs") and set(d.stateful_parts()) == {"advantage"} and not d.regularizers
     (reg,) = lr.regularizers
     assert (reg.beta, reg.kappa, reg.filter, reg.neg_frac, reg.pos_frac) == (1.0, 0.02, "minp", 0.01, 0.0)
     assert (lr.policy_loss.eps_low, lr.policy_loss.eps_high, lr.policy_loss.aggregation) == (1.0, 9.0, "token_mean")
     assert lr.minibatch_prompts is None and lr.needs("old_proxy_logprobs")
+
+
+def test_mdpo_lm_preset():
+    """The official multistep-SGD MDPO: 5 full-batch updates per rollout batch (sgd_steps), t_k over K
+    iterations counted in those updates, exact KL to pi_k (the step-start weights, a declared need),
+    no clipping; GRPO advantages, token mean."""
+    a = build("mdpo_lm")
+    pl = a.policy_loss
+    assert (pl.kl, pl.total_iterations, pl.updates_per_iteration, pl.aggregation) == ("exact", 30, 5, "token_mean")
+    assert (a.ppo_epochs, a.minibatch_prompts) == (5, None) and a.needs("old_full_logprobs") and a.needs("logits")
+    assert set(a.stateful_parts()) == {"policy_loss"}
+    b = PRESETS["mdpo_lm"].build(total_iterations=100, sgd_steps=3)
+    assert (b.policy_loss.total_iterations, b.policy_loss.updates_per_iteration, b.ppo_epochs) == (100, 3, 3)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -55,7 +55,14 @@ def test_every_online_preset_declares_only_provided_needs(name):
     assert train_config_problems(TrainConfig(algo=algo)) == []
 
 
-@pytest.mark.parametrize(("preset", "need"), [("dcpo", "needs_old_tempered_logprobs"), ("lp_reg", "needs_old_proxy_logprobs")])
+@pytest.mark.parametrize(
+    ("preset", "need"),
+    [
+        ("dcpo", "needs_old_tempered_logprobs"),
+        ("lp_reg", "needs_old_proxy_logprobs"),
+        ("mdpo_lm", "needs_old_full_logprobs"),
+    ],
+)
 def test_behaviour_inputs_after_generation_are_refused_under_replay(preset, need):
     algo = dataclasses.replace(PRESETS[preset].build(), replay=Replay(sync_interval=2))
     (problem,) = train_config_problems(TrainConfig(algo=algo))

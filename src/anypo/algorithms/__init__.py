@@ -50,6 +50,8 @@ _MODULES = (
     "kl_cov",
     "dcpo",
     "lp_reg",
+    # trust regions without clipping
+    "mdpo_lm",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

@@ -97,8 +97,10 @@ class MDPOLM(PolicyLossConfig):
 
     ``kl="exact"`` is the KL over the whole vocabulary: it needs the current logits
     (``needs_logits``) and ``pi_k``'s log-probabilities over the vocabulary at every response position,
-    ``batch.extras["old_full_logprobs"]`` [N, T, V] (``needs_old_full_logprobs``), which the loop does
-    not provide yet. It is computed in chunks with a recomputing backward. ``kl="sampled"`` (default,
+    ``batch.extras["old_full_logprobs"]`` [N, T, V] (``needs_old_full_logprobs``), which the online
+    loop fills per micro-batch from a frozen copy of the step-start weights
+    (``anypo.rollout.old_pass.StepAnchor``; on-policy only). It is computed in chunks with a
+    recomputing backward. ``kl="sampled"`` (default,
     runs anywhere) estimates the same KL from the sampled tokens, which come from ``pi_k``:
     ``r log r - r + 1`` (unbiased for KL(pi_theta || pi_k) since ``E_pi_k[r log r] = KL`` and
     ``E_pi_k[r] = 1``; non-negative); an implementation choice, UNVERIFIED as MDPO-faithful.

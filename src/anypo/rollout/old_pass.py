@@ -7,6 +7,8 @@ Parts ask through their configs (``AlgoConfig.needs``); the loop never looks at 
   ``log_softmax(z / t)[o]``, ``z`` the raw logits;
 * ``needs_old_mean_logprobs`` (ROVER off-policy): ``extras["old_mean_logprobs"]`` [N, T] =
   ``mean_v log_softmax(z / T_s)_v`` with ``T_s`` the sampling temperature;
+* ``needs_old_full_logprobs`` (MDPO's exact KL): ``extras["old_full_logprobs"]`` [Nm, Tm, V] per
+  micro-batch, the log-softmax of the step-start weights (:class:`StepAnchor`);
 * ``needs_old_proxy_logprobs`` (Lp-Reg): ``extras[part.proxy_key]`` [N, T] at
   ``part.proxy_positions(batch)`` (chosen after the advantages), NaN elsewhere, from the raw logits
   of those positions only through ``part.proxy_logprobs(logits, targets, T_s)``.
@@ -21,6 +23,7 @@ its training forward does).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -30,12 +33,13 @@ import torch
 from torch import Tensor
 
 from anypo.advantages.dcpo import tempered_key  # the extras keys are the declaring parts' contracts
+from anypo.losses.mdpo import OLD_FULL_LOGPROBS
 from anypo.losses.rover import OLD_MEAN_LOGPROBS
 from anypo.ops import linear_logprobs, logprobs_from_logits
 from anypo.policy import _padded_response_logits, micro_batches, response_hidden
 from anypo.types import RolloutBatch
 
-__all__ = ["OldPassRequest", "behaviour_pass", "fill_proxies", "old_pass_request", "proxy_pass"]
+__all__ = ["OldPassRequest", "StepAnchor", "behaviour_pass", "fill_proxies", "old_pass_request", "proxy_pass"]
 
 
 @dataclass(frozen=True)
@@ -181,3 +185,31 @@ def fill_proxies(
         if getattr(part, "needs_old_proxy_logprobs", False):
             proxy = partial(part.proxy_logprobs, temperature=temperature)
             batch.extras[part.proxy_key] = proxy_pass(model, batch, micro, pack, part.proxy_positions(batch), proxy)
+
+
+class StepAnchor:
+    """The policy as it was when the step's update began (MDPO's ``pi_k``), for a part that declares
+    ``needs_old_full_logprobs``: a frozen copy of the model, re-synced from the policy's weights at the
+    start of every update, run per micro-batch so that only that micro-batch's [n, V] distributions
+    exist (the training forward of such a part holds its [n, V] logits anyway). One model's worth of
+    memory; nothing to checkpoint (it is the policy's weights at every step start).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def sync(self, model: torch.nn.Module) -> None:
+        """Copy the policy's current weights (the step start) into the anchor."""
+        self.model.load_state_dict(model.state_dict())
+
+    @torch.no_grad()
+    def fill(self, micro: RolloutBatch, temperature: float, pack: bool) -> None:
+        """``micro.extras["old_full_logprobs"]`` [Nm, Tm, V]: the anchor's log-softmax of its
+        temperature-scaled logits at every response position of ``micro`` (0 on padding)."""
+        mask = micro.response_mask.bool()
+        packed = response_hidden(self.model, micro) if pack else None
+        z = (_padded_response_logits(self.model, micro)[mask] if packed is None else packed[1](packed[0])).float()
+        full = z.new_zeros(*mask.shape, z.shape[-1])
+        full[mask] = torch.log_softmax(z / temperature, dim=-1)
+        micro.extras[OLD_FULL_LOGPROBS] = full
