@@ -116,6 +116,7 @@ class Context:
         self._errors_seen = 0
         self._warned_reward_errors = False
         self.mid_update = False  # True while the weights change (the scaffold resets it once a step is logged)
+        self.current_step = 0  # the step being trained
         return self
 
     def _sample_for(self, index: int, text: str, num_tokens: int, truncated: bool):
@@ -147,7 +148,8 @@ class Context:
         # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
         t2 = time.perf_counter()
         self.mid_update = True  # the weights change from here until the scaffold has logged the step
-        m.update(self.update(batch, step))
+        self.current_step = step  # seeds the per-mini-batch random choices (prepare_minibatch)
+        m.update(self.update(batch))
         if m["train/optimizer_steps"] > 0:
             self.engine.load_weights(self.model.state_dict())
         t_train = time.perf_counter() - t2
@@ -260,7 +262,7 @@ class Context:
             )
 
     # ---- update ----
-    def update(self, batch: RolloutBatch, step: int = 0) -> dict[str, float]:
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
         """``ppo_epochs`` passes over the batch, each one optimizer step per mini-batch of whole groups.
 
         A pass splits a seeded permutation of the batch's groups into mini-batches of
@@ -290,7 +292,7 @@ class Context:
                     num_seqs=float(mini.num_seqs),
                     norm_length=float(self.cfg.sampling.max_new_tokens),
                 )
-                self.prepare(mini, (self.cfg.seed * 1_000_003 + step) * 1_009 + index, fresh)
+                self.prepare(mini, (self.cfg.seed * 1_000_003 + self.current_step) * 1_009 + index, fresh)
                 index += 1
                 metrics = self._minibatch_step(mini, reductions)
                 if metrics is None:
