@@ -8,10 +8,10 @@ from anypo.losses import preference  # noqa: F401  (registers the preference_los
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.cov import ClipCov, KLCov, clip_cov, kl_cov
 from anypo.losses.dhpo import DHPO, dhpo
-from anypo.losses.mdpo import MDPOLM, mdpo_lm
 from anypo.losses.dppo import DPPO, dppo
 from anypo.losses.drpo import DRPO, drpo
 from anypo.losses.gmpo import GMPO, gmpo
+from anypo.losses.mdpo import MDPOLM, mdpo_lm
 from anypo.losses.rec import OPMD, REC, AsymRE, asymre, opmd, rec
 from anypo.losses.reg_grpo import RegGRPO, reg_grpo
 from anypo.losses.rover import ROVER, rover
