@@ -201,7 +201,7 @@ def check_pref_config(cfg: PrefTrainConfig) -> None:
 
 def pref_config_problems(cfg: PrefTrainConfig) -> list[str]:
     """Every problem of ``cfg``, one message each naming the option and the fix (empty when valid)."""
-    from anypo.validate import LR_SCHEDULES, PRECISIONS, _at_least, _model_problems, _sampling_problems
+    from anypo.validate import _at_least, _model_problems, _sampling_problems, scaffold_problems
 
     out: list[str] = []
     if not cfg.lr > 0:
@@ -228,16 +228,7 @@ def pref_config_problems(cfg: PrefTrainConfig) -> list[str]:
         out += _at_least(cfg, path, low, what)
     if not cfg.max_grad_norm > 0:
         out.append(f"--max-grad-norm is {cfg.max_grad_norm}: it must be > 0 (e.g. --max-grad-norm 1.0; inf for none)")
-    if not cfg.budget_seconds >= 0:
-        out.append(f"--budget-seconds is {cfg.budget_seconds}: the time budget must be >= 0 (0 = none)")
-    if cfg.precision not in PRECISIONS:
-        out.append(f"--precision is {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        out.append(f"--lr-schedule is {cfg.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
-    if not cfg.weight_decay >= 0:
-        out.append(f"--weight-decay is {cfg.weight_decay}: it must be >= 0 (e.g. --weight-decay 0.0)")
-    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
-        out.append(f"--betas is {tuple(cfg.betas)}: give two numbers in [0, 1) (e.g. --betas 0.9 0.999)")
+    out += scaffold_problems(cfg)
     try:
         registry.registry("preference_loss").name_of(cfg.algo.loss)
     except KeyError:
@@ -255,30 +246,20 @@ def pref_config_problems(cfg: PrefTrainConfig) -> list[str]:
 def _data_problems(data: PreferenceDataConfig) -> list[str]:
     from anypo.tasks.data import looks_like_path
     from anypo.tasks.preference_data import BUILTIN_PAIRS
-    from anypo.validate import _dataset_path_problems
+    from anypo.validate import dataset_file_problems, dataset_split_problems
 
     out: list[str] = []
     if data.name in BUILTIN_PAIRS:
         if data.digits is not None and data.digits < 1:
             out.append(f"--data.digits is {data.digits}: operands need >= 1 digit (or None for the default, 2)")
-    elif data.name == "file":
-        if not data.path:
-            out.append("--data.name is 'file' but --data.path is not set: give the dataset file or directory")
-        else:
-            out += _dataset_path_problems(data.path, "data.path")
-    elif looks_like_path(data.name):
-        out += _dataset_path_problems(data.name, "data.name")
+    elif data.name == "file" or looks_like_path(data.name):
+        out += dataset_file_problems(data, "data")
     else:
         out.append(
             f"--data.name is {data.name!r}: give a built-in set ({', '.join(BUILTIN_PAIRS)}), 'file' with "
             "--data.path, or a dataset path (.jsonl, .json, .parquet or a saved dataset directory)"
         )
-    if data.heldout_path:
-        out += _dataset_path_problems(data.heldout_path, "data.heldout_path")
-    if data.num_heldout < 0:
-        out.append(f"--data.num-heldout is {data.num_heldout}: it must be >= 0")
-    if data.num_train is not None and data.num_train < 1:
-        out.append(f"--data.num-train is {data.num_train}: it must be >= 1 (or None for all)")
+    out += dataset_split_problems(data, "data", "all")
     return out
 
 

@@ -119,6 +119,13 @@ def _run_problems(cfg: Any) -> list[str]:
     out += _at_least(cfg, "max_bad_updates", 1, "the non-finite updates tolerated in a row")
     out += _at_least(cfg, "log_samples", 0, "the completions logged per step")
     out += _at_least(cfg, "budget_tokens", 0, "the token budget (0 = none)")
+    out += scaffold_problems(cfg)
+    return out
+
+
+def scaffold_problems(cfg: Any) -> list[str]:
+    """Problems of the run-scaffold fields both loops share (time budget, precision, optimizer settings)."""
+    out: list[str] = []
     if not cfg.budget_seconds >= 0:
         out.append(f"--budget-seconds is {cfg.budget_seconds}: the time budget must be >= 0 (0 = none)")
     if cfg.precision not in PRECISIONS:
@@ -292,13 +299,8 @@ def _task_problems(task: Any) -> list[str]:
                 close = difflib.get_close_matches(generator, names, n=3)
                 hint = f" (did you mean {', '.join('rg:' + c for c in close)}?)" if close else ""
                 out.append(f"--task.name is {name!r}: reasoning-gym has no generator {generator!r}{hint}")
-    elif name == "file":
-        if not task.path:
-            out.append("--task.name is 'file' but --task.path is not set: give the dataset file or directory")
-        else:
-            out += _dataset_path_problems(task.path, "task.path")
-    elif looks_like_path(name):
-        out += _dataset_path_problems(name, "task.name")
+    elif name == "file" or looks_like_path(name):
+        out += dataset_file_problems(task, "task")
     else:
         close = difflib.get_close_matches(name, task_names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -306,12 +308,31 @@ def _task_problems(task: Any) -> list[str]:
             f"--task.name is {name!r}: no such task.{hint} Known: {', '.join(task_names())}, "
             "rg:<generator>, or a dataset path (.jsonl, .json, .parquet or a saved dataset directory)"
         )
-    if task.heldout_path:
-        out += _dataset_path_problems(task.heldout_path, "task.heldout_path")
-    if task.num_heldout < 0:
-        out.append(f"--task.num-heldout is {task.num_heldout}: it must be >= 0")
-    if task.num_train is not None and task.num_train < 1:
-        out.append(f"--task.num-train is {task.num_train}: it must be >= 1 (or None for the task's default)")
+    out += dataset_split_problems(task, "task", "the task's default")
+    return out
+
+
+def dataset_file_problems(source: Any, section: str) -> list[str]:
+    """Problems of a data source read from a file: ``name`` 'file' with ``path``, or ``name`` a dataset path.
+
+    ``source`` is a task or preference-data config; ``section`` its option prefix ('task', 'data').
+    """
+    if source.name != "file":
+        return _dataset_path_problems(source.name, f"{section}.name")
+    if not source.path:
+        return [f"--{section}.name is 'file' but --{section}.path is not set: give the dataset file or directory"]
+    return _dataset_path_problems(source.path, f"{section}.path")
+
+
+def dataset_split_problems(source: Any, section: str, all_train: str) -> list[str]:
+    """Problems of a data source's held-out file and split sizes; ``all_train`` says what None trains on."""
+    out: list[str] = []
+    if source.heldout_path:
+        out += _dataset_path_problems(source.heldout_path, f"{section}.heldout_path")
+    if source.num_heldout < 0:
+        out.append(f"--{section}.num-heldout is {source.num_heldout}: it must be >= 0")
+    if source.num_train is not None and source.num_train < 1:
+        out.append(f"--{section}.num-train is {source.num_train}: it must be >= 1 (or None for {all_train})")
     return out
 
 
