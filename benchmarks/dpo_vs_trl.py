@@ -44,23 +44,34 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the W1 benchmark's worker protocol and machine probes are shared
+sys.path.insert(0, str(HERE))  # the driver pieces shared with grpo_vs_trl
 
-from grpo_vs_trl import Protocol, cpu_s, machine_busy_s, peak_rss_gb, read_command  # noqa: E402
-
-BENCH_PYTHON = HERE / ".venv-bench" / "bin" / "python"
-LIBS = ("anypo", "trl")
+from _driver import (  # noqa: E402
+    LIBS,
+    Protocol,
+    Quit,
+    Worker,
+    add_process_args,
+    alternate_steps,
+    cpu_s,
+    cpu_shares,
+    fmt,
+    peak_rss_gb,
+    phase_medians,
+    prepare_driver,
+    print_phase_table,
+    read_command,
+    versions,
+    warn_foreign_cpu,
+)
 
 # ---- W2: the workload, shared by both workers ----
 W2 = {
@@ -121,16 +132,7 @@ def visit_order(n: int, seed: int) -> list[int]:
     return PairOrder(n, seed, 1).peek(0, n)
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for p in ("torch", "transformers", "trl", "accelerate", "datasets", "anypo"):
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = "not installed"
-    return out
+VERSIONS = ("torch", "transformers", "trl", "accelerate", "datasets", "anypo")  # reported by each worker
 
 
 # ---- workers ----
@@ -179,7 +181,7 @@ def anypo_worker(args: argparse.Namespace, proto: Protocol) -> None:
         lib="anypo",
         load_s=time.perf_counter() - t0,
         reference_s=loop.reference_seconds,
-        versions=versions(),
+        versions=versions(VERSIONS),
         settings={
             "micro_batch_size": cfg.micro_batch_size,
             "pairs_per_step": cfg.pairs_per_step,
@@ -306,7 +308,7 @@ def trl_worker(args: argparse.Namespace, proto: Protocol) -> None:
         def on_step_begin(self, a, state, control, **kw):
             self.flush()
             if read_command() != "step":
-                raise _Quit
+                raise Quit
             T.update(forward=0.0, backward=0.0, losses=[], opt_start=None)
             T["metrics_at"] = {k: len(v) for k, v in trainer._metrics["train"].items()}
             T["start"], T["cpu_start"] = time.perf_counter(), cpu_s()
@@ -349,7 +351,7 @@ def trl_worker(args: argparse.Namespace, proto: Protocol) -> None:
                     lib="trl",
                     load_s=time.perf_counter() - t0,
                     reference_s=precompute["s"],
-                    versions=versions(),
+                    versions=versions(VERSIONS),
                     settings=settings,
                 )
 
@@ -421,12 +423,8 @@ def trl_worker(args: argparse.Namespace, proto: Protocol) -> None:
         "model_dtype": str(trainer.model.dtype),
         "tokens_checked_pairs": len(pairs),
     }
-    with contextlib.suppress(_Quit):  # the driver's quit, raised between two steps
+    with contextlib.suppress(Quit):  # the driver's quit, raised between two steps
         trainer.train()
-
-
-class _Quit(Exception):
-    """The driver said quit: leave trainer.train() between two steps."""
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -436,56 +434,14 @@ def worker_main(args: argparse.Namespace) -> None:
 
 
 # ---- driver ----
-class Worker:
-    def __init__(self, lib: str, python: str, args: argparse.Namespace, data: Path, log: Path, tmp: Path):
-        env = dict(os.environ)
-        threads = str(W2["threads"])
-        env.update(
-            OMP_NUM_THREADS=threads,
-            MKL_NUM_THREADS=threads,
-            TOKENIZERS_PARALLELISM="false",
-            HF_HUB_OFFLINE="1",
-            HF_DATASETS_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            TQDM_DISABLE="1",
-            PYTHONUNBUFFERED="1",
-        )
-        cmd = [python, str(Path(__file__).resolve()), "--worker", lib, "--data", str(data)]
-        cmd += ["--pairs-per-step", str(args.pairs_per_step), "--micro-batch-size", str(args.micro_batch_size)]
-        cmd += ["--total-steps", str(args.warmup + args.steps), "--seed", str(args.seed), "--tmp", str(tmp / lib)]
-        cmd += ["--trl-bf16"] if args.trl_bf16 else []
-        cmd += ["--bf16"] if args.bf16 else []
-        cmd += ["--anypo-no-onednn"] if args.anypo_no_onednn else []
-        self.lib, self.log = lib, log
-        self.log_file = open(log, "w")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log_file, text=True, env=env
-        )
-
-    def read(self, kind: str) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            tail = "".join(self.log.read_text().splitlines(keepends=True)[-30:])
-            raise RuntimeError(f"{self.lib} worker exited (code {self.proc.returncode}); {self.log}:\n{tail}")
-        msg = json.loads(line)
-        if msg.get("kind") != kind:
-            raise RuntimeError(f"{self.lib} worker sent {msg.get('kind')!r}, expected {kind!r}")
-        return msg
-
-    def send(self, cmd: str) -> None:
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-
-    def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.send("quit")
-                self.proc.wait(timeout=300)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        self.log_file.close()
+def start_worker(lib: str, python: str, args: argparse.Namespace, data: Path, log: Path, tmp: Path) -> Worker:
+    cmd = [python, str(Path(__file__).resolve()), "--worker", lib, "--data", str(data)]
+    cmd += ["--pairs-per-step", str(args.pairs_per_step), "--micro-batch-size", str(args.micro_batch_size)]
+    cmd += ["--total-steps", str(args.warmup + args.steps), "--seed", str(args.seed), "--tmp", str(tmp / lib)]
+    cmd += ["--trl-bf16"] if args.trl_bf16 else []
+    cmd += ["--bf16"] if args.bf16 else []
+    cmd += ["--anypo-no-onednn"] if args.anypo_no_onednn else []
+    return Worker(lib, cmd, W2["threads"], log, close_timeout=300, extra_env={"TQDM_DISABLE": "1"})
 
 
 def run(args: argparse.Namespace, python: str, log_dir: Path) -> dict:
@@ -493,7 +449,9 @@ def run(args: argparse.Namespace, python: str, log_dir: Path) -> dict:
     data = Path(tmp.name) / "w2_pairs.jsonl"
     n = args.pairs_per_step * (args.warmup + args.steps)
     write_pairs(data, make_pairs(n, args.seed, W2["numbers_per_prompt"]))
-    workers = {lib: Worker(lib, python, args, data, log_dir / f"dpo_vs_trl.{lib}.log", Path(tmp.name)) for lib in LIBS}
+    workers = {
+        lib: start_worker(lib, python, args, data, log_dir / f"dpo_vs_trl.{lib}.log", Path(tmp.name)) for lib in LIBS
+    }
     try:
         ready = {lib: w.read("ready") for lib, w in workers.items()}
         for lib, r in ready.items():
@@ -502,23 +460,16 @@ def run(args: argparse.Namespace, python: str, log_dir: Path) -> dict:
                 f"{json.dumps(r['settings'])}",
                 flush=True,
             )
-        records = []
-        for i in range(args.warmup + args.steps):
-            warm = i < args.warmup
-            for lib in LIBS:
-                busy = machine_busy_s()
-                workers[lib].send("step")
-                rec = workers[lib].read("step")
-                rec |= {"warmup": warm}
-                if busy is not None:  # CPU time of other processes while the worker ran its step
-                    rec["foreign_cpu_s"] = max(machine_busy_s() - busy - rec["cpu_s"], 0.0)
-                rec["other_s"] = rec["step_s"] - sum(rec[k] or 0.0 for k, _ in PHASES[:3])
-                records.append(rec)
-                print(
-                    f"  {lib:>5} step {rec['step']}{' (warm-up)' if warm else ''}: {rec['step_s']:.2f} s, "
-                    f"loss {rec['loss']:.6f}, logps chosen {rec['logps_chosen']:.4f} rejected {rec['logps_rejected']:.4f}",
-                    flush=True,
-                )
+        records = alternate_steps(
+            workers,
+            args,
+            [k for k, _ in PHASES[:3]],
+            {},
+            lambda rec, warm: (
+                f"  {rec['lib']:>5} step {rec['step']}{' (warm-up)' if warm else ''}: {rec['step_s']:.2f} s, "
+                f"loss {rec['loss']:.6f}, logps chosen {rec['logps_chosen']:.4f} rejected {rec['logps_rejected']:.4f}"
+            ),
+        )
     finally:
         for w in workers.values():
             w.close()
@@ -530,14 +481,9 @@ def summarize(result: dict) -> dict:
     out: dict = {}
     for lib in LIBS:
         recs = [r for r in result["records"] if r["lib"] == lib and not r["warmup"]]
-        s: dict = {"steps": len(recs)}
-        for key, _ in PHASES:
-            vals = [r[key] for r in recs if r.get(key) is not None]
-            s[key] = statistics.median(vals) if vals and len(vals) == len(recs) else None
+        s = phase_medians(recs, PHASES)
         s["peak_rss_gb"] = max(r["peak_rss_gb"] for r in result["records"] if r["lib"] == lib)
-        s["cpu_per_wall"] = statistics.median(r["cpu_s"] / r["step_s"] for r in recs)
-        foreign = [r["foreign_cpu_s"] for r in recs if "foreign_cpu_s" in r]
-        s["foreign_cpu_share"] = sum(foreign) / sum(r["step_s"] for r in recs) if foreign else None
+        s |= cpu_shares(recs)
         s["reference_s"] = result["ready"][lib]["reference_s"]
         out[lib] = s
     by_step = {}
@@ -554,17 +500,10 @@ def summarize(result: dict) -> dict:
     return out
 
 
-def fmt(x, spec: str = ".2f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def report(result: dict, s: dict, args: argparse.Namespace) -> None:
     a, t = s["anypo"], s["trl"]
     print(f"\nW2: median over {a['steps']} measured steps (after {args.warmup} warm-up), seconds")
-    print(f"{'phase':<30}{'anypo':>10}{'trl':>10}{'anypo/trl':>11}")
-    for key, label in PHASES:
-        ratio = a[key] / t[key] if a[key] is not None and t[key] else None
-        print(f"{label:<30}{fmt(a[key]):>10}{fmt(t[key]):>10}{fmt(ratio):>11}")
+    print_phase_table(a, t, PHASES)
     print(f"{'reference precompute (once)':<30}{fmt(a['reference_s']):>10}{fmt(t['reference_s']):>10}")
     print(f"{'peak RSS (GB)':<30}{a['peak_rss_gb']:>10.2f}{t['peak_rss_gb']:>10.2f}{s['rss_ratio']:>11.2f}")
     print(f"{'worker CPU s per wall s':<30}{a['cpu_per_wall']:>10.2f}{t['cpu_per_wall']:>10.2f}")
@@ -590,21 +529,13 @@ def report(result: dict, s: dict, args: argparse.Namespace) -> None:
         f"largest difference: loss {fmt(d['loss'], '.2e')}, logps chosen {fmt(d['logps_chosen'], '.2e')}, "
         f"logps rejected {fmt(d['logps_rejected'], '.2e')} (float32; log-probs of ~60 tokens)"
     )
-    for lib in LIBS:
-        share = s[lib]["foreign_cpu_share"]
-        if share is not None and share > 0.1:
-            print(
-                f"WARNING: other processes used {share:.2f} CPU-s per second of {lib}'s steps: the machine was "
-                "not idle, timings are inflated"
-            )
+    warn_foreign_cpu(s)
     if not math.isfinite(s["ratio"]):
         print("WARNING: a step time is missing")
 
 
 def driver(args: argparse.Namespace) -> None:
-    python = args.python or (str(BENCH_PYTHON) if BENCH_PYTHON.exists() else sys.executable)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    python, out = prepare_driver(args)
     print(
         f"W2: DPO, {args.pairs_per_step} pairs per step in micro-batches of {args.micro_batch_size}, reference "
         f"log-probs precomputed in both; {args.warmup} warm-up + {args.steps} measured steps per library, "
@@ -648,11 +579,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke test: 16 pairs per step, 1 warm-up + 1 step")
     ap.add_argument("--seed", type=int, default=0, help="the pairs, anypo's pair order (which TRL reads too)")
     ap.add_argument("--out", default=str(HERE / "results" / "dpo_vs_trl.json"), help="raw step records (JSON)")
-    ap.add_argument("--python", default=None, help="python of the workers (default: benchmarks/.venv-bench)")
-    ap.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
+    add_process_args(ap)
     ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--total-steps", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         args.tmp = args.tmp or tempfile.mkdtemp(prefix=f"dpo-vs-trl-{args.worker}-")

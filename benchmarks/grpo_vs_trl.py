@@ -27,19 +27,33 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCH_PYTHON = HERE / ".venv-bench" / "bin" / "python"
-LIBS = ("anypo", "trl")
+sys.path.insert(0, str(HERE))  # the driver pieces shared with dpo_vs_trl
+
+from _driver import (  # noqa: E402
+    LIBS,
+    Protocol,
+    Quit,
+    Worker,
+    add_process_args,
+    alternate_steps,
+    cpu_s,
+    cpu_shares,
+    fmt,
+    peak_rss_gb,
+    phase_medians,
+    prepare_driver,
+    print_phase_table,
+    read_command,
+    versions,
+    warn_foreign_cpu,
+)
 
 # ---- W1: the workload, shared by both workers ----
 W1 = {
@@ -79,26 +93,6 @@ ANYPO_KEYS = {  # record key -> anypo metric of Context.step
     "backward_s": "time/backward_s",
     "optimizer_s": "time/optimizer_s",
 }
-
-
-def cpu_s() -> float:
-    """User + system CPU seconds of this process so far (all threads)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def machine_busy_s() -> float | None:
-    """Busy CPU seconds of the whole machine so far, all cores (Linux /proc/stat); None elsewhere."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
 
 
 def w1_algo(kl: float):
@@ -171,34 +165,7 @@ def group_means(rewards: list[float], group: int) -> list[float]:
 
 
 # ---- workers ----
-class Protocol:
-    """JSON lines to the driver on the process's original stdout; everything else printed goes to stderr."""
-
-    def __init__(self) -> None:
-        sys.stdout.flush()
-        self.out = os.fdopen(os.dup(1), "w", buffering=1)
-        os.dup2(2, 1)  # libraries' prints and progress bars land in the worker's log, not in the protocol
-
-    def send(self, kind: str, **payload) -> None:
-        self.out.write(json.dumps({"kind": kind, **payload}) + "\n")
-        self.out.flush()
-
-
-def read_command() -> str:
-    line = sys.stdin.readline()
-    return line.strip() if line else "quit"
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for p in ("torch", "transformers", "trl", "accelerate", "anypo"):
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = "not installed"
-    return out
+VERSIONS = ("torch", "transformers", "trl", "accelerate", "anypo")  # reported by each worker
 
 
 def anypo_worker(args: argparse.Namespace, proto: Protocol) -> None:
@@ -230,7 +197,7 @@ def anypo_worker(args: argparse.Namespace, proto: Protocol) -> None:
         "ready",
         lib="anypo",
         load_s=time.perf_counter() - t0,
-        versions=versions(),
+        versions=versions(VERSIONS),
         settings={
             "algo": repr(cfg.algo),
             "micro_batch_size": cfg.micro_batch_size,
@@ -381,7 +348,7 @@ def trl_worker(args: argparse.Namespace, proto: Protocol) -> None:
         def on_step_begin(self, a, state, control, **kw):
             self.flush()
             if read_command() != "step":
-                raise _Quit
+                raise Quit
             T.reset()
             T.start, T.cpu_start = time.perf_counter(), cpu_s()
 
@@ -417,7 +384,9 @@ def trl_worker(args: argparse.Namespace, proto: Protocol) -> None:
                 proto.send("step", lib="trl", step=self.pending.pop("global_step"), **self.pending)
                 self.pending = None
             elif T.start is None:
-                proto.send("ready", lib="trl", load_s=time.perf_counter() - t0, versions=versions(), settings=settings)
+                proto.send(
+                    "ready", lib="trl", load_s=time.perf_counter() - t0, versions=versions(VERSIONS), settings=settings
+                )
 
     trainer = GRPOTrainer(
         model=str(models.embedded_dir()),
@@ -501,12 +470,8 @@ def trl_worker(args: argparse.Namespace, proto: Protocol) -> None:
         "reference": trainer.ref_model is not None,
         "eos_token_ids": trainer.eos_token_ids,
     }
-    with contextlib.suppress(_Quit):  # the driver's quit, raised between two steps
+    with contextlib.suppress(Quit):  # the driver's quit, raised between two steps
         trainer.train()
-
-
-class _Quit(Exception):
-    """The driver said quit: leave trainer.train() between two steps."""
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -523,86 +488,38 @@ def micro_batch_size(args: argparse.Namespace, lib: str) -> int:
     return trl if lib == "trl" and trl else args.micro_batch_size
 
 
-class Worker:
-    def __init__(self, lib: str, python: str, args: argparse.Namespace, kl: float, log: Path, tmp: Path):
-        env = dict(os.environ)
-        threads = str(W1["threads"])
-        env.update(
-            OMP_NUM_THREADS=threads,
-            MKL_NUM_THREADS=threads,
-            TOKENIZERS_PARALLELISM="false",
-            HF_HUB_OFFLINE="1",
-            HF_DATASETS_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            PYTHONUNBUFFERED="1",
-        )
-        cmd = [python, str(Path(__file__).resolve()), "--worker", lib, "--kl", str(kl)]
-        cmd += ["--max-new-tokens", str(args.max_new_tokens), "--total-steps", str(args.warmup + args.steps)]
-        cmd += ["--seed", str(args.seed), "--micro-batch-size", str(micro_batch_size(args, lib))]
-        cmd += ["--trl-bf16"] if args.trl_bf16 else []
-        cmd += ["--bf16"] if args.bf16 else []
-        cmd += ["--anypo-no-onednn"] if args.anypo_no_onednn else []
-        cmd += ["--tmp", str(tmp / lib)]
-        self.lib, self.log = lib, log
-        self.log_file = open(log, "w")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log_file, text=True, env=env
-        )
-
-    def read(self, kind: str) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            tail = "".join(self.log.read_text().splitlines(keepends=True)[-30:])
-            raise RuntimeError(f"{self.lib} worker exited (code {self.proc.returncode}); {self.log}:\n{tail}")
-        msg = json.loads(line)
-        if msg.get("kind") != kind:
-            raise RuntimeError(f"{self.lib} worker sent {msg.get('kind')!r}, expected {kind!r}")
-        return msg
-
-    def send(self, cmd: str) -> None:
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-
-    def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.send("quit")
-                self.proc.wait(timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        self.log_file.close()
+def start_worker(lib: str, python: str, args: argparse.Namespace, kl: float, log: Path, tmp: Path) -> Worker:
+    cmd = [python, str(Path(__file__).resolve()), "--worker", lib, "--kl", str(kl)]
+    cmd += ["--max-new-tokens", str(args.max_new_tokens), "--total-steps", str(args.warmup + args.steps)]
+    cmd += ["--seed", str(args.seed), "--micro-batch-size", str(micro_batch_size(args, lib))]
+    cmd += ["--trl-bf16"] if args.trl_bf16 else []
+    cmd += ["--bf16"] if args.bf16 else []
+    cmd += ["--anypo-no-onednn"] if args.anypo_no_onednn else []
+    cmd += ["--tmp", str(tmp / lib)]
+    return Worker(lib, cmd, W1["threads"], log, close_timeout=120)
 
 
 def run_variant(kl: float, args: argparse.Namespace, python: str, log_dir: Path) -> dict:
     tmp = tempfile.TemporaryDirectory(prefix="grpo-vs-trl-")
     workers = {
-        lib: Worker(lib, python, args, kl, log_dir / f"grpo_vs_trl.{lib}.kl{kl:g}.log", Path(tmp.name)) for lib in LIBS
+        lib: start_worker(lib, python, args, kl, log_dir / f"grpo_vs_trl.{lib}.kl{kl:g}.log", Path(tmp.name))
+        for lib in LIBS
     }
     try:
         ready = {lib: w.read("ready") for lib, w in workers.items()}
         for lib, r in ready.items():
             shown = {k: v for k, v in r["settings"].items() if k != "algo"}
             print(f"  {lib} ready after {r['load_s']:.1f} s: {json.dumps(shown)}", flush=True)
-        records = []
-        for i in range(args.warmup + args.steps):
-            warm = i < args.warmup
-            for lib in LIBS:
-                busy = machine_busy_s()
-                workers[lib].send("step")
-                rec = workers[lib].read("step")
-                rec |= {"warmup": warm, "kl": kl}
-                if busy is not None:  # CPU time of other processes while the worker ran its step
-                    rec["foreign_cpu_s"] = max(machine_busy_s() - busy - rec["cpu_s"], 0.0)
-                phases = sum(rec[k] or 0.0 for k, _ in PHASES[:5])
-                rec["other_s"] = rec["step_s"] - phases
-                records.append(rec)
-                print(
-                    f"  kl {kl:g} {lib:>5} step {rec['step']}{' (warm-up)' if warm else ''}: "
-                    f"{rec['step_s']:.2f} s, {rec['completion_tokens']} tokens, reward {rec['reward_mean']:.3f}",
-                    flush=True,
-                )
+        records = alternate_steps(
+            workers,
+            args,
+            [k for k, _ in PHASES[:5]],
+            {"kl": kl},
+            lambda rec, warm: (
+                f"  kl {kl:g} {rec['lib']:>5} step {rec['step']}{' (warm-up)' if warm else ''}: "
+                f"{rec['step_s']:.2f} s, {rec['completion_tokens']} tokens, reward {rec['reward_mean']:.3f}"
+            ),
+        )
     finally:
         for w in workers.values():
             w.close()
@@ -614,10 +531,7 @@ def summarize(variant: dict) -> dict:
     out: dict = {}
     for lib in LIBS:
         recs = [r for r in variant["records"] if r["lib"] == lib and not r["warmup"]]
-        s: dict = {"steps": len(recs)}
-        for key, _ in PHASES:
-            vals = [r[key] for r in recs if r.get(key) is not None]
-            s[key] = statistics.median(vals) if len(vals) == len(recs) and vals else None
+        s = phase_medians(recs, PHASES)
         tokens = sum(r["completion_tokens"] for r in recs)
         s["completion_tokens_median"] = statistics.median(r["completion_tokens"] for r in recs)
         s["tokens_per_s"] = tokens / sum(r["step_s"] for r in recs)
@@ -625,9 +539,7 @@ def summarize(variant: dict) -> dict:
             tokens / sum(r["generate_s"] for r in recs) if all(r.get("generate_s") for r in recs) else None
         )
         s["peak_rss_gb"] = max(r["peak_rss_gb"] for r in recs)
-        s["cpu_per_wall"] = statistics.median(r["cpu_s"] / r["step_s"] for r in recs)
-        foreign = [r["foreign_cpu_s"] for r in recs if "foreign_cpu_s" in r]
-        s["foreign_cpu_share"] = sum(foreign) / sum(r["step_s"] for r in recs) if foreign else None
+        s |= cpu_shares(recs)
         groups = [g for r in recs for g in r["group_rewards"]]
         s["reward_mean"] = statistics.fmean(groups)
         s["reward_se"] = statistics.stdev(groups) / math.sqrt(len(groups)) if len(groups) > 1 else float("nan")
@@ -647,17 +559,10 @@ def summarize(variant: dict) -> dict:
     return out
 
 
-def fmt(x, spec: str = ".2f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def report(variant: dict, s: dict) -> None:
     a, t = s["anypo"], s["trl"]
     print(f"\nW1, KL {variant['kl']:g}: median over {a['steps']} measured steps (after warm-up), seconds")
-    print(f"{'phase':<30}{'anypo':>10}{'trl':>10}{'anypo/trl':>11}")
-    for key, label in PHASES:
-        ratio = a[key] / t[key] if a[key] is not None and t[key] else None
-        print(f"{label:<30}{fmt(a[key]):>10}{fmt(t[key]):>10}{fmt(ratio):>11}")
+    print_phase_table(a, t, PHASES)
     print(
         f"{'completion tokens / step':<30}{fmt(a['completion_tokens_median'], '.0f'):>10}"
         f"{fmt(t['completion_tokens_median'], '.0f'):>10}"
@@ -686,13 +591,7 @@ def report(variant: dict, s: dict) -> None:
         f"worker CPU s per wall s (median): anypo {a['cpu_per_wall']:.2f}, trl {t['cpu_per_wall']:.2f} "
         f"({W1['threads']} threads each)"
     )
-    for lib in LIBS:
-        share = s[lib]["foreign_cpu_share"]
-        if share is not None and share > 0.1:
-            print(
-                f"WARNING: other processes used {share:.2f} CPU-s per second of {lib}'s steps: the machine was "
-                "not idle, timings are inflated"
-            )
+    warn_foreign_cpu(s)
     for lib in LIBS:
         if s[lib]["missing_metrics"]:
             print(f"WARNING: {lib} did not report {', '.join(s[lib]['missing_metrics'])}")
@@ -700,9 +599,7 @@ def report(variant: dict, s: dict) -> None:
 
 
 def driver(args: argparse.Namespace) -> None:
-    python = args.python or (str(BENCH_PYTHON) if BENCH_PYTHON.exists() else sys.executable)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    python, out = prepare_driver(args)
     print(
         f"W1: {W1['prompts_per_step']} prompts x {W1['samples_per_prompt']} samples, <= {args.max_new_tokens} new "
         f"tokens, micro-batches of {micro_batch_size(args, 'anypo')} (anypo) and {micro_batch_size(args, 'trl')} "
@@ -772,10 +669,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 warm-up + 1 step, 16 new tokens")
     ap.add_argument("--seed", type=int, default=0, help="anypo's seed and the prompt order of both")
     ap.add_argument("--out", default=str(HERE / "results" / "grpo_vs_trl.json"), help="raw step records (JSON)")
-    ap.add_argument("--python", default=None, help="python of the workers (default: benchmarks/.venv-bench)")
-    ap.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
-    ap.add_argument("--total-steps", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
+    add_process_args(ap)
     args = ap.parse_args()
     if args.worker:
         worker_main(args)
