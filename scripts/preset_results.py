@@ -213,15 +213,16 @@ def plot(results: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, rows in sorted(results.items()):
+    for i, (name, rows) in enumerate(sorted(results.items())):
         pts = [(r["step"], r["reward/mean"]) for r in rows if "reward/mean" in r]
         # 5-step moving average: 4 x 8 samples per step are noisy
         ys = [sum(y for _, y in pts[max(0, i - 4) : i + 1]) / len(pts[max(0, i - 4) : i + 1]) for i in range(len(pts))]
-        ax.plot([p[0] for p in pts], ys, label=name)
+        # 10 colours, then the next line style: no two presets share colour and style
+        ax.plot([p[0] for p in pts], ys, label=name, color=f"C{i % 10}", linestyle=["-", "--", ":"][i // 10 % 3])
     ax.set_xlabel("step")
     ax.set_ylabel("reward (5-step moving mean)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(DOCS / "presets_reward.png", dpi=110)
 
