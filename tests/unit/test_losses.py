@@ -342,6 +342,8 @@ def test_gradcheck_every_policy_loss(name, spread):
     fn, Cfg = get("policy_loss", name)
     cfg = Cfg(eps_low=0.2, eps_high=0.2) if name in ("gspo", "luspo") else Cfg()
     lp0 = lp.detach().clone()
+    if cfg.needs_minibatch_prepare:  # Clip-Cov / KL-Cov: the token selection is fixed at lp0, as the loop does
+        cfg.prepare_minibatch(batch, lp0, seed=0)  # once per mini-batch, without gradient
 
     def loss(x: torch.Tensor) -> torch.Tensor:
         if name in STOP_GRADIENT_WEIGHT:
