@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from anypo.advantages import DrGRPOAdvantage
+from anypo.algorithms.rec import trinity_algo
 from anypo.config import AlgoConfig, Preset
 from anypo.losses import AsymRE
-from anypo.rollout.replay import Replay
-from anypo.samplers import UniformConfig
 
 
 def asymre(tau: float = 0.1, sync_interval: int = 20, sync_offset: int = 0) -> AlgoConfig:
@@ -25,15 +23,7 @@ def asymre(tau: float = 0.1, sync_interval: int = 20, sync_offset: int = 0) -> A
         sync_interval: Trinity's ``sync_interval`` (1: on-policy).
         sync_offset: Trinity's ``sync_offset``.
     """
-    return AlgoConfig(
-        advantage=DrGRPOAdvantage(),
-        policy_loss=AsymRE(tau=tau, aggregation="token_mean"),
-        regularizers=(),
-        sampler=UniformConfig(),
-        ppo_epochs=1,
-        minibatch_prompts=None,
-        replay=Replay(sync_interval=sync_interval, sync_offset=sync_offset),
-    )
+    return trinity_algo(AsymRE(tau=tau, aggregation="token_mean"), sync_interval, sync_offset)
 
 
 PRESET = Preset(

@@ -9,6 +9,20 @@ from anypo.rollout.replay import Replay
 from anypo.samplers import UniformConfig
 
 
+def trinity_algo(policy_loss, sync_interval: int, sync_offset: int) -> AlgoConfig:
+    """The setting the REC family shares (Trinity-RFT's examples): ``A = R - mean_g R``, one update per
+    rollout batch, rollouts refreshed every ``sync_interval`` steps; only the loss differs."""
+    return AlgoConfig(
+        advantage=DrGRPOAdvantage(),
+        policy_loss=policy_loss,
+        regularizers=(),
+        sampler=UniformConfig(),
+        ppo_epochs=1,
+        minibatch_prompts=None,
+        replay=Replay(sync_interval=sync_interval, sync_offset=sync_offset),
+    )
+
+
 def rec(sync_interval: int = 20, sync_offset: int = 0) -> AlgoConfig:
     """REC-OneSide-NoIS on rollouts of a policy refreshed every ``sync_interval`` steps.
 
@@ -26,15 +40,8 @@ def rec(sync_interval: int = 20, sync_offset: int = 0) -> AlgoConfig:
         sync_interval: Trinity's ``sync_interval`` (1: on-policy).
         sync_offset: Trinity's ``sync_offset``.
     """
-    return AlgoConfig(
-        advantage=DrGRPOAdvantage(),
-        policy_loss=REC(clip_mode="one_side", weight="none", eps_low=0.2, eps_high=0.2, aggregation="token_mean"),
-        regularizers=(),
-        sampler=UniformConfig(),
-        ppo_epochs=1,
-        minibatch_prompts=None,
-        replay=Replay(sync_interval=sync_interval, sync_offset=sync_offset),
-    )
+    loss = REC(clip_mode="one_side", weight="none", eps_low=0.2, eps_high=0.2, aggregation="token_mean")
+    return trinity_algo(loss, sync_interval, sync_offset)
 
 
 PRESET = Preset(
