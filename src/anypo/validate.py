@@ -181,6 +181,13 @@ def _algo_problems(cfg: Any) -> list[str]:
             f"--samples-per-prompt is 1, but the {' and the '.join(grouped)} {verb} group-relative (compares the "
             "samples of a prompt with each other), so every advantage would be 0: use --samples-per-prompt 2 or more"
         )
+    for p in parts:
+        k = getattr(p, "min_group_size", None)
+        if k is not None and k > G:
+            out.append(
+                f"--samples-per-prompt is {G}, but the {_part_name(p)} needs groups of at least {k} samples: "
+                f"use --samples-per-prompt {k} or more, or lower the part's k"
+            )
     if algo.ppo_epochs >= 1 and (size is None or size >= 1) and B >= 1 and not algo.on_policy(B):
         for p in parts:
             if getattr(p, "requires_on_policy", False):

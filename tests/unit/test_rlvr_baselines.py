@@ -194,11 +194,21 @@ def test_passk_limits():
 
 def test_passk_correctness_and_errors():
     """Correctness comes from extras["correct"] when present (reward 1.1 with a format bonus but
-    wrong is negative); a group smaller than k raises; k < 1 is refused."""
+    wrong is negative); a group smaller than k (a sample dropped after a reward error) has no
+    k-subset: its advantages are 0 and it is counted, while the other groups keep theirs (group 1
+    below is the hand example of test_passk_hand_example); k < 1 is refused."""
     b = outcome_batch([1.1, 0.1, 0.1, 0.1], [0] * 4, correct=[0.0, 1.0, 0.0, 0.0])
     np.testing.assert_allclose(adv("passk", b, k=2, eps=1e-12), [-1 / 3, 1.0, -1 / 3, -1 / 3], rtol=1e-9)
-    with pytest.raises(ValueError, match="fewer than k"):
-        adv("passk", outcome_batch([1, 0], [0, 0]), k=3)
+    b = outcome_batch([1, 0, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1])
+    cfg = get("advantage", "passk")[1](k=3, eps=1e-12)
+    A = get("advantage", "passk")[0](b, cfg)
+    # group 1 (n = 4, c = 1, k = 3): R_bar = 1 - C(3,3)/C(4,3) = 3/4, sigma = sqrt(3)/4,
+    # A_pos = (1/4)/sigma = 1/sqrt(3); a wrong response's 2 partners (of 3) are all wrong in C(2,2)/C(3,2)
+    # = 1/3 of its subsets: A_neg = (1 - 3/4 - 1/3)/sigma = -(1/12)(4/sqrt(3)) = -1/(3 sqrt(3))
+    s3 = 3**0.5
+    np.testing.assert_allclose(A[:, 0], [0, 0, 1 / s3, -1 / (3 * s3), -1 / (3 * s3), -1 / (3 * s3)], atol=1e-9)
+    assert b.part_metrics == {"passk_short_groups": 1.0}
+    assert cfg.min_group_size == 3
     with pytest.raises(ValueError, match="k must be"):
         get("advantage", "passk")[1](k=0)
 

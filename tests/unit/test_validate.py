@@ -158,6 +158,14 @@ def test_group_relative_advantage_needs_two_samples_per_prompt():
     assert train_config_problems(dataclasses.replace(base(), algo=gae, samples_per_prompt=1)) == []
 
 
+def test_passk_needs_groups_of_at_least_k():
+    """The passk preset trains pass@4 (k = 4): 3 samples per prompt have no 4-subset, 4 do."""
+    cfg = TrainConfig(algo=PRESETS["passk"].build(), model=ModelConfig(name="tiny"))
+    (problem,) = train_config_problems(with_(cfg, samples_per_prompt=3))
+    assert "--samples-per-prompt is 3" in problem and "at least 4" in problem
+    assert train_config_problems(with_(cfg, samples_per_prompt=4)) == []
+
+
 def test_minibatch_prompts_must_divide_the_rollout_batch():
     """B = 6 prompts: sizes 1, 2, 3, 6 divide it, 4 and 5 do not; a size >= B is the whole batch."""
     cfg = with_(base(), prompts_per_step=6)

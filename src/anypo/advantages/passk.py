@@ -47,7 +47,9 @@ class PassKAdvantage(GroupRelativeConfig):
     A response is correct when its correctness (``extras["correct"]``, else the reward) is
     ``>= correct_threshold``. Deviations: the code maps reward 1 to ``A_pos``, reward 0 to
     ``A_neg`` and leaves other values unchanged; here every response is correct or not. A group
-    with fewer than ``k`` responses raises an error (the code divides 0 by 0).
+    with fewer than ``k`` responses (samples dropped after reward errors) has no ``k``-subset: its
+    advantages are 0 and it is counted as ``advantage/passk_short_groups`` (the code divides 0 by 0).
+    A run whose samples per prompt are below ``k`` is refused before it starts (``validate``).
 
     This is the estimator of the paper, not verl's ``grpo_passk`` (Y. Tang et al., "Optimizing
     Language Models for Inference Time Objectives using Reinforcement Learning",
@@ -69,6 +71,11 @@ class PassKAdvantage(GroupRelativeConfig):
             raise ValueError(f"PassKAdvantage.k must be >= 1, got {self.k}")
         if self.eps <= 0:
             raise ValueError(f"PassKAdvantage.eps must be > 0, got {self.eps}")
+
+    @property
+    def min_group_size(self) -> int:
+        """Samples per prompt the run needs (``validate`` refuses fewer before training starts)."""
+        return self.k
 
 
 def passk_values(n: int, c: int, k: int, eps: float = 1e-6) -> tuple[float, float]:
@@ -93,8 +100,7 @@ def passk(batch: RolloutBatch, cfg: PassKAdvantage) -> Tensor:
     Returns:
         [N, T] advantages in the dtype of ``rewards``.
 
-    Raises:
-        ValueError: a group has fewer than ``k`` responses.
+    Groups with fewer than ``k`` responses get 0 and are counted (``batch.add_metric``).
     """
     R = batch.rewards
     pos = correctness(batch, cfg.correct_threshold)  # [N] bool
@@ -103,13 +109,13 @@ def passk(batch: RolloutBatch, cfg: PassKAdvantage) -> Tensor:
     n = torch.zeros(K, dtype=torch.long).index_add_(0, inv.cpu(), torch.ones_like(inv.cpu()))  # [K]
     c = torch.zeros(K, dtype=torch.long).index_add_(0, inv.cpu(), pos.long().cpu())  # [K]
     a_pos, a_neg = torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
+    short = 0
     for q in range(K):  # K prompts: a handful of exact binomials each
         nq, cq = int(n[q]), int(c[q])
-        if nq < cfg.k:
-            raise ValueError(
-                f"passk: a group has {nq} samples, fewer than k = {cfg.k}: raise --samples-per-prompt above "
-                f"{cfg.k} or lower --algo.advantage.k"
-            )
+        if nq < cfg.k:  # no k-subset (samples dropped after reward errors): no signal, counted
+            short += 1
+            continue
         a_pos[q], a_neg[q] = passk_values(nq, cq, cfg.k, cfg.eps)
+    batch.add_metric("passk_short_groups", short)  # advantage/passk_short_groups
     A = torch.where(pos, a_pos.to(R)[inv], a_neg.to(R)[inv])  # [N]
     return broadcast(A, batch)
