@@ -52,6 +52,7 @@ _MODULES = (
     "lp_reg",
     # trust regions without clipping
     "mdpo_lm",
+    "r2vpo",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

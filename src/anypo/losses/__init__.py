@@ -5,6 +5,7 @@ Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds 
 """
 
 from anypo.losses import preference  # noqa: F401  (registers the preference_loss kind)
+from anypo.losses import preference_online  # noqa: F401  (sppo, xpo: preference losses of the online loop)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.cov import ClipCov, KLCov, clip_cov, kl_cov
 from anypo.losses.dhpo import DHPO, dhpo
@@ -12,6 +13,7 @@ from anypo.losses.dppo import DPPO, dppo
 from anypo.losses.drpo import DRPO, drpo
 from anypo.losses.gmpo import GMPO, gmpo
 from anypo.losses.mdpo import MDPOLM, mdpo_lm
+from anypo.losses.r2vpo import R2VPO, r2vpo
 from anypo.losses.rec import OPMD, REC, AsymRE, asymre, opmd, rec
 from anypo.losses.reg_grpo import RegGRPO, reg_grpo
 from anypo.losses.rover import ROVER, rover
@@ -29,6 +31,7 @@ __all__ = [
     "LUSPO",
     "MDPOLM",
     "OPMD",
+    "R2VPO",
     "REC",
     "ROVER",
     "RegGRPO",
@@ -55,6 +58,7 @@ __all__ = [
     "mdpo_lm",
     "opmd",
     "ppo_clip",
+    "r2vpo",
     "rec",
     "reg_grpo",
     "reinforce",
