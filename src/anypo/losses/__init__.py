@@ -5,7 +5,6 @@ Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds 
 """
 
 from anypo.losses import preference  # noqa: F401  (registers the preference_loss kind)
-from anypo.losses import preference_online  # noqa: F401  (sppo, xpo: preference losses of the online loop)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.cov import ClipCov, KLCov, clip_cov, kl_cov
 from anypo.losses.dhpo import DHPO, dhpo
