@@ -129,10 +129,9 @@ def r2vpo(out: PolicyOutput, batch: RolloutBatch, cfg: R2VPO) -> LossOutput:
     state = batch.part_state
     lam = float(state.get("lambda", cfg.lambda_init)) if state else float(cfg.lambda_init)
     scale = batch.scale()
-    if cfg.center == "one":
-        c = torch.ones((), dtype=r.dtype)
-    else:  # the sample mean over the mini-batch (this call sees all of it: needs_whole_minibatch)
-        c = aggregate(r, mask, "token_mean", scale)
+    # centre: 1 (the ratio's mean under the behaviour policy), or the sample mean over the mini-batch
+    # (this call then sees all of it: needs_whole_minibatch)
+    c = torch.ones((), dtype=r.dtype) if cfg.center == "one" else aggregate(r, mask, "token_mean", scale)
     dev = (r - c).square()  # [N, T]
     var = aggregate(dev, mask, "token_mean", scale)  # this micro-batch's share of the token mean
     slack = aggregate(dev - cfg.delta, mask, "token_mean", scale)  # share of Var - delta
