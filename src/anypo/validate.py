@@ -228,10 +228,19 @@ def _replay_problems(algo: Any, parts: tuple) -> list[str]:
     ]
 
 
+def provided_needs() -> frozenset[str]:
+    """Every ``needs_<what>`` the online loop provides: its own list (``anypo.train.PROVIDED_NEEDS``) and
+    what its behaviour pass computes whenever it runs (``anypo.rollout.old_pass.BEHAVIOUR_PASS_NEEDS``)."""
+    from anypo.rollout.old_pass import BEHAVIOUR_PASS_NEEDS
+    from anypo.train import PROVIDED_NEEDS
+
+    return PROVIDED_NEEDS | BEHAVIOUR_PASS_NEEDS
+
+
 def _needs_problems(algo: Any, parts: tuple) -> list[str]:
     """A part that declares a need the online loop cannot provide (``needs_<what>`` not in
-    ``anypo.train.PROVIDED_NEEDS``), or one it cannot provide under the replay schedule in use."""
-    from anypo.train import ON_POLICY_NEEDS, PROVIDED_NEEDS
+    :func:`provided_needs`), or one it cannot provide under the replay schedule in use."""
+    from anypo.train import ON_POLICY_NEEDS
 
     try:
         stale = algo.replay_schedule().active
@@ -244,7 +253,7 @@ def _needs_problems(algo: Any, parts: tuple) -> list[str]:
                 continue
             what = name.removeprefix("needs_")
             doc = " ".join(((getattr(type(p), name, None).__doc__ or "").strip().split(".")[0]).split())
-            if what not in PROVIDED_NEEDS:
+            if what not in provided_needs():
                 out.append(
                     f"the {_part_name(p)} declares {name} ({doc}), which the online loop does not provide: "
                     "choose a setting of the part without it (see its docstring) or another part"

@@ -65,6 +65,10 @@ def old_pass_inputs(cfg, batch: RolloutBatch) -> None:
 
         for i, t in enumerate(cfg.old_logprob_temperatures(batch.part_state)):
             batch.extras[tempered_key(t)] = old * (1.0 + 0.1 * i)
+    if getattr(cfg, "needs_old_prompt_logprobs", False):  # ARM: [N] mean log-prob of each row's prompt
+        from anypo.advantages.arm import PROMPT_MEAN_LOGPROBS
+
+        batch.extras[PROMPT_MEAN_LOGPROBS] = torch.linspace(-2.0, -0.5, old.shape[0], dtype=old.dtype)
     if getattr(cfg, "needs_old_proxy_logprobs", False):
         from anypo.regularizers.lp_reg import PROXY_LOGPROBS
 

@@ -164,5 +164,136 @@ def test_r2vpo_preset_trains_on_stale_rollouts():
     assert not PRESETS["r2vpo"].build(sync_interval=1).replay_schedule().active
 
 
+# ---------------------------------------------------------------- ARM / ProGRPO
+
+
+def arm_batch(R, prompt_lp, old_rows, group_ids=None, correct=None) -> RolloutBatch:
+    old = torch.tensor(old_rows, dtype=torch.float64)
+    mask = torch.isfinite(old).long()
+    extras = {"old_prompt_mean_logprobs": torch.tensor(prompt_lp, dtype=torch.float64)}
+    if correct is not None:
+        extras["correct"] = list(correct)
+    n = len(R)
+    return RolloutBatch(
+        response_mask=mask,
+        group_ids=torch.zeros(n, dtype=torch.long) if group_ids is None else torch.tensor(group_ids),
+        rewards=torch.tensor(R, dtype=torch.float64),
+        old_logprobs=torch.where(mask != 0, old, torch.full_like(old, float("-inf"))),  # garbage off the mask
+        extras=extras,
+    )
+
+
+def test_arm_matches_the_spec_example():
+    """Spec section 16 (its printed output, an independent numpy run): R = [1, 1, 0, 0], prompt token
+    log-probs [-1.2, -0.8, -2.0, -0.5] (mean -1.125, c(q) = 0.324652), answers with mean log-probs
+    [-0.05, -0.60, -0.30, -0.90], alpha 0.5, low_frac 1 (every answer token):
+    A~ = [0.552735, 0.753944, -1.07411, -0.906982]. Each answer here is 2 tokens of equal log-prob."""
+    from anypo.advantages.arm import ARMAdvantage, arm
+
+    means = [-0.05, -0.60, -0.30, -0.90]
+    batch = arm_batch([1.0, 1.0, 0.0, 0.0], [-1.125] * 4, [[m, m] for m in means])
+    A = arm(batch, ARMAdvantage(alpha=0.5, low_frac=1.0))
+    np.testing.assert_allclose(A[:, 0].numpy(), [0.552735, 0.753944, -1.07411, -0.906982], rtol=1e-5)
+    torch.testing.assert_close(A[:, 1], A[:, 0])
+    assert batch.part_metrics["arm/prompt_conf"] == pytest.approx(0.324652, rel=1e-5)
+    assert batch.part_metrics["arm/shifted_frac"] == 1.0
+
+
+def test_arm_low_probability_share_and_all_wrong_groups():
+    """Group 0 (one right answer): low_frac 0.2 of a 6-token answer keeps ceil(1.2) = 2 tokens, the two
+    lowest log-probs -3 and -1: c(o) = exp(-2); a 3-token answer keeps ceil(0.6) = 1 token: exp(-4).
+    c(q) = exp(-1). GRPO: R = [1, 0], mean 0.5, std 0.70711: A = +-0.70711 (/(std + 1e-6)).
+    A~ = A + 0.3 (exp(-1) - c(o)). Group 1 (all wrong on correctness although the reward has a 0.1
+    format term): no shift, A = GRPO's = (0.1 - 0.05) / 0.070711 = +-0.70710 (+ eps)."""
+    from anypo.advantages.arm import ARMAdvantage, arm
+
+    nan = float("nan")
+    rows = [
+        [-0.1, -3.0, -0.2, -1.0, -0.5, -0.3],
+        [-4.0, -0.1, -0.2, nan, nan, nan],
+        [-1.0, -1.0, nan, nan, nan, nan],
+        [-2.0, nan, nan, nan, nan, nan],
+    ]
+    batch = arm_batch(
+        [1.0, 0.0, 0.1, 0.0], [-1.0, -1.0, -0.2, -0.2], rows, group_ids=[0, 0, 1, 1], correct=[1, 0, 0, 0]
+    )
+    A = arm(batch, ARMAdvantage(alpha=0.3, low_frac=0.2))
+    g0 = 1 / (math.sqrt(0.5) + 1e-6)
+    g1 = 0.05 / (math.sqrt(0.005) + 1e-6)
+    want = [
+        g0 * 0.5 + 0.3 * (math.exp(-1) - math.exp(-2)),
+        -g0 * 0.5 + 0.3 * (math.exp(-1) - math.exp(-4)),
+        g1,
+        -g1,
+    ]
+    np.testing.assert_allclose(A[:, 0].numpy(), want, rtol=1e-10)
+    assert (A[batch.response_mask == 0] == 0).all()
+    assert batch.part_metrics["arm/shifted_frac"] == 0.5
+
+
+def test_arm_needs_the_prompt_logprobs_and_checks_its_config():
+    from anypo.advantages.arm import ARMAdvantage, arm
+
+    batch = arm_batch([1.0, 0.0], [-1.0, -1.0], [[-1.0], [-2.0]])
+    del batch.extras["old_prompt_mean_logprobs"]
+    with pytest.raises(ValueError, match="needs_old_prompt_logprobs"):
+        arm(batch, ARMAdvantage())
+    with pytest.raises(ValueError, match="ARMAdvantage.low_frac"):
+        ARMAdvantage(low_frac=0.0)
+    assert ARMAdvantage().needs_old_prompt_logprobs and ARMAdvantage().group_relative
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_prompt_mean_logprobs_against_a_plain_forward(tiny_model, tokenizer, temperature):
+    """For each row, a plain forward of its unpadded prompt q (P tokens): mean over k = 1..P-1 of
+    log_softmax(z_{k-1} / t)[q_k]; rows of one prompt share the value; a one-token prompt gives 0.
+    The behaviour pass returns it under its key when the request asks for it (and only then), next to
+    the sampled tokens' log-probs."""
+    from anypo.rollout.groups import left_pad
+    from anypo.rollout.old_pass import OldPassRequest, behaviour_pass, prompt_mean_logprobs
+
+    prompts = [[5, 6, 7, 8], [9, 10], [11]]
+    pid, pm = left_pad(prompts, tokenizer.pad_token_id)
+    pid, pm = pid.repeat_interleave(2, 0), pm.repeat_interleave(2, 0)
+    b = RolloutBatch(
+        response_mask=torch.ones(6, 2, dtype=torch.long),
+        group_ids=torch.arange(3).repeat_interleave(2),
+        rewards=torch.zeros(6),
+        prompt_ids=pid,
+        prompt_mask=pm,
+        response_ids=torch.randint(20, 500, (6, 2), generator=torch.Generator().manual_seed(0)),
+    )
+    got = prompt_mean_logprobs(tiny_model, b, temperature)
+    want = []
+    for q in prompts:
+        if len(q) < 2:
+            want.append(0.0)
+            continue
+        with torch.no_grad():
+            z = tiny_model(torch.tensor([q])).logits[0].double() / temperature
+        lps = [float(torch.log_softmax(z[k - 1], -1)[q[k]]) for k in range(1, len(q))]
+        want.append(sum(lps) / len(lps))
+    np.testing.assert_allclose(got.numpy(), np.repeat(want, 2), rtol=1e-5, atol=1e-6)
+    out = behaviour_pass(tiny_model, b, temperature, 2, True, OldPassRequest(logprobs=True, prompt_logprobs=True))
+    assert set(out) == {"logprobs", "old_prompt_mean_logprobs"}
+    torch.testing.assert_close(out["old_prompt_mean_logprobs"], got)
+    assert "old_prompt_mean_logprobs" not in behaviour_pass(
+        tiny_model, b, temperature, 2, True, OldPassRequest(logprobs=True)
+    )
+
+
+def test_arm_need_is_requested_from_the_behaviour_pass_and_accepted_by_the_config_check():
+    from anypo.algorithms import PRESETS
+    from anypo.config import TrainConfig
+    from anypo.rollout.old_pass import old_pass_request
+    from anypo.validate import train_config_problems
+
+    algo = PRESETS["arm"].build()
+    assert old_pass_request(algo, {}, logprobs=False).prompt_logprobs
+    assert not old_pass_request(PRESETS["grpo"].build(), {}, logprobs=False).prompt_logprobs
+    assert train_config_problems(TrainConfig(algo=algo)) == []
+    assert PRESETS["arm"].status == "reconstructed"
+
+
 def _unused() -> None:  # keep imports used by later sections
     _ = (math, LossScale, get)

@@ -14,8 +14,7 @@ from anypo.config import TrainConfig
 from anypo.errors import UserError
 from anypo.losses import PPOClip
 from anypo.rollout.replay import Replay
-from anypo.train import PROVIDED_NEEDS
-from anypo.validate import check_train_config, train_config_problems
+from anypo.validate import check_train_config, provided_needs, train_config_problems
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def test_every_online_preset_declares_only_provided_needs(name):
     for part in algo.parts():
         for attr in dir(type(part)):
             if attr.startswith("needs_") and getattr(part, attr):
-                assert attr.removeprefix("needs_") in PROVIDED_NEEDS, (name, attr)
+                assert attr.removeprefix("needs_") in provided_needs(), (name, attr)
     assert train_config_problems(TrainConfig(algo=algo)) == []
 
 

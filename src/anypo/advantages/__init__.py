@@ -4,6 +4,7 @@ Registration is by the explicit imports below; ``grep 'register("grpo"'`` finds 
 An advantage part may also fill ``batch.returns`` (value targets) when it ``needs_values``.
 """
 
+from anypo.advantages.arm import ARMAdvantage, arm
 from anypo.advantages.bnpo import BNPOAdvantage, bnpo
 from anypo.advantages.dcpo import DCPOAdvantage, dcpo
 from anypo.advantages.drpo import DRPOAdvantage, drpo
@@ -35,6 +36,7 @@ from anypo.advantages.token import (
 from anypo.advantages.xrpo import XRPOAdvantage, xrpo
 
 __all__ = [
+    "ARMAdvantage",
     "BNPOAdvantage",
     "DCPOAdvantage",
     "DRPOAdvantage",
@@ -51,6 +53,7 @@ __all__ = [
     "ReinforcePPBaselineAdvantage",
     "RiskPOAdvantage",
     "XRPOAdvantage",
+    "arm",
     "bnpo",
     "dcpo",
     "discounted_returns",

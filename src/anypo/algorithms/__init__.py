@@ -50,6 +50,7 @@ _MODULES = (
     "kl_cov",
     "dcpo",
     "lp_reg",
+    "arm",
     # trust regions without clipping
     "mdpo_lm",
     "r2vpo",

@@ -9,6 +9,10 @@ Parts ask through their configs (``AlgoConfig.needs``); the loop never looks at 
   ``mean_v log_softmax(z / T_s)_v`` with ``T_s`` the sampling temperature;
 * ``needs_old_full_logprobs`` (MDPO's exact KL): ``extras["old_full_logprobs"]`` [Nm, Tm, V] per
   micro-batch, the log-softmax of the step-start weights (:class:`StepAnchor`);
+* ``needs_old_prompt_logprobs`` (ARM / ProGRPO's prompt confidence): ``extras["old_prompt_mean_logprobs"]``
+  [N] = the mean over a row's prompt tokens ``q_k`` (k >= 1) of ``log_softmax(z / T_s)[q_k]``, the
+  behaviour policy's log-probability of each prompt token given the ones before it (one forward
+  per distinct prompt, no response); 0 for a one-token prompt;
 * ``needs_old_proxy_logprobs`` (Lp-Reg): ``extras[part.proxy_key]`` [N, T] at
   ``part.proxy_positions(batch)`` (chosen after the advantages), NaN elsewhere, from the raw logits
   of those positions only through ``part.proxy_logprobs(logits, targets, T_s)``.
@@ -32,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from anypo.advantages.arm import PROMPT_MEAN_LOGPROBS
 from anypo.advantages.dcpo import tempered_key  # the extras keys are the declaring parts' contracts
 from anypo.losses.mdpo import OLD_FULL_LOGPROBS
 from anypo.losses.rover import OLD_MEAN_LOGPROBS
@@ -39,7 +44,20 @@ from anypo.ops import linear_logprobs, logprobs_from_logits
 from anypo.policy import _padded_response_logits, micro_batches, response_hidden
 from anypo.types import RolloutBatch
 
-__all__ = ["OldPassRequest", "StepAnchor", "behaviour_pass", "fill_proxies", "old_pass_request", "proxy_pass"]
+__all__ = [
+    "BEHAVIOUR_PASS_NEEDS",
+    "OldPassRequest",
+    "StepAnchor",
+    "behaviour_pass",
+    "fill_proxies",
+    "old_pass_request",
+    "prompt_mean_logprobs",
+    "proxy_pass",
+]
+
+BEHAVIOUR_PASS_NEEDS = frozenset({"old_prompt_logprobs"})
+"""Needs that :func:`behaviour_pass` provides by itself, wherever the loop runs it (every batch, at
+generation time under a replay schedule): the config check adds them to the loop's own list."""
 
 
 @dataclass(frozen=True)
@@ -50,15 +68,17 @@ class OldPassRequest:
         logprobs: the sampled tokens' log-probs at the sampling temperature (recomputed old log-probs).
         temperatures: temperatures ``t`` of ``extras[tempered_key(t)]`` (raw logits divided by ``t``).
         mean_logprobs: ``extras["old_mean_logprobs"]``.
+        prompt_logprobs: ``extras["old_prompt_mean_logprobs"]`` [N] (mean prompt-token log-prob).
     """
 
     logprobs: bool = False
     temperatures: tuple[float, ...] = ()
     mean_logprobs: bool = False
+    prompt_logprobs: bool = False
 
     @property
     def any(self) -> bool:
-        return self.logprobs or bool(self.temperatures) or self.mean_logprobs
+        return self.logprobs or bool(self.temperatures) or self.mean_logprobs or self.prompt_logprobs
 
 
 def old_pass_request(algo: Any, part_states: dict[str, Any], logprobs: bool) -> OldPassRequest:
@@ -67,7 +87,9 @@ def old_pass_request(algo: Any, part_states: dict[str, Any], logprobs: bool) -> 
     for slot, part in algo.slots().items():
         if getattr(part, "needs_old_tempered_logprobs", False):
             temps.update(float(t) for t in part.old_logprob_temperatures(part_states.get(slot)))
-    return OldPassRequest(logprobs, tuple(sorted(temps)), algo.needs("old_mean_logprobs"))
+    return OldPassRequest(
+        logprobs, tuple(sorted(temps)), algo.needs("old_mean_logprobs"), algo.needs("old_prompt_logprobs")
+    )
 
 
 def _micro_passes(model: torch.nn.Module, batch: RolloutBatch, micro: int, pack: bool):
@@ -113,10 +135,15 @@ def behaviour_pass(
 
     Returns:
         [N, T] tensors in the dtype of ``batch.rewards``, 0 on padding: ``"logprobs"`` (exactly
-        ``batched_logprobs``'s) when asked, ``tempered_key(t)`` per temperature, ``"old_mean_logprobs"``.
+        ``batched_logprobs``'s) when asked, ``tempered_key(t)`` per temperature, ``"old_mean_logprobs"``;
+        and the [N] ``"old_prompt_mean_logprobs"`` (:func:`prompt_mean_logprobs`).
     """
     if not request.any:
         return {}
+    if request.prompt_logprobs:
+        plain = OldPassRequest(request.logprobs, request.temperatures, request.mean_logprobs)
+        out = behaviour_pass(model, batch, temperature, micro, pack, plain, chunk) if plain.any else {}
+        return out | {PROMPT_MEAN_LOGPROBS: prompt_mean_logprobs(model, batch, temperature)}
     N, T = batch.response_mask.shape
     keys = (["logprobs"] if request.logprobs else []) + [tempered_key(t) for t in request.temperatures]
     keys += [OLD_MEAN_LOGPROBS] if request.mean_logprobs else []
@@ -140,6 +167,31 @@ def behaviour_pass(
             flat = torch.cat(vals[k]) if vals[k] else torch.zeros(0)
             grid = torch.zeros(mask.shape, dtype=out[k].dtype).masked_scatter(mask, flat.to(out[k].dtype))
             out[k][idx, : mask.shape[1]] = grid
+    return out
+
+
+@torch.no_grad()
+def prompt_mean_logprobs(model: torch.nn.Module, batch: RolloutBatch, temperature: float) -> Tensor:
+    """[N] mean log-probability of each row's prompt tokens under ``model``, given the tokens before them.
+
+    ``mean_{k=1..P_i-1} log_softmax(z_{k-1} / temperature)[q_k]`` over the real (unpadded) prompt
+    tokens ``q_0..q_{P_i-1}`` of row ``i``, ``z_{k-1}`` the raw logits after ``q_0..q_{k-1}``; the first
+    token has no context and is not scored. One forward per distinct prompt (the rows of a group share
+    it), of the prompt alone. A one-token prompt gives 0 (confidence 1). Dtype of ``batch.rewards``.
+    """
+    ids = batch.require("prompt_ids", "the rollout fills it")
+    pmask = batch.require("prompt_mask", "the rollout fills it").bool()
+    out = torch.zeros(batch.num_seqs, dtype=batch.rewards.dtype)
+    keys = torch.where(pmask, ids, -1)
+    uniq, which = torch.unique(keys, dim=0, return_inverse=True)  # rows with the same prompt tokens
+    for r in range(uniq.shape[0]):
+        row = int((which == r).nonzero()[0])
+        q = ids[row][pmask[row]]  # [P_i]
+        if q.numel() < 2:
+            continue
+        logits = model(input_ids=q[None], use_cache=False).logits[0, :-1].float() / temperature  # [P_i - 1, V]
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, q[1:, None].long()).squeeze(-1)
+        out[which == r] = lp.mean().to(out.dtype)
     return out
 
 
