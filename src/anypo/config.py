@@ -116,6 +116,43 @@ class Preset:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """Where a run's rollouts and updates run. ``backend="none"``: this process (``anypo.train``);
+    ``"ray"``: rollout actors and an FSDP2 learner group placed by Ray (``anypo.distributed``,
+    docs/distributed.md). The other fields matter only with ``ray``."""
+
+    backend: str = "none"
+    """none (one process) or ray."""
+    rollout_workers: int = 1
+    """R: rollout actors, each an engine with its own copy of the weights."""
+    learners: int = 1
+    """L: learner actors forming one torch.distributed group (gloo on CPU); the policy is sharded over them
+    with FSDP2 (``fully_shard`` per decoder layer)."""
+    address: str = ""
+    """Ray cluster: empty starts a local one in this process; ``auto`` joins the cluster started on this
+    machine by ``ray start --head``; ``HOST:PORT`` joins that head node."""
+    cpus_per_actor: int = 1
+    """Ray CPUs each actor reserves (and its torch threads)."""
+    placement: str = "PACK"
+    """Ray placement-group strategy of the R + L actors: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD."""
+    object_store_mb: int = 2048
+    """Object-store memory of a local cluster (MB); Ray's default is 30% of RAM."""
+    timeout_s: float = 600.0
+    """Every wait on an actor (``ray.get``) and every collective of the learner group fails after this long
+    instead of hanging."""
+    split_calls: bool = False
+    """Spread the prompts of one generate call over the rollout actors, each block with its own seed (faster;
+    other samples than one process draws). Off: each call runs whole on one actor, in turn, and a fixed seed
+    gives the samples of the single-process run."""
+    mixed_precision: bool = False
+    """FSDP2 ``MixedPrecisionPolicy`` in the learners: bf16 parameters in forward and backward, float32 gradient
+    reduction; the sharded weights and optimizer states stay float32."""
+    check_logprobs: bool = True
+    """Each step, the learners score the batch and log the mean and max absolute difference between the
+    engine's log-probs and theirs (``dist/engine_logprob_*``); one extra no-grad pass when not recomputed."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One online RL experiment. ``anypo train <preset>`` fills ``algo`` from the preset."""
 
@@ -211,6 +248,8 @@ class TrainConfig:
     """Also log to TensorBoard (needs the tracking extra)."""
     wandb_project: str | None = None
     """Also log to this wandb project (needs the tracking extra)."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Distributed execution (``--dist.backend ray``); the default runs in this process."""
 
 
 def _default_algo() -> AlgoConfig:
@@ -252,7 +291,8 @@ def config_classes() -> dict[str, type]:
     from anypo import registry
 
     classes: dict[str, type] = {
-        c.__name__: c for c in (TrainConfig, EvalConfig, AlgoConfig, ModelConfig, TaskConfig, SamplingConfig, Replay)
+        c.__name__: c
+        for c in (TrainConfig, EvalConfig, AlgoConfig, ModelConfig, TaskConfig, SamplingConfig, Replay, DistConfig)
     }
     from anypo.tasks.preference_data import PreferenceDataConfig
     from anypo.train_pref import PrefAlgoConfig, PrefTrainConfig
