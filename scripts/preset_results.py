@@ -33,7 +33,7 @@ def settings(args) -> dict:
         "samples_per_prompt": args.samples,
         "lr": args.lr,
         "sampling": SamplingConfig(max_new_tokens=args.max_new_tokens),
-        "eval_every": args.steps,
+        "eval_every": args.eval_every or args.steps,
         "eval_prompts": args.eval_prompts,
         "eval_samples": args.eval_samples,
         "save_every": args.steps,
@@ -48,7 +48,7 @@ def command(name: str, args) -> str:
         mb += f" --eval-samples {args.eval_samples}"
     return (
         f"anypo train {name} --steps {args.steps} --prompts-per-step {args.prompts} --samples-per-prompt {args.samples} "
-        f"--lr {args.lr} --sampling.max-new-tokens {args.max_new_tokens} --eval-every {args.steps} --eval-prompts {args.eval_prompts}"
+        f"--lr {args.lr} --sampling.max-new-tokens {args.max_new_tokens} --eval-every {args.eval_every or args.steps} --eval-prompts {args.eval_prompts}"
         + mb
     )
 
@@ -125,9 +125,7 @@ def pref_result_section(name: str, rows: list[dict], args, wall: float) -> str:
         f"answer with a wrong result), {args.steps} steps of {args.pairs} pairs, lr {args.pref_lr}, seed 0, on a "
         f"2-core CPU ({wall / 60:.1f} min). Held-out pair accuracy (the implicit reward ranks chosen above "
         f"rejected): {pair('eval/accuracy')}; held-out pass@1 of sampled answers ({args.eval_prompts} prompts, "
-        f"temperature 0.7): {pair('eval/pass@1')}"
-        + (f"; pass@{k}: {pair(f'eval/pass@{k}')}" if k > 1 else "")
-        + ".",
+        f"temperature 0.7): {pair('eval/pass@1')}" + (f"; pass@{k}: {pair(f'eval/pass@{k}')}" if k > 1 else "") + ".",
         "",
         "| step | " + "".join(f"{label} | " for _, label in cols),
         "|---|" + "---|" * len(cols),
@@ -238,6 +236,9 @@ def main() -> None:
     ap.add_argument("--eval-prompts", type=int, default=100)
     ap.add_argument("--pairs", type=int, default=16, help="preference presets: pairs per step")
     ap.add_argument("--pref-lr", type=float, default=5e-6, help="preference presets: learning rate")
+    ap.add_argument(
+        "--eval-every", type=int, default=0, help="held-out evaluation every N steps (0: only before and after)"
+    )
     ap.add_argument("--eval-samples", type=int, default=1, help="samples per held-out prompt (pass@k for this k)")
     ap.add_argument("--out-dir", default="runs/presets")
     ap.add_argument("--minibatch-prompts", type=int, default=None, help="override the presets' mini-batch size")

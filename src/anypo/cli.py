@@ -74,13 +74,23 @@ PREFERENCE_SMOKE_ARGS = [
     "--model.name", "tiny", "--data.num-train", "64", "--data.num-heldout", "8", "--steps", "2",
     "--pairs-per-step", "4", "--micro-batch-size", "2", "--eval-every", "0", "--save-every", "1", "--no-progress",
 ]  # fmt: skip
-SMOKE_ARGS_BY_KIND = {"online": SMOKE_ARGS, "preference": PREFERENCE_SMOKE_ARGS}
+PREFERENCE_ONLINE_SMOKE_ARGS = [
+    "--model.name", "tiny", "--task.num-train", "64", "--task.num-heldout", "8", "--steps", "2",
+    "--prompts-per-step", "2", "--micro-batch-size", "2", "--sampling.max-new-tokens", "8",
+    "--oracle.kind", "intransitive", "--eval-every", "0", "--save-every", "1", "--no-progress",
+]  # fmt: skip
+SMOKE_ARGS_BY_KIND = {
+    "online": SMOKE_ARGS,
+    "preference": PREFERENCE_SMOKE_ARGS,
+    "preference_online": PREFERENCE_ONLINE_SMOKE_ARGS,
+}
 
 # The loop of each preset kind: (module:config class, module:train function). The CLI picks the loop
 # by the preset's ``kind`` (and on --resume by the saved config's class), never by a method's name.
 LOOPS = {
     "online": ("anypo.config:TrainConfig", "anypo.train:train"),
     "preference": ("anypo.train_pref:PrefTrainConfig", "anypo.train_pref:train"),
+    "preference_online": ("anypo.train_pref_online:OnlinePrefTrainConfig", "anypo.train_pref_online:train"),
 }
 
 

@@ -298,6 +298,10 @@ def config_classes() -> dict[str, type]:
     from anypo.train_pref import PrefAlgoConfig, PrefTrainConfig
 
     classes.update({c.__name__: c for c in (PrefTrainConfig, PrefAlgoConfig, PreferenceDataConfig)})
+    from anypo.oracles import OracleConfig
+    from anypo.train_pref_online import OnlinePrefAlgoConfig, OnlinePrefTrainConfig
+
+    classes.update({c.__name__: c for c in (OnlinePrefTrainConfig, OnlinePrefAlgoConfig, OracleConfig)})
     for kind in registry.REGISTRIES:
         try:
             reg = registry.registry(kind)

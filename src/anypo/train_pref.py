@@ -278,6 +278,9 @@ class TokenPairs:
         ref_chosen / ref_rejected: the cached reference column: per-token reference log-probs of
             each response (1-D float tensors as long as the response), or None where not computed.
         texts: the pairs they were made from (for the samples log).
+        extras: per-pair scalars by name (one float per pair), handed to the loss as
+            ``PreferenceBatch.extras[name]`` ``[k]`` tensors (the online methods' oracle win rates,
+            which side is a reference sample, ...); empty for offline data.
     """
 
     prompt: list[list[int]]
@@ -286,6 +289,11 @@ class TokenPairs:
     ref_chosen: list[Tensor | None]
     ref_rejected: list[Tensor | None]
     texts: list[PreferencePair]
+    extras: dict[str, list[float]] = field(default_factory=dict)
+
+    def extras_of(self, idx: list[int], dtype: torch.dtype) -> dict[str, Tensor]:
+        """The per-pair extras of pairs ``idx`` as ``[k]`` tensors (``PreferenceBatch.extras``)."""
+        return {name: torch.tensor([col[i] for i in idx], dtype=dtype) for name, col in self.extras.items()}
 
     def __len__(self) -> int:
         return len(self.prompt)
@@ -652,6 +660,7 @@ class PrefLoop:
                     rejected_mask=mask[k:],
                     num_pairs=float(P),
                     num_chosen_tokens=chosen_tokens,
+                    extras=tp.extras_of(chunk, out_c.logprobs.dtype),
                 )
                 if self.needs_ref:
                     batch.ref_chosen_logprobs, batch.ref_rejected_logprobs = _ref_columns(
@@ -732,7 +741,7 @@ class PrefLoop:
                 k = len(chunk)
                 batch = PreferenceBatch(
                     chosen_mask=mask[:k], rejected_mask=mask[k:], num_pairs=float(len(idx)),
-                    num_chosen_tokens=chosen_tokens,
+                    num_chosen_tokens=chosen_tokens, extras=tp.extras_of(chunk, out_c.logprobs.dtype),
                 )  # fmt: skip
                 if self.needs_ref:
                     batch.ref_chosen_logprobs, batch.ref_rejected_logprobs = _ref_columns(

@@ -212,6 +212,8 @@ def test_preference_loss_contract(name, dtype):
     batch, lp_c, lp_r = random_pairs(dtype)
     if not cfg.needs_ref_logprobs:
         batch.ref_chosen_logprobs = batch.ref_rejected_logprobs = None
+    for key in getattr(cfg, "needs_pair_extras", ()):  # per-pair oracle values of the online losses (sppo, xpo)
+        batch.extras[key] = torch.rand(batch.chosen_mask.shape[0], dtype=dtype)
     out = fn(PolicyOutput(logprobs=lp_c), PolicyOutput(logprobs=lp_r), batch, cfg)
     assert isinstance(out, LossOutput)
     assert out.loss.dim() == 0 and out.loss.dtype == dtype and torch.isfinite(out.loss)

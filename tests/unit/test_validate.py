@@ -44,8 +44,13 @@ def with_(cfg, **changes):
 def _loop_checks() -> dict:
     """The config check of each loop kind (``anypo.cli.LOOPS``): the function its train() runs first."""
     from anypo.train_pref import pref_config_problems
+    from anypo.train_pref_online import online_pref_config_problems
 
-    return {"online": train_config_problems, "preference": pref_config_problems}
+    return {
+        "online": train_config_problems,
+        "preference": pref_config_problems,
+        "preference_online": online_pref_config_problems,
+    }
 
 
 def test_the_base_config_and_every_preset_are_valid():

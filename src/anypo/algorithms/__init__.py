@@ -59,6 +59,13 @@ _MODULES = (
     "ipo",
     "cdpo",
     "rpo",
+    # online / iterative preference optimisation (kind "preference_online": anypo.train_pref_online)
+    "online_dpo",
+    "iterative_dpo",
+    "sppo",
+    "inpo",
+    "apo",
+    "xpo",
 )
 
 PRESETS: dict[str, Preset] = {}

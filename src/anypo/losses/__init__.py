@@ -4,7 +4,7 @@ and ``preference_loss`` (``fn(out_chosen, out_rejected, batch, cfg)``).
 Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds each entry.
 """
 
-from anypo.losses import preference  # noqa: F401  (registers the preference_loss kind)
+from anypo.losses import preference, preference_online  # noqa: F401  (register the preference_loss kind)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.cov import ClipCov, KLCov, clip_cov, kl_cov
 from anypo.losses.dhpo import DHPO, dhpo

@@ -1,0 +1,164 @@
+"""The online / iterative preference loop (anypo.train_pref_online) end to end on the tiny model:
+snapshot rotation and the mixed reference against independent forwards, exact resume across an
+iteration boundary, XPO's reference samples, evaluation, config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from anypo import checkpoint
+from anypo.algorithms import PRESETS
+from anypo.engines.base import SamplingConfig
+from anypo.errors import UserError
+from anypo.models import ModelConfig
+from anypo.oracles import OracleConfig
+from anypo.tasks import TaskConfig
+from anypo.train_pref import PairOrder, pair_logprobs
+from anypo.train_pref_online import OnlinePrefLoop, OnlinePrefTrainConfig, online_pref_config_problems, train
+
+
+def ocfg(tmp_path: Path, preset: str = "online_dpo", algo=None, **kw) -> OnlinePrefTrainConfig:
+    """2 steps of 2 prompts, 8 new tokens, the intransitive oracle with a 5-character budget (the tiny
+    model's random replies differ in length, so the oracle separates most of them)."""
+    base = OnlinePrefTrainConfig(
+        algo=algo if algo is not None else PRESETS[preset].build(),
+        model=ModelConfig(name="tiny"),
+        task=TaskConfig(name="addition", num_train=64, num_heldout=8),
+        oracle=OracleConfig(kind="intransitive", length_budget=5),
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=8),
+        eval_sampling=SamplingConfig(temperature=1.0, max_new_tokens=8),
+        steps=2, prompts_per_step=2, micro_batch_size=2, lr=1e-3, eval_every=0, save_every=1,
+        progress=False, out_dir=str(tmp_path),
+    )  # fmt: skip
+    return dataclasses.replace(base, **kw)
+
+
+def _build(cfg, run_dir: Path) -> OnlinePrefLoop:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    return OnlinePrefLoop.build(cfg, run_dir)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _same(model, weights) -> bool:
+    return all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+
+
+def _rows(run: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_snapshots_rotate_per_iteration_and_the_reference_is_their_mix(tmp_path):
+    """APO with 2 steps per iteration and alpha 0.3: steps 1-2 are iteration 0 (pi_t = pi_{t-1} = pi_1);
+    step 3 starts iteration 1 with pi_t = the weights after step 2 and pi_{t-1} = pi_1; step 5 starts
+    iteration 2 with pi_t = weights after step 4, pi_{t-1} = weights after step 2. The loop's reference
+    column equals 1.3 log pi_t - 0.3 log pi_{t-1} from independent unpacked forwards of those weights."""
+    cfg = ocfg(tmp_path, algo=PRESETS["apo"].build(steps_per_iteration=2, samples=3), steps=5)
+    loop = _build(cfg, tmp_path / "run")
+    w0 = _weights(loop.model)
+    loop.train_step(1)
+    loop.train_step(2)
+    assert not _same(loop.model, w0)  # it trained
+    assert all(_same(loop.snaps[n], w0) for n in ("initial", "previous", "before"))
+    w2 = _weights(loop.model)
+    loop.train_step(3)
+    assert _same(loop.snaps["previous"], w2) and _same(loop.snaps["before"], w0) and _same(loop.snaps["initial"], w0)
+    loop.train_step(4)
+    w4 = _weights(loop.model)
+    loop.train_step(5)
+    assert _same(loop.snaps["previous"], w4) and _same(loop.snaps["before"], w2)
+    ex = loop.examples[:2]
+    tp, _, _ = loop.make_pairs(ex, loop.prompt_ids[:2], seed=123)
+    assert len(tp) >= 1
+    loop.reference_columns(tp)
+    idx = list(range(len(tp)))
+    with torch.no_grad():
+        pc, pr, _ = pair_logprobs(loop.snaps["previous"], tp, idx, loop.pad_id, pack=False)
+        bc, br, _ = pair_logprobs(loop.snaps["before"], tp, idx, loop.pad_id, pack=False)
+    for i in idx:
+        n_c, n_r = len(tp.chosen[i]), len(tp.rejected[i])
+        assert torch.allclose(tp.ref_chosen[i], 1.3 * pc.logprobs[i, :n_c] - 0.3 * bc.logprobs[i, :n_c], atol=1e-5)
+        assert torch.allclose(tp.ref_rejected[i], 1.3 * pr.logprobs[i, :n_r] - 0.3 * br.logprobs[i, :n_r], atol=1e-5)
+
+
+def test_ctrl_c_then_resume_matches_uninterrupted_across_iterations(tmp_path, monkeypatch):
+    """APO, 2 steps per iteration, 5 steps. Run B gets Ctrl-C as step 4 draws its prompts
+    (save_every=10: the scaffold saves step 3, whose iterate snapshot pi_t differs from pi_1);
+    resumed, steps 4-5 (another rotation at step 5) and the final weights equal run A's exactly."""
+    algo = PRESETS["apo"].build(steps_per_iteration=2, samples=3)
+    kw = dict(steps=5, save_every=10)
+    run_a = train(ocfg(tmp_path / "a", algo=algo, **kw))
+    real, calls = PairOrder.next_pairs, {"n": 0}
+
+    def interrupting(self, count):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, count)
+
+    monkeypatch.setattr(PairOrder, "next_pairs", interrupting)
+    cfg_b = ocfg(tmp_path / "b", algo=algo, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b)
+    monkeypatch.setattr(PairOrder, "next_pairs", real)
+    (run_b,) = [p for p in (tmp_path / "b").iterdir() if p.is_dir()]
+    assert checkpoint.latest(run_b).name == "step_000003"
+    train(cfg_b, resume=run_b)
+    rows_a, rows_b = _rows(run_a), _rows(run_b)
+    assert sorted(rows_b) == [1, 2, 3, 4, 5]
+    for step in (4, 5):
+        for k in ("pref/loss", "data/pairs", "data/gold", "train/grad_norm", "pref/logps_chosen"):
+            assert rows_a[step].get(k) == rows_b[step].get(k), (step, k)
+    assert rows_a[5]["data/iteration"] == 2.0
+    fa, fb = (load_file(str(r / "final" / "model.safetensors")) for r in (run_a, run_b))
+    assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+def test_xpo_pairs_a_policy_sample_with_a_reference_sample(tmp_path):
+    """Each XPO pair has exactly one side from the reference policy (ref_sample_chosen + _rejected = 1),
+    the win rates of a 2-sample game are (1/2 + P_wl)/2 and (1/2 + 1 - P_wl)/2, and the step trains."""
+    loop = _build(ocfg(tmp_path, "xpo"), tmp_path / "run")
+    tp, m, _ = loop.make_pairs(loop.examples[:4], loop.prompt_ids[:4], seed=7)
+    assert m["data/prompts"] == 4 and m["data/pairs"] + m["data/tied_prompts"] + m["data/unjudged_prompts"] == 4
+    for i in range(len(tp)):
+        assert tp.extras["ref_sample_chosen"][i] + tp.extras["ref_sample_rejected"][i] == 1.0
+        p = tp.extras["pair_prob"][i]
+        assert tp.extras["winrate_chosen"][i] == pytest.approx((0.5 + p) / 2)
+        assert tp.extras["winrate_rejected"][i] == pytest.approx((1.5 - p) / 2)
+    m, _ = loop.train_step(1)
+    assert m["rollout/generated_tokens"] > 0 and "pref/xpo_bonus" in m or m["data/pairs"] == 0
+
+
+def test_evaluation_metrics(tmp_path):
+    """Before training the policy is pi_1: eval/kl_ref is exactly 0; win rate in [0, 1]; exploitability
+    in [0, 1/2]; nash_tv in [0, 1]. After 2 steps at lr 1e-3 the policy moved: kl_ref != 0."""
+    run = train(ocfg(tmp_path, "sppo", eval_every=2, eval_prompts=4, eval_candidates=3))
+    rows = _rows(run)
+    r0, r2 = rows[0], rows[2]
+    assert r0["eval/kl_ref"] == 0.0
+    for r in (r0, r2):
+        assert 0.0 <= r["eval/win_rate_vs_init"] <= 1.0
+        if "eval/exploitability" in r:
+            assert 0.0 <= r["eval/exploitability"] <= 0.5 and 0.0 <= r["eval/nash_tv"] <= 1.0
+    assert r2["eval/kl_ref"] != 0.0 and r0["eval/gold_init"] == r2["eval/gold_init"]
+
+
+def test_config_problems_are_listed(tmp_path):
+    algo = dataclasses.replace(PRESETS["online_dpo"].build(), samples_per_prompt=3, ref_initial=0.5)
+    cfg = ocfg(tmp_path, algo=algo, task=TaskConfig(name="rg:leg_counting"), oracle=OracleConfig(temperature=-1))
+    problems = online_pref_config_problems(cfg)
+    text = "\n".join(problems)
+    assert len(problems) == 4, problems
+    for flag in ("--algo.samples-per-prompt", "--algo.ref-initial", "--task.name", "--oracle.temperature"):
+        assert flag in text
+    with pytest.raises(UserError):
+        train(cfg)
