@@ -114,6 +114,17 @@ def loop_of(kind: str) -> tuple[type, object]:
     return _load(config), _load(train)
 
 
+def train_fn(cfg):
+    """The function that trains ``cfg``: its loop's, or ``anypo.distributed.train`` when the config asks for
+    distributed execution (``--dist.backend`` other than none; that function checks the value)."""
+    dist = getattr(cfg, "dist", None)
+    if dist is not None and dist.backend != "none":
+        from anypo.distributed import train
+
+        return train
+    return loop_of(_kind_of(cfg))[1]
+
+
 def preset_record(name: str, p) -> dict:
     """What `anypo list --json` prints for one preset."""
     return {
@@ -196,7 +207,7 @@ def cmd_train(argv: list[str]) -> int:
         if kind is None:
             print(f"anypo: {run_dir}/config.json is not the config of a training run", file=sys.stderr)
             return 2
-        out = loop_of(kind)[1](cfg, resume=run_dir)  # each loop checks its config before any model is loaded
+        out = train_fn(cfg)(cfg, resume=run_dir)  # each loop checks its config before any model is loaded
     else:
         presets = {}
         for name, p in sorted(PRESETS.items()):
@@ -211,7 +222,7 @@ def cmd_train(argv: list[str]) -> int:
             kind = PRESETS[argv[0]].kind if argv and argv[0] in PRESETS else "online"
             argv = argv[:1] + SMOKE_ARGS_BY_KIND[kind] + argv[1:]
         cfg = tyro.extras.overridable_config_cli(presets, args=argv, prog="anypo train")
-        out = loop_of(_kind_of(cfg))[1](cfg)  # each loop checks its config before any model is loaded
+        out = train_fn(cfg)(cfg)  # each loop checks its config before any model is loaded
     print(f"run directory: {out}")
     print((out / "README.md").read_text())
     return 0

@@ -35,6 +35,8 @@ from dist_helpers import tiny_config  # noqa: E402
 from anypo.algorithms import PRESETS  # noqa: E402
 from anypo.types import LossScale  # noqa: E402
 
+pytestmark = pytest.mark.distributed
+
 LOSSES = ("grpo", "dapo", "dr_grpo", "gspo")
 MICRO = (8, 3, 1)
 WORLD = 2

@@ -1,0 +1,353 @@
+"""The online loop on Ray: R rollout actors, L learner actors (one FSDP2 group), the driver in between.
+
+What runs where (synchronous mode, one step):
+
+1. **Driver** (the ``anypo train`` process): the shared run scaffold (``anypo.run``: run directory,
+   logs, checkpoints, evaluation schedule) and the online loop's rollout, unchanged
+   (``anypo.train.Context.rollout``: the sampler's prompts, dynamic-sampling redraws, rewards, rollout
+   metrics). Its engine is :class:`RayRolloutEngine`, which sends each ``generate`` call to the
+   rollout actors.
+2. **Rollout actors** (``RolloutWorker``): each holds a copy of the policy and the ``hf`` engine around
+   it. By default one call runs on one actor, in turn: the ``hf`` engine draws one random stream for a
+   whole call, so only then are the samples those of one process. ``dist.split_calls`` spreads the
+   prompts of a call over the actors instead (each with its own seed: other samples).
+3. **Learner actors** (``LearnerActor``): one gloo group; each runs
+   ``anypo.distributed.learner.LearnerContext.learn`` on the whole batch (behaviour / reference
+   passes, advantages, ``update``) and trains on its share of every mini-batch.
+4. **Weight sync**: after a step that changed the weights, the learners gather the full weights
+   (``full_tensor`` of every shard; a collective), rank 0 returns them into Ray's object store, and
+   every rollout actor loads that one object (``load_state_dict``). The driver reads the same object
+   only when it checkpoints or exports.
+
+Every ``ray.get`` has ``dist.timeout_s``, and so do the learners' collectives: a lost actor or a hang
+fails the run with a message instead of waiting forever. Async mode, fault recovery and resume of a
+distributed run are not implemented yet (``--resume`` refuses such a run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from anypo import models
+from anypo.config import TrainConfig
+from anypo.engines.base import Generation, SamplingConfig
+from anypo.run import TrainingError, run_loop
+from anypo.runs import peak_rss_gb
+from anypo.train import Context
+from anypo.types import RolloutBatch
+
+__all__ = ["Cluster", "DistContext", "LearnerActor", "RayRolloutEngine", "RolloutWorker", "train"]
+
+
+def _get(refs, timeout: float, what: str):
+    """``ray.get`` that fails with a message after ``timeout`` seconds instead of hanging."""
+    try:
+        return ray.get(refs, timeout=timeout)
+    except ray.exceptions.GetTimeoutError as e:
+        raise TrainingError(f"{what} did not answer within dist.timeout-s = {timeout:g} s") from e
+
+
+def _autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@ray.remote
+class RolloutWorker:
+    """A rollout actor: the policy's tokenizer and weights, and the ``hf`` engine sampling from them."""
+
+    def __init__(self, cfg: TrainConfig, threads: int):
+        from anypo.engines import make_engine
+
+        torch.set_num_threads(threads)
+        self.precision = cfg.precision
+        self.model = models.load_model(cfg.model, seed=cfg.seed)
+        self.engine = make_engine("hf", self.model, models.load_tokenizer(cfg.model.name))
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None) -> Generation:
+        with _autocast(self.precision):
+            return self.engine.generate(prompts, n, sampling, seed=seed)
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+@ray.remote
+class LearnerActor:
+    """One rank of the learner group (``anypo.distributed.learner.LearnerContext``)."""
+
+    def __init__(self, threads: int):
+        torch.set_num_threads(threads)
+        self.ctx = None
+
+    def address(self) -> str:
+        from anypo.distributed.learner import free_address
+
+        return free_address(ray.util.get_node_ip_address())
+
+    def setup(self, cfg: TrainConfig, run_dir: str, address: str, rank: int, world: int) -> None:
+        from anypo.distributed.learner import LearnerContext, init_group
+
+        init_group(address, rank, world, cfg.dist.timeout_s)
+        torch.manual_seed(cfg.seed)
+        self.ctx = LearnerContext.build(cfg, Path(run_dir))
+
+    @ray.method(num_returns=2)
+    def learn(self, batch: RolloutBatch, m: dict[str, float], step: int):
+        """The step's update; returns its metrics and, from rank 0 after a weight change, the full weights."""
+        from anypo.distributed.learner import full_state_dict
+
+        m = self.ctx.learn(batch, m, step)
+        state = None
+        if m["train/optimizer_steps"] > 0:  # the same on every rank: all of them join the gather
+            t = time.perf_counter()
+            full = full_state_dict(self.ctx.model)
+            state = full if self.ctx.rank == 0 else None
+            m["time/gather_weights_s"] = time.perf_counter() - t
+        return m, state
+
+    def weights(self) -> dict[str, torch.Tensor] | None:
+        """The full weights from rank 0 (None from the others); every rank must be asked."""
+        from anypo.distributed.learner import full_state_dict
+
+        full = full_state_dict(self.ctx.model)
+        return full if self.ctx.rank == 0 else None
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Cluster:
+    """The Ray side of one run: the cluster connection, a placement group of R + L bundles, the actors."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path):
+        d = cfg.dist
+        self.cfg, self.timeout = cfg, d.timeout_s
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+            if d.address:
+                ray.init(address=d.address, **kw)
+            else:  # a local cluster sized for the actors (Ray's CPUs are logical: it may exceed the cores)
+                n = (d.rollout_workers + d.learners) * d.cpus_per_actor
+                ray.init(num_cpus=n, object_store_memory=d.object_store_mb * 2**20, **kw)
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self._remove_pg = remove_placement_group
+        bundles = [{"CPU": d.cpus_per_actor}] * (d.rollout_workers + d.learners)
+        self.pg = placement_group(bundles, strategy=d.placement)
+        try:
+            ray.get(self.pg.ready(), timeout=self.timeout)
+        except ray.exceptions.GetTimeoutError as e:
+            self.shutdown()
+            raise TrainingError(
+                f"Ray could not place {len(bundles)} actors of {d.cpus_per_actor} CPU(s) ({d.placement}) within "
+                f"{self.timeout:g} s: the cluster has {ray.cluster_resources().get('CPU', 0):g} CPUs; lower "
+                "dist.rollout-workers / dist.learners / dist.cpus-per-actor or add nodes"
+            ) from e
+
+        def on(i: int):
+            strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
+            return {"num_cpus": d.cpus_per_actor, "scheduling_strategy": strategy}
+
+        self.workers = [RolloutWorker.options(**on(i)).remote(cfg, d.cpus_per_actor) for i in range(d.rollout_workers)]
+        self.learners = [
+            LearnerActor.options(**on(d.rollout_workers + r)).remote(d.cpus_per_actor) for r in range(d.learners)
+        ]
+        address = _get(self.learners[0].address.remote(), self.timeout, "learner 0")
+        setups = [
+            lr.setup.remote(cfg, str(run_dir / "learners" / f"rank{r}"), address, r, d.learners)
+            for r, lr in enumerate(self.learners)
+        ]
+        _get(setups, self.timeout, "the learner group's setup")
+
+    def weights_ref(self):
+        """An object-store reference to the learners' full weights (a gather on every rank)."""
+        refs = [lr.weights.remote() for lr in self.learners]
+        _get(refs, self.timeout, "the learners' weight gather")
+        return refs[0]
+
+    def load_weights(self, state_ref) -> None:
+        """Every rollout actor loads the weights behind ``state_ref`` (one object, read by each)."""
+        _get([w.load_weights.remote(state_ref) for w in self.workers], self.timeout, "the rollout actors' weight load")
+
+    def shutdown(self) -> None:
+        for lr in getattr(self, "learners", []):
+            with contextlib.suppress(Exception):  # an actor already gone needs no closing
+                ray.get(lr.close.remote(), timeout=30)
+        for a in [*getattr(self, "workers", []), *getattr(self, "learners", [])]:
+            ray.kill(a)
+        self._remove_pg(self.pg)
+        if self.started_ray:
+            ray.shutdown()
+
+
+class RayRolloutEngine:
+    """The engine protocol over the rollout actors.
+
+    ``split=False``: each call runs whole on one actor, in turn (the samples of one process, with the
+    ``hf`` engine's single random stream per call). ``split=True``: the prompts of a call are divided in
+    contiguous blocks over the actors, block i seeded ``seed * 1_000_003 + i`` (other samples than one
+    process draws; the call takes the slowest block's time instead of the sum).
+    """
+
+    def __init__(self, workers: list, pad_id: int, timeout: float, split: bool = False):
+        self.workers, self.pad_id, self.timeout, self.split = workers, pad_id, timeout, split
+        self.calls = 0
+
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None
+    ) -> Generation:
+        if not self.split or len(prompts) < 2 or len(self.workers) < 2:
+            worker = self.workers[self.calls % len(self.workers)]
+            self.calls += 1
+            return _get(worker.generate.remote(prompts, n, sampling, seed), self.timeout, "a rollout actor")
+        from anypo.distributed.learner import rank_rows
+
+        k = min(len(self.workers), len(prompts))
+        blocks = [rank_rows(len(prompts), i, k).tolist() for i in range(k)]
+        refs = [
+            w.generate.remote([prompts[j] for j in b], n, sampling, None if seed is None else seed * 1_000_003 + i)
+            for i, (w, b) in enumerate(zip(self.workers, blocks, strict=False))
+        ]
+        gens = _get(refs, self.timeout, "the rollout actors")
+        return concat_generations(gens, [b[0] for b in blocks], self.pad_id)
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        ref = ray.put(state_dict)
+        _get([w.load_weights.remote(ref) for w in self.workers], self.timeout, "the rollout actors' weight load")
+
+
+def concat_generations(gens: list[Generation], offsets: list[int], pad_id: int) -> Generation:
+    """One ``Generation`` of consecutive blocks of prompts (block i's prompts start at ``offsets[i]``);
+    responses right-padded to the longest."""
+    T = max(g.response_ids.shape[1] for g in gens)
+
+    def pad(x: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
+
+    return Generation(
+        prompt_index=torch.cat([g.prompt_index + o for g, o in zip(gens, offsets, strict=True)]),
+        response_ids=torch.cat([pad(g.response_ids, pad_id) for g in gens]),
+        response_mask=torch.cat([pad(g.response_mask, 0) for g in gens]),
+        logprobs=torch.cat([pad(g.logprobs, 0.0) for g in gens]),
+        truncated=torch.cat([g.truncated for g in gens]),
+    )
+
+
+class DistContext(Context):
+    """The driver's loop: ``Context``'s rollout through :class:`RayRolloutEngine`, the update in the learner
+    actors, the weights sent to the rollout actors after each update. The driver keeps a copy of the
+    policy only for checkpoints and the final export, refreshed from the learners when they are written."""
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, run_dir: Path, cluster: Cluster) -> DistContext:
+        self = super().build(cfg, run_dir)
+        self.cluster = cluster
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.engine = RayRolloutEngine(cluster.workers, pad, cfg.dist.timeout_s, split=cfg.dist.split_calls)
+        self.rollout_part.engine = self.engine
+        self._state_ref = cluster.weights_ref()  # the learners' initial weights, to every rollout actor
+        cluster.load_weights(self._state_ref)
+        self._driver_current = False
+        return self
+
+    def step(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        d, cluster = self.cfg.dist, self.cluster
+        t0 = time.perf_counter()
+        with self.autocast():
+            batch, m = self.rollout(step)
+        t_gen = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.mid_update = True
+        self.current_step = step
+        batch_ref = ray.put(batch)
+        calls = [lr.learn.remote(batch_ref, m, step) for lr in cluster.learners]
+        outs = _get([c[0] for c in calls], d.timeout_s, "the learner group's update")
+        m = outs[0]
+        t_learn = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        if m["train/optimizer_steps"] > 0:
+            self._state_ref, self._driver_current = calls[0][1], False
+            cluster.load_weights(self._state_ref)
+        t_sync = time.perf_counter() - t2
+        n_tokens = float(batch.response_mask.sum())
+        m.update(
+            {
+                "time/generate_s": t_gen,
+                "time/learn_s": t_learn,
+                "time/weight_sync_s": t_sync,
+                "time/step_s": time.perf_counter() - t0,
+                "throughput/generate_tok_s": n_tokens / max(t_gen, 1e-9),
+                "throughput/train_tok_s": n_tokens * self.algo.ppo_epochs / max(m.get("time/train_s", 0.0), 1e-9),
+                "memory/peak_rss_gb": peak_rss_gb(),
+                "dist/rollout_workers": float(d.rollout_workers),
+                "dist/learners": float(d.learners),
+            }
+        )
+        return batch, m
+
+    def _current_weights(self) -> None:
+        """Load the learners' latest weights into the driver's copy (for checkpoints and export)."""
+        if not self._driver_current:
+            state = _get(self._state_ref, self.cfg.dist.timeout_s, "the weights in the object store")
+            self.model.load_state_dict(state)
+            self._driver_current = True
+
+    def checkpoint_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        self._current_weights()
+        return super().checkpoint_tensors()
+
+    def checkpoint_state(self) -> dict:
+        # the optimizer states are sharded over the learners; a distributed run cannot be resumed yet
+        return {"optimizer": None, "scheduler": None, "critic_optimizer": None, "distributed": True}
+
+    def export(self, out: Path) -> None:
+        self._current_weights()
+        super().export(out)
+
+    def describe(self) -> str:
+        d = self.cfg.dist
+        return (
+            super().describe()[:-1] + f"; on Ray: {d.rollout_workers} rollout actor(s) (hf engine), "
+            f"{d.learners} FSDP2 learner(s) on gloo."
+        )
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
+    """Run ``cfg`` on Ray (``cfg.dist.backend == "ray"``); returns the run directory.
+
+    The whole config is checked first (the single-process checks and ``dist_config_problems``). The
+    actors are removed and a local Ray instance shut down when the run ends, also on an error.
+    """
+    from anypo.distributed import dist_config_problems
+    from anypo.errors import UserError
+    from anypo.validate import train_config_problems
+
+    problems = train_config_problems(cfg) + dist_config_problems(cfg)
+    if resume is not None:
+        problems.append("a distributed run cannot be resumed yet (its optimizer states stay in the learners)")
+    if problems:
+        raise UserError(problems)
+    holder: dict[str, Cluster] = {}
+
+    def build(c: TrainConfig, run_dir: Path) -> DistContext:
+        holder["cluster"] = Cluster(c, run_dir)
+        return DistContext.build(c, run_dir, holder["cluster"])
+
+    try:
+        return run_loop(cfg, build, resume)
+    finally:
+        if "cluster" in holder:
+            holder["cluster"].shutdown()
