@@ -54,6 +54,9 @@ _MODULES = (
     # trust regions without clipping
     "mdpo_lm",
     "r2vpo",
+    # actor-critic methods
+    "tppo",
+    "safe",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

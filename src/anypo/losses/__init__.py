@@ -7,6 +7,7 @@ Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds 
 from anypo.losses import preference, preference_online  # noqa: F401  (register the preference_loss kind)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.cov import ClipCov, KLCov, clip_cov, kl_cov
+from anypo.losses.critic import SAFEValueLoss, TPPOValueLoss, safe_value, tppo_value
 from anypo.losses.dhpo import DHPO, dhpo
 from anypo.losses.dppo import DPPO, dppo
 from anypo.losses.drpo import DRPO, drpo
@@ -34,6 +35,8 @@ __all__ = [
     "REC",
     "ROVER",
     "RegGRPO",
+    "SAFEValueLoss",
+    "TPPOValueLoss",
     "SAPO",
     "AsymRE",
     "ClipCov",
@@ -62,5 +65,7 @@ __all__ = [
     "reg_grpo",
     "reinforce",
     "rover",
+    "safe_value",
     "sapo",
+    "tppo_value",
 ]
