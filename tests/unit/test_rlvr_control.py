@@ -295,5 +295,259 @@ def test_arm_need_is_requested_from_the_behaviour_pass_and_accepted_by_the_confi
     assert PRESETS["arm"].status == "reconstructed"
 
 
+# ---------------------------------------------------------------- T-PPO / EGAE
+
+
+def test_egae_matches_the_spec_truncated_example_and_plain_gae():
+    """Spec section 15 (printed output of an independent numpy run): an unfinished response of 4
+    tokens, V = [0.40, 0.45, 0.50, 0.55], V after the last token 0.60, no reward, gamma 1, lambda 0.95:
+    A = [0.185494, 0.142625, 0.0975, 0.05]. A finished response (bootstrap 0) is plain GAE: spec
+    section 2.6's example, token rewards [0, 0.01, -0.015, 1.005], V = [0.5, 0.6, 0.7, 0.8]:
+    A = [0.456974, 0.375762, 0.27975, 0.205], returns = A + V."""
+    from anypo.advantages.egae import egae_advantages
+
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.01, -0.015, 1.005]], dtype=torch.float64)
+    values = torch.tensor([[0.40, 0.45, 0.50, 0.55], [0.5, 0.6, 0.7, 0.8]], dtype=torch.float64)
+    adv, ret = egae_advantages(rewards, values, torch.ones(2, 4), torch.tensor([0.60, 0.0]), 1.0, 0.95)
+    np.testing.assert_allclose(adv[0].numpy(), [0.185494, 0.142625, 0.0975, 0.05], rtol=1e-5)
+    np.testing.assert_allclose(adv[1].numpy(), [0.456974, 0.375762, 0.27975, 0.205], rtol=1e-5)
+    torch.testing.assert_close(ret, adv + values)
+
+
+def test_egae_part_unfinished_rows_bootstrap_and_drop_their_reward():
+    """Row 0 is unfinished (extras), reward 1 ignored, bootstrap 0.6 from extras: the spec's truncated
+    example. Row 1 finished with reward 1 (last token of 2), V = [0.2, 0.5], gamma 1, lambda_actor
+    0.95: delta = [0.5 - 0.2, 1 - 0.5] = [0.3, 0.5], A = [0.3 + 0.95 * 0.5, 0.5] = [0.775, 0.5]; value
+    targets with lambda_critic 1: the reward, 1, on both tokens (and for row 0: 0.6 on every token)."""
+    from anypo.advantages.egae import EGAEAdvantage, egae
+
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    batch = RolloutBatch(
+        response_mask=mask,
+        group_ids=torch.tensor([0, 1]),
+        rewards=torch.tensor([1.0, 1.0], dtype=torch.float64),
+        values=torch.tensor([[0.40, 0.45, 0.50, 0.55], [0.2, 0.5, 9.0, 9.0]], dtype=torch.float64),
+        extras={
+            "unfinished": torch.tensor([True, False]),
+            "bootstrap_values": torch.tensor([0.6, 5.0], dtype=torch.float64),
+        },
+    )
+    A = egae(batch, EGAEAdvantage(lam_actor=0.95, lam_critic=1.0, whiten=False))
+    np.testing.assert_allclose(A[0].numpy(), [0.185494, 0.142625, 0.0975, 0.05], rtol=1e-5)
+    np.testing.assert_allclose(A[1].numpy(), [0.775, 0.5, 0, 0], rtol=1e-12)
+    np.testing.assert_allclose(batch.returns.numpy(), [[0.6] * 4, [1.0, 1.0, 0, 0]], rtol=1e-12)
+    assert batch.part_metrics["egae_unfinished_frac"] == 0.5 and batch.part_metrics["egae_bootstrap_standin"] == 0.0
+
+
+def test_egae_truncated_rows_and_the_bootstrap_standin():
+    """With truncated_unfinished, a row cut by max_new_tokens is unfinished; without extras the value
+    before its last token stands in for V(s_l): V = [0.4, 0.5], boot 0.5, no reward:
+    delta = [0.1, 0], A = [0.1, 0]. Without truncated_unfinished the same row is finished and its
+    reward 1 counts: delta = [0.1, 1 - 0.5], A = [0.1 + 0.5, 0.5] (lambda 1)."""
+    from anypo.advantages.egae import EGAEAdvantage, egae
+
+    def batch():
+        return RolloutBatch(
+            response_mask=torch.ones(1, 2),
+            group_ids=torch.zeros(1, dtype=torch.long),
+            rewards=torch.tensor([1.0], dtype=torch.float64),
+            values=torch.tensor([[0.4, 0.5]], dtype=torch.float64),
+            truncated=torch.tensor([True]),
+        )
+
+    b = batch()
+    A = egae(b, EGAEAdvantage(lam_actor=1.0, whiten=False, truncated_unfinished=True))
+    np.testing.assert_allclose(A[0].numpy(), [0.1, 0.0], atol=1e-12)
+    assert b.part_metrics["egae_bootstrap_standin"] == 1.0
+    A = egae(batch(), EGAEAdvantage(lam_actor=1.0, whiten=False))
+    np.testing.assert_allclose(A[0].numpy(), [0.6, 0.5], atol=1e-12)
+    with pytest.raises(ValueError, match="EGAEAdvantage.lam_actor"):
+        EGAEAdvantage(lam_actor=1.5)
+
+
+def test_tppo_value_loss_leaves_unfinished_rows_out():
+    """Rows 0 (unfinished) and 1 (finished), 2 tokens each, clip 0.5: row 1's V = [1, 0.2], V_old 0,
+    R = [2, 1] gives 0.5 max((V-R)^2, (clip V - R)^2) = [1.125, 0.32] (test_losses' hand example);
+    row 0 contributes nothing but its tokens stay in the normaliser: (1.125 + 0.32) / 4 = 0.36125;
+    gradient [0, -0.8 / 4] on row 1 and 0 on row 0."""
+    from anypo.losses.critic import TPPOValueLoss, tppo_value
+
+    batch = RolloutBatch(
+        response_mask=torch.ones(2, 2),
+        group_ids=torch.tensor([0, 1]),
+        rewards=torch.zeros(2, dtype=torch.float64),
+        values=torch.zeros(2, 2, dtype=torch.float64),
+        returns=torch.tensor([[5.0, 5.0], [2.0, 1.0]], dtype=torch.float64),
+        extras={"unfinished": torch.tensor([True, False])},
+    )
+    v = torch.tensor([[3.0, 3.0], [1.0, 0.2]], dtype=torch.float64, requires_grad=True)
+    out = tppo_value(v, batch, TPPOValueLoss(cliprange=0.5))
+    assert out.loss.item() == pytest.approx(0.36125)
+    (g,) = torch.autograd.grad(out.loss, v)
+    np.testing.assert_allclose(g.numpy(), [[0, 0], [0, -0.2]], atol=1e-12)
+    assert out.metrics["value/trained_frac"] == 0.5
+    assert torch.autograd.gradcheck(lambda x: tppo_value(x, batch, TPPOValueLoss(cliprange=5.0)).loss, (v,))
+
+
+def test_tppo_preset():
+    from anypo.algorithms import PRESETS
+
+    a = PRESETS["tppo"].build()
+    assert a.needs("values") and a.ppo_epochs == 2 and a.policy_loss.eps_high == 0.28
+    assert (a.advantage.lam_actor, a.advantage.lam_critic, a.advantage.truncated_unfinished) == (0.95, 1.0, False)
+    b = PRESETS["tppo"].build(truncated_unfinished=True)
+    assert b.advantage.truncated_unfinished and b.value_loss.truncated_unfinished
+
+
+# ---------------------------------------------------------------- SAFE
+
+
+def test_safe_soft_min_and_controller_match_the_spec():
+    """Spec section 18 (printed output of an independent numpy mirror of the official code):
+    soft-min(alpha 0.3) of v1 = [0.2, 1.0], v2 = [0.5, 0.9] = [0.313966, 0.945852]; the controller on
+    (KL, H, reward) = (2.0, 1.2, 0.50), (2.5, 1.2, 0.60), (3.0, 1.2, 0.55): kl_short 0.2 / 0.43 /
+    0.687, threshold 0.45 / 0.45216 / 0.450435, penalty 0 / 0 / 0.00860969."""
+    from anypo.losses.critic import soft_min
+    from anypo.regularizers.safe import SAFEControl, safe_controller_step
+
+    v = soft_min(torch.tensor([0.2, 1.0], dtype=torch.float64), torch.tensor([0.5, 0.9], dtype=torch.float64), 0.3)
+    np.testing.assert_allclose(v.numpy(), [0.313966, 0.945852], rtol=1e-5)
+    cfg = SAFEControl()
+    state = cfg.init_state()
+    want = [(0.2, 0.45, 0.0), (0.43, 0.45216, 0.0), (0.687, 0.450435, 0.00860969)]
+    for (kl, H, rew), (ks, thr, pen) in zip([(2.0, 1.2, 0.50), (2.5, 1.2, 0.60), (3.0, 1.2, 0.55)], want, strict=True):
+        got = safe_controller_step(state, kl, H, rew, cfg)
+        assert state["kl_short"] == pytest.approx(ks, rel=1e-6)
+        assert state["threshold"] == pytest.approx(thr, rel=1e-5)
+        assert got == pytest.approx(pen, rel=1e-5, abs=1e-12)
+    s2 = cfg.init_state()  # update_state reads the same three metrics
+    for kl, H, rew in [(2.0, 1.2, 0.50), (2.5, 1.2, 0.60), (3.0, 1.2, 0.55)]:
+        cfg.update_state(s2, {"safe/kl": kl, "safe/entropy": H, "safe/reward_mean": rew})
+    assert s2["penalty"] == pytest.approx(0.00860969, rel=1e-5) and s2["history"] == [0.5, 0.6, 0.55]
+
+
+def test_safe_phase_multiplier_by_hand():
+    """< 50 rewards: 1.5; 100 rewards rising from 0 to 0.99: the last 50 average 0.745 > 0.245 + 0.01:
+    1.2; 60 rewards all 0.8: recent mean 0.8 = old mean (the same 50 when < 100), std 0 < 0.02 and
+    0.8 > 0.7: 1.0; 60 rewards all 0.5: 0.8."""
+    from anypo.regularizers.safe import safe_phase_multiplier
+
+    assert safe_phase_multiplier([0.1] * 49) == 1.5
+    assert safe_phase_multiplier([i / 100 for i in range(100)]) == 1.2
+    assert safe_phase_multiplier([0.8] * 60) == 1.0
+    assert safe_phase_multiplier([0.5] * 60) == 0.8
+
+
+def test_safe_advantage_by_hand():
+    """Normaliser from count 1e-4, mean 0, var 1 with R = [1, 0, 1, 0]: batch mean 0.5, unbiased var
+    1/3; tot = 4.0001, mean = 0.5 * 4 / 4.0001, var = (1e-4 + 4/3 + 0.25 * 1e-4 * 4 / 4.0001) / 4.0001.
+    R^ = (R - mean) / (sqrt(var) + 1e-8); V (last response token's value) = [0.1, 0.3, -0.2, 0.0];
+    A = R^ - V standardised with the unbiased std; returns = R^ on every response token."""
+    from anypo.advantages.safe import SAFEAdvantage, safe
+
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]])
+    values = torch.tensor([[9.0, 0.1, 7.0], [9.0, 9.0, 0.3], [-0.2, 7.0, 7.0], [9.0, 0.0, 7.0]], dtype=torch.float64)
+    batch = RolloutBatch(
+        mask, torch.zeros(4, dtype=torch.long), torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    )
+    batch.values = values
+    batch.part_state = SAFEAdvantage().init_state()
+    A = safe(batch, SAFEAdvantage())
+    tot = 4.0001
+    mean = 0.5 * 4 / tot
+    var = (1e-4 * 1.0 + (1 / 3) * 4 + 0.25 * 1e-4 * 4 / tot) / tot
+    r_hat = (np.array([1.0, 0.0, 1.0, 0.0]) - mean) / (math.sqrt(var) + 1e-8)
+    a = r_hat - np.array([0.1, 0.3, -0.2, 0.0])
+    a = (a - a.mean()) / (a.std(ddof=1) + 1e-8)
+    np.testing.assert_allclose(A.numpy(), a[:, None] * mask.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(batch.returns.numpy(), r_hat[:, None] * mask.numpy(), rtol=1e-10)
+    assert batch.part_state["count"] == pytest.approx(tot) and batch.part_state["mean"] == pytest.approx(mean)
+
+
+def test_safe_value_loss_by_hand():
+    """Two sequences, value at the last response token. Row 0: V = 1.0, V_old = 0.5, R^ = 0.2;
+    clip 0.2: V_clip = 0.7; Huber_0.5(0.8) = 0.5 (0.8 - 0.25) = 0.275, Huber_0.5(0.5) = 0.125:
+    0.5 (0.275 + 0.125) = 0.2. Row 1: V = 0.1, V_old = 0.0, R^ = 0.3: inside the clip, Huber(-0.2)
+    twice = 0.02 each, 0.5 (0.04) = 0.02. coef 0.5, mean over 2 sequences: 0.5 * 0.22 / 2 = 0.055.
+    dL/dV: row 0 only the unclipped branch moves: 0.5 * 0.5 * 0.5 (linear part, slope d) / 2 = 0.0625;
+    row 1 both branches: 0.5 * 0.5 * 2 * (-0.2) / 2 = -0.05."""
+    from anypo.losses.critic import SAFEValueLoss, safe_value
+
+    mask = torch.tensor([[1, 1], [1, 0]])
+    batch = RolloutBatch(
+        mask,
+        torch.tensor([0, 0]),
+        torch.zeros(2, dtype=torch.float64),
+        values=torch.tensor([[9.0, 0.5], [0.0, 9.0]], dtype=torch.float64),
+        returns=torch.tensor([[0.2, 0.2], [0.3, 0.0]], dtype=torch.float64),
+    )
+    v = torch.tensor([[4.0, 1.0], [0.1, 4.0]], dtype=torch.float64, requires_grad=True)
+    out = safe_value(v, batch, SAFEValueLoss())
+    assert out.loss.item() == pytest.approx(0.055)
+    (g,) = torch.autograd.grad(out.loss, v)
+    np.testing.assert_allclose(g.numpy(), [[0, 0.0625], [-0.05, 0]], atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: safe_value(x, batch, SAFEValueLoss()).loss, (v,))
+
+
+def _safe_batch():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    ref = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -1.5, -1.0]], dtype=torch.float64)
+    batch = RolloutBatch(mask, torch.tensor([0, 0]), torch.tensor([1.0, 0.0], dtype=torch.float64), ref_logprobs=ref)
+    lp = (ref + torch.tensor([[3.0, 2.0, 0.0], [1.0, 2.5, 3.5]], dtype=torch.float64)).requires_grad_(True)
+    ent = torch.tensor([[1.0, 1.5, 0.0], [0.5, 2.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    return batch, lp, ent
+
+
+def test_safe_regularizer_code_form_has_only_the_entropy_gradient():
+    """Token-mean k1 KL over 5 tokens: (3 + 2 + 1 + 2.5 + 3.5) / 5 = 2.4; entropy (1 + 1.5 + 0.5 + 2 + 1)
+    / 5 = 1.2; mean reward 0.5. The code-form loss is -0.01 * 1.2 (the penalty has no gradient and is
+    not in the loss); d/dH = -0.01 / 5 per token, d/dlp = 0."""
+    from anypo.regularizers.safe import SAFEControl, safe
+
+    batch, lp, ent = _safe_batch()
+    out = safe(PolicyOutput(logprobs=lp, entropy=ent), batch, SAFEControl())
+    assert out.metrics["safe/kl"] == pytest.approx(2.4) and out.metrics["safe/entropy"] == pytest.approx(1.2)
+    assert out.metrics["safe/reward_mean"] == pytest.approx(0.5)
+    assert out.loss.item() == pytest.approx(-0.012)
+    out.loss.backward()
+    assert lp.grad is None
+    np.testing.assert_allclose(ent.grad.numpy(), -0.01 / 5 * batch.response_mask.numpy(), atol=1e-15)
+
+
+def test_safe_regularizer_grad_form_by_hand_and_gradcheck():
+    """grad form from a fresh state: kl_short = 0.1 * 2.4 = 0.24; the first PID call returns 0 and with
+    < 50 rewards the threshold is clip(0.3 * 1.5) = 0.45 > 0.24: no penalty. With a state whose kl_short is 4.0:
+    kl_short = 3.6 + 0.24 = 3.84 > 0.45, factor max(0.5, 2 / 1.3); penalty 0.1 (3.84 - 0.45)^2 factor;
+    dPenalty/dlp = 0.2 (3.39) factor * 0.1 / 5 per token (k1's gradient 1 / 5 through the token mean)."""
+    from anypo.regularizers.safe import SAFEControl, safe
+
+    batch, lp, ent = _safe_batch()
+    cfg = SAFEControl(penalty="grad")
+    assert cfg.needs_whole_minibatch and not SAFEControl().needs_whole_minibatch
+    out = safe(PolicyOutput(logprobs=lp, entropy=ent), batch, cfg)
+    assert out.loss.item() == pytest.approx(-0.012)
+    state = cfg.init_state()
+    state["kl_short"] = 4.0
+    batch.part_state = state
+    out = safe(PolicyOutput(logprobs=lp, entropy=ent), batch, cfg)
+    factor = max(0.5, 2.0 / 1.3)
+    assert out.loss.item() == pytest.approx(-0.012 + 0.1 * 3.39**2 * factor)
+    (g,) = torch.autograd.grad(out.loss, lp)
+    np.testing.assert_allclose(g.numpy(), 0.2 * 3.39 * factor * 0.1 / 5 * batch.response_mask.numpy(), rtol=1e-10)
+    assert state["kl_short"] == 4.0 and state["history"] == []  # the loss never changes the state
+    # the entropy factor is a stop-gradient gate (the code's rollout entropy is a constant): check d/dlp
+    assert torch.autograd.gradcheck(lambda x: safe(PolicyOutput(logprobs=x, entropy=ent), batch, cfg).loss, (lp,))
+
+
+def test_safe_preset():
+    from anypo.algorithms import PRESETS
+
+    a = PRESETS["safe"].build()
+    assert a.ppo_epochs == 2 and a.policy_loss.eps_low == 0.2 and a.value_loss.coef == 0.5
+    assert set(a.stateful_parts()) == {"advantage", "regularizers.0"}
+    assert a.needs("ref_logprobs") and a.needs("values") and not a.needs("whole_minibatch")
+    assert PRESETS["safe"].build(penalty="grad").needs("whole_minibatch")
+
+
 def _unused() -> None:  # keep imports used by later sections
     _ = (math, LossScale, get)

@@ -8,6 +8,7 @@ from anypo.advantages.arm import ARMAdvantage, arm
 from anypo.advantages.bnpo import BNPOAdvantage, bnpo
 from anypo.advantages.dcpo import DCPOAdvantage, dcpo
 from anypo.advantages.drpo import DRPOAdvantage, drpo
+from anypo.advantages.egae import EGAEAdvantage, egae
 from anypo.advantages.gpg import GPGAdvantage, gpg
 from anypo.advantages.maxrl import MaxRLAdvantage, maxrl
 from anypo.advantages.opo import OPOAdvantage, opo
@@ -24,6 +25,7 @@ from anypo.advantages.outcome import (
 from anypo.advantages.passk import PassKAdvantage, passk
 from anypo.advantages.remax import ReMaxAdvantage, remax
 from anypo.advantages.riskpo import RiskPOAdvantage, riskpo
+from anypo.advantages.safe import SAFEAdvantage, safe
 from anypo.advantages.token import (
     GAEAdvantage,
     ReinforcePPAdvantage,
@@ -41,6 +43,7 @@ __all__ = [
     "DCPOAdvantage",
     "DRPOAdvantage",
     "DrGRPOAdvantage",
+    "EGAEAdvantage",
     "GAEAdvantage",
     "GPGAdvantage",
     "GRPOAdvantage",
@@ -52,12 +55,14 @@ __all__ = [
     "ReinforcePPAdvantage",
     "ReinforcePPBaselineAdvantage",
     "RiskPOAdvantage",
+    "SAFEAdvantage",
     "XRPOAdvantage",
     "arm",
     "bnpo",
     "dcpo",
     "discounted_returns",
     "drpo",
+    "egae",
     "dr_grpo",
     "gae",
     "gae_advantages_returns",
@@ -71,6 +76,7 @@ __all__ = [
     "remax",
     "riskpo",
     "rloo",
+    "safe",
     "token_level_rewards",
     "xrpo",
 ]

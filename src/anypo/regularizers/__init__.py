@@ -4,5 +4,19 @@ from anypo.regularizers.basic import EntropyBonus, KLPenalty, entropy, kl
 from anypo.regularizers.epo import EPO, epo
 from anypo.regularizers.llds import LLDS, llds
 from anypo.regularizers.lp_reg import LpReg, lp_reg
+from anypo.regularizers.safe import SAFEControl, safe
 
-__all__ = ["EPO", "LLDS", "EntropyBonus", "KLPenalty", "LpReg", "entropy", "epo", "kl", "llds", "lp_reg"]
+__all__ = [
+    "EPO",
+    "LLDS",
+    "EntropyBonus",
+    "KLPenalty",
+    "LpReg",
+    "SAFEControl",
+    "entropy",
+    "epo",
+    "kl",
+    "llds",
+    "lp_reg",
+    "safe",
+]
