@@ -87,3 +87,35 @@ def test_metrics_of_the_ranks_combine_by_their_reductions():
     r0 = ({"a": 0.25, "b": 1.0, "hi": 3.0, "lo": -1.0}, {"a": "token_mean", "b": "sum", "hi": "max", "lo": "min"})
     r1 = ({"a": 0.5, "b": 2.0, "hi": 5.0, "lo": 0.0, "c": 7.0}, {**r0[1], "c": "seq_mean"})
     assert combine_metrics([r0, r1]) == {"a": 0.75, "b": 3.0, "hi": 5.0, "lo": -1.0, "c": 7.0}
+
+
+def test_split_calls_put_the_blocks_of_a_call_back_in_prompt_order():
+    """By hand: block 0 answers prompts 0-1 (n = 1, responses of 2 and 1 tokens), block 1 prompt 2 (3
+    tokens); the joined call has prompt_index 0, 1, 2 and every response right-padded to 3 tokens with
+    the pad id (9), mask 0 and log-prob 0."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'anypo[ray]')")
+    import torch
+
+    from anypo.distributed.ray_run import concat_generations
+    from anypo.engines.base import Generation
+
+    g0 = Generation(
+        prompt_index=torch.tensor([0, 1]),
+        response_ids=torch.tensor([[5, 6], [7, 9]]),
+        response_mask=torch.tensor([[1, 1], [1, 0]]),
+        logprobs=torch.tensor([[-1.0, -2.0], [-3.0, 0.0]]),
+        truncated=torch.tensor([True, False]),
+    )
+    g1 = Generation(
+        prompt_index=torch.tensor([0]),
+        response_ids=torch.tensor([[1, 2, 3]]),
+        response_mask=torch.tensor([[1, 1, 1]]),
+        logprobs=torch.tensor([[-0.5, -0.25, -0.125]]),
+        truncated=torch.tensor([True]),
+    )
+    out = concat_generations([g0, g1], [0, 2], pad_id=9)
+    assert out.prompt_index.tolist() == [0, 1, 2]
+    assert out.response_ids.tolist() == [[5, 6, 9], [7, 9, 9], [1, 2, 3]]
+    assert out.response_mask.tolist() == [[1, 1, 0], [1, 0, 0], [1, 1, 1]]
+    assert out.logprobs.tolist() == [[-1.0, -2.0, 0.0], [-3.0, 0.0, 0.0], [-0.5, -0.25, -0.125]]
+    assert out.truncated.tolist() == [True, False, True]
