@@ -31,6 +31,8 @@ class AlgoConfig:
     """Configs of registered ``regularizer`` parts, each added to the policy loss."""
     sampler: PartConfig | None = None
     """Config of a registered ``sampler``; None means uniform sampling."""
+    rollout: PartConfig | None = None
+    """Config of a registered ``rollout`` part (hints, roll-ins, drafts, replay); None means plain groups."""
     reward_shaping: tuple[PartConfig, ...] = ()
     """Configs of registered ``reward`` parts added to the task reward (e.g. DAPO overlong shaping)."""
     value_loss: PartConfig | None = None
@@ -61,6 +63,8 @@ class AlgoConfig:
         out: list[PartConfig] = [self.advantage, self.policy_loss, *self.regularizers, *self.reward_shaping]
         if self.sampler is not None:
             out.append(self.sampler)
+        if self.rollout is not None:
+            out.append(self.rollout)
         if self.value_loss is not None:
             out.append(self.value_loss)
         return tuple(out)

@@ -19,7 +19,7 @@ from anypo.evaluate import mean_pass_at_k, pass_at_k_by_difficulty
 from anypo.metrics import MetricAccumulator, mean_over_steps
 from anypo.ops import masked_mean, masked_sum
 from anypo.policy import Critic, Reference, batched_logprobs, micro_batches, response_logprobs
-from anypo.rollout import GroupRollout, concat_batches, drop_reward_errors
+from anypo.rollout import GroupRollout, Request, concat_batches, drop_reward_errors
 from anypo.rollout.old_pass import StepAnchor, behaviour_pass, fill_proxies, old_pass_request
 from anypo.rollout.replay import StaleRollouts
 from anypo.rollout.stats import advantage_metrics, first_groups, first_samples, rollout_metrics, warn_reward_errors
@@ -35,6 +35,7 @@ __all__ = ["PROVIDED_NEEDS", "Context", "TrainingError", "train"]
 PROVIDED_NEEDS = frozenset(
     {"ref_logprobs", "values", "entropy", "logits", "rollout_logprobs", "greedy_rewards", "whole_minibatch"}
     | {"minibatch_prepare", "old_tempered_logprobs", "old_mean_logprobs", "old_proxy_logprobs", "old_full_logprobs"}
+    | {"recomputed_old_logprobs"}
 )
 ON_POLICY_NEEDS = frozenset({"old_tempered_logprobs", "old_proxy_logprobs", "old_full_logprobs"})
 
@@ -72,7 +73,7 @@ class Context:
         self.verify, _ = make_verifier(self.task)
         self.correct_name = self.reward.names[0]  # the first term is the correctness check (reward/accuracy)
         self.engine = make_engine(cfg.engine, self.model, self.tokenizer)
-        self.rollout_part = GroupRollout(
+        self.groups = GroupRollout(
             self.engine,
             self.tokenizer,
             self.prompt_ids,
@@ -81,7 +82,11 @@ class Context:
             cfg.sampling,
             cfg.samples_per_prompt,
             self.correct_name,
+            examples=self.train_examples,
         )
+        # how drawn prompts become a batch: plain groups, or hints / roll-ins / drafts / replay (anypo.rollout.parts)
+        rollout_cfg = self.algo.rollout or registry.get("rollout", "groups")[1]()
+        self.rollout_part = registry.registry("rollout").fn_for(rollout_cfg)(rollout_cfg, self.groups)
         self.advantage_fn = registry.registry("advantage").fn_for(self.algo.advantage)
         self.loss_fn = registry.registry("policy_loss").fn_for(self.algo.policy_loss)
         self.reg_fns = [registry.registry("regularizer").fn_for(r) for r in self.algo.regularizers]
@@ -171,15 +176,25 @@ class Context:
 
     # ---- rollout ----
     def rollout(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
-        """Draw prompts until the sampler has kept ``prompts_per_step`` groups (or ``max_draws`` is hit)."""
+        """Draw prompts until the sampler has kept ``prompts_per_step`` groups (or ``max_draws`` is hit).
+
+        The sampler picks the prompts and their group sizes; the rollout part turns them into a scored
+        batch (plain groups, or with hints, roll-ins, drafts, replayed answers). Every token the engine
+        generates for the step counts in ``rollout/generated_tokens``, re-scoring passes included."""
         kept, n_groups, draws, scored = [], 0, 0, []
-        n_generated = n_failed = tokens = 0
+        n_generated = n_failed = 0
+        start_tokens = self.groups.generated_tokens
+        m_rescore = self.rescore(step)
         while n_groups < self.cfg.prompts_per_step and draws < self.max_draws:
             idx = self.sampler.next_prompts(step)
+            sizes = self.sampler.group_sizes(idx, self.cfg.samples_per_prompt)
             b = self.rollout_part.collect(
-                idx, seed=self.cfg.seed * 1_000_003 + step * 101 + draws, group_offset=draws * len(idx)
+                [Request(i, n) for i, n in zip(idx, sizes, strict=True)],
+                seed=self.cfg.seed * 1_000_003 + step * 101 + draws,
+                step=step,
+                group_offset=draws * len(idx),
             )
-            n_generated, tokens = n_generated + b.num_seqs, tokens + int(b.response_mask.sum())
+            n_generated += b.num_seqs
             b, failed = drop_reward_errors(b)
             n_failed += failed
             self.sampler.observe(b)
@@ -193,13 +208,15 @@ class Context:
             kept = [scored[-1]]
         batch = concat_batches(kept, self.tokenizer.pad_token_id)
         batch = first_groups(batch, self.cfg.prompts_per_step)
+        tokens = self.groups.generated_tokens - start_tokens
         greedy: dict[str, float] = {}
         if self.algo.needs("greedy_rewards") and batch.num_seqs:  # ReMax's baseline: never trained on
-            batch.greedy_rewards, greedy = self.rollout_part.greedy_rewards(batch, seed=self.cfg.seed + step)
+            batch.greedy_rewards, greedy = self.groups.greedy_rewards(batch, seed=self.cfg.seed + step)
             tokens += int(greedy["rollout/greedy_tokens"])
         errors, self._errors_seen = self.reward.num_errors - self._errors_seen, self.reward.num_errors
         m = rollout_metrics(batch, concat_batches(scored, self.tokenizer.pad_token_id), draws)
-        m.update(greedy)
+        m.update(greedy | m_rescore | self.rollout_part.pop_metrics())
+        m.update({f"sampler/{k}": v for k, v in self.sampler.pop_metrics().items()})
         m["reward/errors"] = float(errors)
         m["reward/error_samples"] = float(n_failed)
         m["rollout/generated_tokens"] = float(tokens)
@@ -209,6 +226,22 @@ class Context:
                 step, n_failed, n_generated, self.cfg.reward_error_warn_frac
             )
         return batch, m
+
+    def rescore(self, step: int) -> dict[str, float]:
+        """Re-score the prompts the sampler asks for before ``step``'s draw (MMR1's periodic pass over the
+        training set): plain groups of ``n`` samples, 16 prompts per engine call, never trained on."""
+        idx, n = self.sampler.rescore_prompts(step)
+        if not idx:
+            return {}
+        start, size, parts = self.groups.generated_tokens, 16, []
+        for k in range(0, len(idx), size):
+            seed = (self.cfg.seed * 1_000_003 + step * 101) * 7 + 1_000_000_007 + k
+            parts.append(drop_reward_errors(self.groups.collect([Request(i, n) for i in idx[k : k + size]], seed))[0])
+        self.sampler.rescore(concat_batches(parts, self.tokenizer.pad_token_id))
+        return {
+            "rollout/rescored_prompts": float(len(idx)),
+            "rollout/rescore_tokens": float(self.groups.generated_tokens - start),
+        }
 
     def _generate_stale(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         """Step ``step``'s batch, generated now (an earlier step) with the behaviour log-probs of these weights."""
@@ -242,6 +275,7 @@ class Context:
         exact = getattr(self.engine, "logprobs_exact", lambda _s: True)(cfg.sampling) and cfg.precision == "fp32"
         # a rollout correction (TIS, IcePop) compares the engine's log-probs with the learner's: both needed
         recompute = not on_policy or not exact or cfg.recompute_old_logprobs or self.algo.needs("rollout_logprobs")
+        recompute = recompute or self.algo.needs("recomputed_old_logprobs")  # replayed rows of older weights
         # the same no-grad forward gives what parts declare of the behaviour policy (needs_old_*)
         request = old_pass_request(self.algo, self.part_states, logprobs=recompute)
         out = behaviour_pass(self.model, batch, cfg.sampling.temperature, micro, cfg.pack_prompts, request)
@@ -449,6 +483,7 @@ class Context:
 
     def step_state(self) -> dict:
         state = {"sampler": self.sampler.state_dict(), "part_states": self.part_states}
+        state["rollout"] = self.rollout_part.state_dict()  # e.g. a replay buffer
         if self.stale is not None:
             state["replay"] = self.stale.state_dict()  # the queued batches (shared, never copied)
         return state
@@ -461,6 +496,7 @@ class Context:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
+        self.rollout_part.load_state_dict(state.get("rollout", {}))
         saved = state.get("part_states", {})
         self.part_states = {
             slot: saved[slot] if slot in saved else part.init_state()

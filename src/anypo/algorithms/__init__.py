@@ -57,6 +57,11 @@ _MODULES = (
     # actor-critic methods
     "tppo",
     "safe",
+    # data selection, curricula and guidance
+    "curriculum",
+    "vas",
+    "scaf_grpo",
+    "ghpo",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

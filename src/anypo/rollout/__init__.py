@@ -1,5 +1,20 @@
-"""Rollout parts: turn prompts into a RolloutBatch using an engine."""
+"""Rollout parts: turn prompts into a RolloutBatch using an engine (kind ``rollout``, registered by
+the explicit imports below; see ``anypo.rollout.parts`` for the interface)."""
 
-from anypo.rollout.groups import GroupRollout, concat_batches, drop_reward_errors
+from anypo.rollout.groups import GroupRollout, Request, concat_batches, drop_reward_errors
+from anypo.rollout.guidance import GHPOConfig, GHPOHints, ScafConfig, ScafHints
+from anypo.rollout.parts import Groups, GroupsConfig, RolloutPart
 
-__all__ = ["GroupRollout", "concat_batches", "drop_reward_errors"]
+__all__ = [
+    "GHPOConfig",
+    "GHPOHints",
+    "GroupRollout",
+    "Groups",
+    "GroupsConfig",
+    "Request",
+    "RolloutPart",
+    "ScafConfig",
+    "ScafHints",
+    "concat_batches",
+    "drop_reward_errors",
+]

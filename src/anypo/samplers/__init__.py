@@ -1,6 +1,21 @@
-"""Prompt samplers (kind ``sampler``), registered by the explicit imports below."""
+"""Prompt samplers (kind ``sampler``), registered by the explicit imports below.
 
+The interface every sampler has is in ``anypo.samplers.uniform``; per-prompt statistics kept across
+steps are ``anypo.samplers.stats.PromptStats``."""
+
+from anypo.samplers.curricula import CurriculumConfig, CurriculumSampler, VASConfig, VASSampler
 from anypo.samplers.dynamic import DynamicSampler, DynamicSamplingConfig
+from anypo.samplers.stats import PromptStats
 from anypo.samplers.uniform import UniformConfig, UniformSampler
 
-__all__ = ["DynamicSampler", "DynamicSamplingConfig", "UniformConfig", "UniformSampler"]
+__all__ = [
+    "CurriculumConfig",
+    "CurriculumSampler",
+    "DynamicSampler",
+    "DynamicSamplingConfig",
+    "PromptStats",
+    "UniformConfig",
+    "UniformSampler",
+    "VASConfig",
+    "VASSampler",
+]

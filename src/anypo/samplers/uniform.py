@@ -1,11 +1,29 @@
-"""Prompt samplers (kind ``sampler``): which prompts each step trains on, and which samples to keep.
+"""Prompt samplers (kind ``sampler``): which prompts each step trains on, how many samples each gets,
+and which samples to keep.
 
-A sampler is a class constructed as ``Cls(cfg, num_prompts, prompts_per_step, seed)`` with
-``next_prompts(step) -> list[int]``, ``observe(batch)``, ``keep(batch) -> Tensor bool [N]``,
-``state_dict()`` and ``load_state_dict(state)``. The loop fills a step like this::
+A sampler is a class constructed as ``Cls(cfg, num_prompts, prompts_per_step, seed)``. Its one
+interface (every method has a default here, so a sampler overrides only what it decides):
 
+* ``next_prompts(step) -> list[int]``: the prompt indices of the next draw;
+* ``group_sizes(indices, G) -> list[int]``: samples per drawn prompt (default ``G`` each; Rollout-GDRO
+  and XRPO's allocator vary it; the sizes of one draw must be >= 1);
+* ``observe(batch)``: every scored batch of the step (after the rollout part, reward errors dropped);
+  this is where per-prompt statistics (:class:`anypo.samplers.stats.PromptStats`) are updated;
+* ``keep(batch) -> Tensor bool [N]``: which samples of a draw to train on (DAPO's dynamic sampling);
+* ``rescore_prompts(step) -> (indices, n)``: prompts to re-score before step ``step``'s draw, with
+  ``n`` samples each (MMR1's periodic re-scoring of the whole training set); default none;
+* ``rescore(batch)``: the scored re-scoring batch (never trained on);
+* ``pop_metrics() -> dict[str, float]``: its diagnostics since the last call (the loop logs them
+  under ``sampler/`` once per step);
+* ``state_dict()`` / ``load_state_dict(state)``: everything above that changes, for exact resume.
+
+The loop fills a step like this::
+
+    idx, n = sampler.rescore_prompts(step)
+    if idx: sampler.rescore(plain groups of n samples of each prompt in idx)
     while kept_groups < B and draws < cfg.max_draws:
-        idx = sampler.next_prompts(step); batch = rollout(idx); sampler.observe(batch)
+        idx = sampler.next_prompts(step); sizes = sampler.group_sizes(idx, G)
+        batch = rollout_part.collect(requests(idx, sizes), ...); sampler.observe(batch)
         batch = batch.select(sampler.keep(batch)); ...concatenate...
     ...then trims to B groups.
 
@@ -84,8 +102,23 @@ class UniformSampler:
             self._cursor += take
         return out
 
+    def group_sizes(self, indices: list[int], group_size: int) -> list[int]:
+        """Samples per prompt of ``indices``: ``group_size`` (G) each."""
+        return [group_size] * len(indices)
+
     def observe(self, batch: RolloutBatch) -> None:
         """Uniform sampling learns nothing from the rollouts."""
+
+    def rescore_prompts(self, step: int) -> tuple[list[int], int]:
+        """Prompts to re-score before ``step``'s draw and samples per prompt: none."""
+        return [], 0
+
+    def rescore(self, batch: RolloutBatch) -> None:
+        """The scored re-scoring batch; uniform sampling ignores it."""
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Diagnostics since the last call (keys without the ``sampler/`` prefix): none."""
+        return {}
 
     def keep(self, batch: RolloutBatch) -> Tensor:
         """[N] bool: keep every sample."""

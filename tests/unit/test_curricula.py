@@ -1,0 +1,311 @@
+"""Data selection, curricula and guidance: per-prompt statistics, prime-rl's difficulty pools, MMR1's
+VAS, the group generator's requests (sizes, prompt inserts, roll-in prefixes), Scaf-GRPO's hints and
+GHPO's partial solutions. Expected values are derived by hand in each docstring, or by numpy.
+
+The rollout tests run a scripted engine on a character tokenizer (one token per character), so the
+exact prompts the engine saw and the exact tokens of every row can be read back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anypo.engines.base import Generation, SamplingConfig
+from anypo.ops import group_stats
+from anypo.rollout import GHPOConfig, GroupRollout, Request, ScafConfig
+from anypo.rollout.guidance import GHPOHints, ScafHints, all_wrong_groups, ladder_levels, solution_prefix
+from anypo.samplers import CurriculumConfig, CurriculumSampler, PromptStats, VASConfig, VASSampler
+from anypo.samplers.curricula import difficulty_pools, distinct_n, pool_counts, vps_weights
+from anypo.tasks.base import Example
+from anypo.types import RewardResult, RolloutBatch
+
+
+# ---- scripted engine on a character tokenizer ----
+class CharTokenizer:
+    pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(int(i)) for i in ids if int(i) != 0)
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "U:" + messages[-1]["content"] + "\nA:"
+
+
+class ScriptEngine:
+    """``reply(prompt_text, k) -> str``: the k-th sample (0-based, per prompt) of a call; each
+    character's log-prob is -0.5. Records every call as (prompt texts, n, seed)."""
+
+    def __init__(self, reply):
+        self.reply, self.calls = reply, []
+
+    def generate(self, prompts, n, sampling, seed=None):
+        texts = ["".join(map(chr, p)) for p in prompts]
+        self.calls.append((texts, n, seed))
+        outs = [self.reply(t, k) for t in texts for k in range(n)]
+        T = max(len(o) for o in outs)
+        ids = torch.zeros(len(outs), T, dtype=torch.long)
+        mask = torch.zeros(len(outs), T, dtype=torch.long)
+        for r, o in enumerate(outs):
+            ids[r, : len(o)] = torch.tensor([ord(c) for c in o])
+            mask[r, : len(o)] = 1
+        return Generation(
+            prompt_index=torch.arange(len(prompts)).repeat_interleave(n),
+            response_ids=ids,
+            response_mask=mask,
+            logprobs=-0.5 * mask.float(),
+            truncated=torch.zeros(len(outs), dtype=torch.bool),
+        )
+
+
+def make_groups(reply, examples, G=4):
+    tok = CharTokenizer()
+    prompt_ids = [tok(tok.apply_chat_template([{"content": e.prompt}]))["input_ids"] for e in examples]
+
+    def reward(sample):  # correct iff the reference answer is the reply's last line
+        ok = float(sample.completion.strip().splitlines()[-1] == sample.answer) if sample.completion.strip() else 0.0
+        return RewardResult(score=ok, components={"correct": ok})
+
+    engine = ScriptEngine(reply)
+    groups = GroupRollout(
+        engine,
+        tok,
+        prompt_ids,
+        lambda i, text, n, t: examples[i].to_sample(text, n, 16, t),
+        reward,
+        SamplingConfig(max_new_tokens=16),
+        G,
+        "correct",
+        examples=examples,
+    )
+    return groups, engine
+
+
+def rows_text(batch: RolloutBatch, field: str = "response") -> list[str]:
+    ids, mask = (
+        (batch.response_ids, batch.response_mask) if field == "response" else (batch.prompt_ids, batch.prompt_mask)
+    )
+    return ["".join(chr(int(t)) for t in ids[r][mask[r].bool()]) for r in range(batch.num_seqs)]
+
+
+# ---- per-prompt statistics ----
+def test_prompt_stats_by_hand():
+    """Prompt 3: draw 1 at step 1 passes 1 of 2 (p = 0.5; EMA starts at 0.5), draw 2 at step 2
+    passes 2 of 2 (p = 1; EMA = 0.5 * 0.5 + 0.5 * 1 = 0.75). A guided row (correct) is left out.
+    Totals: 3 of 4 seen, mean pass 0.75; history [0.5, 1.0]; prompt 0 never seen (NaN)."""
+    s = PromptStats(5, ema_rate=0.5, window=2)
+
+    def batch(correct, guided):
+        n = len(correct)
+        return RolloutBatch(
+            torch.ones(n, 2),
+            torch.zeros(n, dtype=torch.long),
+            torch.tensor(correct, dtype=torch.float32),
+            extras={"prompt_index": [3] * n, "correct": correct, "guided": guided},
+        )
+
+    assert s.update(batch([1.0, 0.0, 1.0], [False, False, True]), step=1) == {3: 0.5}
+    s.update(batch([1.0, 1.0], [False, False]), step=2)
+    assert s.seen[3] == 4 and s.passed[3] == 3 and s.ema[3] == pytest.approx(0.75)
+    assert s.history[3] == [0.5, 1.0] and s.last_step[3] == 2 and s.last[3] == 1.0
+    assert s.mean_pass()[3] == pytest.approx(0.75) and np.isnan(s.mean_pass()[0])
+    r = PromptStats(5, ema_rate=0.5, window=2)
+    r.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert r.ema[3] == s.ema[3] and np.isnan(r.ema[0]) and r.history == s.history
+    with pytest.raises(ValueError, match="ema_rate"):
+        PromptStats(3, ema_rate=0.0)
+
+
+# ---- prime-rl difficulty pools ----
+def test_difficulty_pools_and_counts_by_hand():
+    """Borders 0.8 / 0.2: pass rates [nan, 0.9, 0.8, 0.5, 0.2, 0.0] -> normal, easy, easy, normal,
+    hard, hard. B = 10 with fractions 0.1 / 0.1: 1 easy, 1 hard, 8 normal; with only 3 normal prompts
+    the normal deficit 5 goes to easy (pool of 4: 3 more) then hard (2 more)."""
+    pools = difficulty_pools(np.array([np.nan, 0.9, 0.8, 0.5, 0.2, 0.0]), 0.8, 0.2)
+    assert pools.tolist() == [0, 1, 1, 0, 2, 2]
+    assert pool_counts(10, 0.1, 0.1, (20, 5, 5)) == [8, 1, 1]
+    assert pool_counts(10, 0.1, 0.1, (3, 4, 10)) == [3, 4, 3]
+    assert pool_counts(4, 0.1, 0.1, (20, 5, 5)) == [4, 0, 0]  # floor(0.4) = 0
+    with pytest.raises(ValueError, match="hard_border"):
+        CurriculumConfig(easy_border=0.2, hard_border=0.5)
+
+
+def test_curriculum_sampler_draws_from_pools_and_resumes():
+    """20 prompts; prompts 0-4 observed all right (easy), 5-9 all wrong (hard), the others unseen
+    (normal). A batch of 10 then holds exactly 1 easy, 1 hard and 8 normal prompts, distinct; a
+    sampler restored from the JSON state draws the same next batches."""
+    s = CurriculumSampler(CurriculumConfig(), 20, 10, seed=3)
+    s.next_prompts(1)
+    idx = list(range(10))
+    correct = [1.0] * 5 * 2 + [0.0] * 5 * 2
+    s.observe(
+        RolloutBatch(
+            torch.ones(20, 2),
+            torch.arange(10).repeat_interleave(2),
+            torch.tensor(correct),
+            extras={"prompt_index": [i for i in idx for _ in range(2)], "correct": correct},
+        )
+    )
+    state = json.loads(json.dumps(s.state_dict()))
+    drawn = s.next_prompts(2)
+    assert len(set(drawn)) == 10
+    assert sum(i < 5 for i in drawn) == 1 and sum(5 <= i < 10 for i in drawn) == 1
+    assert s.pop_metrics()["pool_easy_frac"] == 0.25
+    r = CurriculumSampler(CurriculumConfig(), 20, 10, seed=0)
+    r.load_state_dict(state)
+    assert r.next_prompts(2) == drawn
+
+
+# ---- MMR1 VAS ----
+def test_vps_weights_match_the_spec_example():
+    """Spec section 7: P = [0, 2, 4, 7, 8] / 8, TDS = [0.1, 0.4, 0.3, 0.2, 0.05], alpha 0.8, beta 0.2:
+    OVS = [0, 0.1875, 0.25, 0.109375, 0], VPS = [0.02, 0.23, 0.26, 0.1275, 0.01], min-max weights
+    [0.04, 0.88, 1.0, 0.47, 0.0] (numpy, 1e-8 in the denominator)."""
+    w = vps_weights(np.array([0, 2, 4, 7, 8]) / 8, np.array([0.10, 0.40, 0.30, 0.20, 0.05]), 0.8, 0.2)
+    np.testing.assert_allclose(w, [0.04, 0.88, 1.0, 0.47, 0.0], atol=1e-6)
+    np.testing.assert_allclose(w / w.sum(), [0.016736, 0.368201, 0.41841, 0.196653, 0.0], atol=1e-6)
+
+
+def test_distinct_n_by_hand():
+    """[1,2,3,4] and [1,2,3,9]: 3-grams (1,2,3), (2,3,4), (1,2,3), (2,3,9): 3 distinct of 4 = 0.75;
+    sequences shorter than 3 have no 3-gram (0)."""
+    assert distinct_n([[1, 2, 3, 4], [1, 2, 3, 9]], 3) == 0.75
+    assert distinct_n([[1, 2]], 3) == 0.0
+
+
+def test_vas_rescoring_weights_and_mixed_batches():
+    """5 prompts re-scored with 2 samples each: prompt 1 passes 1 of 2 (OVS 0.25), the others 0 or 2
+    of 2 (OVS 0); every response is [7, 7] (no 3-gram: TDS 0). Weights: 1 for prompt 1, 0 elsewhere.
+    With B = 4 and lambda = 0.5 the first two prompts of every batch are prompt 1; the other two come
+    from the cycled permutation. Re-scoring is due at the first call and again 4 steps later."""
+    s = VASSampler(VASConfig(rescore_samples=2), 5, 4, seed=0)
+    idx, n = s.rescore_prompts(1)
+    assert idx == [0, 1, 2, 3, 4] and n == 2 and s.rescore_prompts(2) == ([], 0)
+    correct = [0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+    s.rescore(
+        RolloutBatch(
+            torch.ones(10, 2),
+            torch.arange(5).repeat_interleave(2),
+            torch.tensor(correct),
+            response_ids=torch.full((10, 2), 7),
+            extras={"prompt_index": [i for i in idx for _ in range(2)], "correct": correct},
+        )
+    )
+    np.testing.assert_allclose(s.weights, [0, 1, 0, 0, 0], atol=1e-7)
+    state = json.loads(json.dumps(s.state_dict()))
+    batches = [s.next_prompts(t) for t in (1, 2, 3)]
+    assert all(b[:2] == [1, 1] for b in batches)
+    uniform = [i for b in batches for i in b[2:]]
+    assert sorted(uniform[:5]) == [0, 1, 2, 3, 4]  # one pass of the permutation
+    assert s.rescore_prompts(5)[0] == [0, 1, 2, 3, 4]
+    r = VASSampler(VASConfig(rescore_samples=2), 5, 4, seed=0)
+    r.load_state_dict(state)
+    assert [r.next_prompts(t) for t in (1, 2, 3)] == batches
+
+
+# ---- the group generator: sizes, inserts, roll-ins ----
+EX = [Example("q0", "7", solution="Let x=3. Then 2x+1=7, so the answer is 7.", hints=("h1", "h2")), Example("q1", "5")]
+
+
+def test_requests_sizes_inserts_and_rollin_prefix():
+    """Request (0, n=3, insert "HINT") and (1, n=1, prefix "ab"): one engine call per size (n=1 with
+    the base seed 10, n=3 with 10 + 7919); group ids [5, 5, 5, 6] at offset 5; prompt 0's user message
+    is "q0\\n\\nHINT"; row 3's response is "ab" + the reply with the prefix masked (mask 0 0 1 1 ..)
+    and its old log-probs 0 there; the reward sees "ab" + reply; only the generated characters count."""
+    groups, engine = make_groups(lambda text, k: f"r{k}", EX)
+    b = groups.collect(
+        [Request(0, 3, insert="HINT"), Request(1, 1, prefix=groups.encode("ab"))], seed=10, group_offset=5
+    )
+    assert [(n, seed) for _, n, seed in engine.calls] == [(1, 10), (3, 10 + 7919)]
+    assert engine.calls[0][0] == ["U:q1\nA:ab"] and engine.calls[1][0] == ["U:q0\n\nHINT\nA:"]
+    assert b.group_ids.tolist() == [5, 5, 5, 6]
+    assert rows_text(b, "prompt") == ["U:q0\n\nHINT\nA:"] * 3 + ["U:q1\nA:"]
+    assert b.response_mask[3].tolist()[:4] == [0, 0, 1, 1] and b.old_logprobs[3, :2].tolist() == [0.0, 0.0]
+    assert b.extras["text"] == ["r0", "r1", "r2", "abr0"]
+    assert b.extras["guided"] == [True, True, True, True] and b.extras["rollin_tokens"] == [0, 0, 0, 2]
+    assert groups.generated_tokens == 3 * 2 + 2
+
+
+def test_plain_indices_are_groups_of_G():
+    groups, engine = make_groups(lambda text, k: "7" if k == 0 else "x", EX, G=4)
+    b = groups.collect([0, 1], seed=3)
+    assert len(engine.calls) == 1 and engine.calls[0][1:] == (4, 3)
+    assert b.group_ids.tolist() == [0] * 4 + [1] * 4 and b.extras["guided"] == [False] * 8
+    assert b.rewards.tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
+
+
+# ---- Scaf-GRPO ----
+def test_scaf_rescue_replaces_first_row_with_lowest_correct_level():
+    """Spec section 10: group of 8 all wrong at step 60 (> warm-up 50); hinted levels 1..8 answer
+    [0,0,0,0,1,1,0,1], so level 5 wins and replaces row 0 (prompt included). Rewards become
+    [1,0,0,0,0,0,0,0] and GRPO's advantage (unbiased std, eps 1e-6) is 2.474867 for it and -0.353552
+    for the others (numpy below)."""
+    ladder = tuple(f"H{k}" for k in range(1, 9))
+    ex = [Example("q", "7", hints=ladder)]
+    wins = {"H5", "H6", "H8"}
+
+    def reply(text, k):
+        return "7" if any(f"Hint: {h}\n" in text for h in wins) else "0"
+
+    groups, engine = make_groups(reply, ex, G=8)
+    part = ScafHints(ScafConfig(warmup_steps=50), groups)
+    assert part.collect([Request(0, 8)], seed=0, step=50).rewards.sum() == 0  # warm-up: no hints
+    b = part.collect([Request(0, 8)], seed=0, step=60)
+    assert b.rewards.tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
+    assert rows_text(b, "prompt")[0] == "U:q\n\nHint: H5\nA:" and rows_text(b, "prompt")[1] == "U:q\nA:"
+    assert b.extras["guided"] == [True] + [False] * 7
+    r = np.array([1, 0, 0, 0, 0, 0, 0, 0.0])
+    expected = (r - r.mean()) / (r.std(ddof=1) + 1e-6)
+    mean, std, _ = group_stats(b.rewards.double(), b.group_ids)
+    np.testing.assert_allclose(((b.rewards.double() - mean) / (std + 1e-6)).numpy(), expected, atol=1e-6)
+    assert expected[0] == pytest.approx(2.474867, abs=1e-6)
+    m = part.pop_metrics()
+    assert m["rollout/scaf_rescued_groups"] == 1 and m["rollout/scaf_level_mean"] == 5
+
+
+def test_scaf_leaves_group_when_no_hint_works_and_thins_long_ladders():
+    """No hinted sample right: the group is unchanged. A ladder of 20 rungs thinned to 8 keeps rungs
+    round(k 19 / 7) = 0, 3, 5, 8, 11, 14, 16, 19."""
+    groups, _ = make_groups(lambda text, k: "0", [Example("q", "7", hints=("a", "b"))], G=4)
+    b = ScafHints(ScafConfig(warmup_steps=0), groups).collect([Request(0, 4)], seed=0, step=1)
+    assert b.rewards.tolist() == [0, 0, 0, 0] and not any(b.extras["guided"])
+    assert ladder_levels(20, 8) == [0, 3, 5, 8, 11, 14, 16, 19] and ladder_levels(3, 8) == [0, 1, 2]
+
+
+# ---- GHPO ----
+def test_solution_prefix_matches_the_spec_example():
+    """Spec section 11: the 41-character solution cut at round(41 w): 10, 20 (20.5 rounds to even),
+    31 characters."""
+    sol = "Let x=3. Then 2x+1=7, so the answer is 7."
+    assert [solution_prefix(sol, w) for w in (0.25, 0.5, 0.75)] == [
+        "Let x=3. T",
+        "Let x=3. Then 2x+1=7",
+        "Let x=3. Then 2x+1=7, so the an",
+    ]
+
+
+def test_ghpo_cascade_keeps_the_stage_that_solved_the_group():
+    """Group 0 (with a solution) all wrong -> 25% stage still all wrong -> 50% stage: sample 0 right
+    ([1,0,0,0]); the 75% stage does not run for it. Group 1 (solved without help) is untouched. The
+    group trains with the 50% prompt; three engine calls in all."""
+
+    def reply(text, k):
+        if text.startswith("U:q1"):
+            return "5" if k == 0 else "x"
+        return "7" if "2x+1=7\n" in text and k == 0 else "0"
+
+    groups, engine = make_groups(reply, EX, G=4)
+    part = GHPOHints(GHPOConfig(), groups)
+    b = part.collect([Request(0, 4), Request(1, 4)], seed=0, step=1)
+    assert len(engine.calls) == 3
+    assert b.rewards.tolist() == [1, 0, 0, 0, 1, 0, 0, 0] and b.group_ids.tolist() == [0] * 4 + [1] * 4
+    prompts = rows_text(b, "prompt")
+    assert prompts[0].endswith("problem:\nLet x=3. Then 2x+1=7\nA:") and prompts[4] == "U:q1\nA:"
+    assert all_wrong_groups(b) == []
+    m = part.pop_metrics()
+    assert m["rollout/ghpo_regenerated_groups"] == 2 and m["rollout/ghpo_unsolved_groups"] == 0
