@@ -349,6 +349,25 @@ def curve_by_tokens(rs: list[Run], key: str, points: int = 200) -> tuple[list[fl
     return grid.tolist(), _mean_band([list(row) for row in table])
 
 
+def curves_of(groups: dict[str, list[Run]]) -> dict[str, str]:
+    """CURVES, plus the held-out pass@k of the largest k > 1 any run logs, after pass@1."""
+    ks = {
+        int(key.removeprefix("eval/pass@"))
+        for rs in groups.values()
+        for run in rs
+        for row in run.rows
+        for key in row
+        if key.startswith("eval/pass@") and key.removeprefix("eval/pass@").isdigit()
+    }
+    k = max(ks, default=1)
+    out = {}
+    for key, label in CURVES.items():
+        out[key] = label
+        if key == "eval/pass@1" and k > 1:
+            out[f"eval/pass@{k}"] = f"held-out pass@{k}"
+    return out
+
+
 def plot_curves(groups: dict[str, list[Run]], plot_dir: Path) -> list[tuple[Path, str]]:
     """One PNG per logged metric of CURVES: against step (left) and against tokens generated (right)."""
     import matplotlib
@@ -360,7 +379,7 @@ def plot_curves(groups: dict[str, list[Run]], plot_dir: Path) -> list[tuple[Path
     plot_dir.mkdir(parents=True, exist_ok=True)
     colors = plt.get_cmap("tab10").colors
     written = []
-    for key, ylabel in CURVES.items():
+    for key, ylabel in curves_of(groups).items():
         if not any(_num(r.get(key)) is not None for rs in groups.values() for run in rs for r in run.rows):
             continue
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))

@@ -477,7 +477,7 @@ def test_report_lists_runs_reproduce_commands_and_plots(rendered):
     out, md, _ = rendered
     assert "anypo compare grpo dr_grpo sapo --seeds 0 1 2" in md
     assert md.count("anypo train grpo --seed") == 3
-    for key in ("reward_mean", "eval_pass_at_1", "policy_entropy", "response_length_mean", "kl_ref"):
+    for key in ("reward_mean", "eval_pass_at_1", "eval_pass_at_4", "policy_entropy", "response_length_mean", "kl_ref"):
         assert (out / "plots" / f"{key}.png").stat().st_size > 1000
         assert f"(plots/{key}.png)" in md
     assert "Workload of every run: task `addition`, model `tiny`" in md
@@ -485,7 +485,7 @@ def test_report_lists_runs_reproduce_commands_and_plots(rendered):
 
 def test_html_is_self_contained(rendered):
     html = rendered[2]
-    assert html.count('src="data:image/png;base64,') == 5
+    assert html.count('src="data:image/png;base64,') == 6  # the 5 fixed curves + held-out pass@4
     assert "<script" not in html and not re.search(r"(src|href)=\"(https?:)?//", html) and "@import" not in html
     assert "<th>held-out pass@1</th>" in html and "<code>grpo</code>" in html
 
@@ -575,3 +575,15 @@ def test_report_of_run_directories_from_any_loop(tmp_path):
     assert report.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
     t = md_table((tmp_path / "cmp" / "report.md").read_text(), "## Results per method")
     assert t["`grpo`"]["reward (last 5)"] == "0.240 (n=1)" and t["`dpo-loop`"]["reward (last 5)"] == "0.540 (n=1)"
+
+
+def test_curves_add_the_largest_pass_at_k_after_pass_at_1():
+    """Runs logging pass@1, pass@2 and pass@8 get a pass@8 curve (the largest k), drawn right after
+    pass@1; runs that log only pass@1 keep the five fixed curves."""
+    from anypo.report import CURVES, Run, curves_of
+
+    rows = [{"step": 0, "eval/pass@1": 0.1, "eval/pass@2": 0.2}, {"step": 10, "eval/pass@8": 0.5}]
+    keys = list(curves_of({"a": [Run(Path("a"), "a", 0, {}, rows)]}))
+    assert keys == ["reward/mean", "eval/pass@1", "eval/pass@8", "policy/entropy", "response/length_mean", "kl/ref"]
+    only1 = [{"step": 0, "eval/pass@1": 0.1}]
+    assert list(curves_of({"a": [Run(Path("a"), "a", 0, {}, only1)]})) == list(CURVES)
