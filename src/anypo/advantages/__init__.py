@@ -26,6 +26,7 @@ from anypo.advantages.passk import PassKAdvantage, passk
 from anypo.advantages.remax import ReMaxAdvantage, remax
 from anypo.advantages.riskpo import RiskPOAdvantage, riskpo
 from anypo.advantages.safe import SAFEAdvantage, safe
+from anypo.advantages.spo import SPOAdvantage, spo
 from anypo.advantages.token import (
     GAEAdvantage,
     ReinforcePPAdvantage,
@@ -56,6 +57,7 @@ __all__ = [
     "ReinforcePPBaselineAdvantage",
     "RiskPOAdvantage",
     "SAFEAdvantage",
+    "SPOAdvantage",
     "XRPOAdvantage",
     "arm",
     "bnpo",
@@ -77,6 +79,7 @@ __all__ = [
     "riskpo",
     "rloo",
     "safe",
+    "spo",
     "token_level_rewards",
     "xrpo",
 ]

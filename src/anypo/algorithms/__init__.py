@@ -67,6 +67,8 @@ _MODULES = (
     "ipo",
     "cdpo",
     "rpo",
+    # self-play preference optimisation in the online RL loop
+    "spo",
     # online / iterative preference optimisation (kind "preference_online": anypo.train_pref_online)
     "online_dpo",
     "iterative_dpo",
