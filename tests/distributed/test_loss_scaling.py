@@ -12,8 +12,9 @@ mini-batch as one padded micro-batch through the same forward, the loss part cal
 mini-batch's own counts, ``backward``, the plain gradients. By the contract
 ``sum_r sum_m loss(micro_{r,m}) = loss(mini)`` and the same for the gradients, so the group's
 ``loss/total``, its global gradient norm and the gradient it hands to the optimizer must equal
-these within float32 reduction noise (rtol 1e-4 on the loss, max |diff| <= 1e-4 * max |g| on the
-gradients), at every micro-batch size.
+these within float32 reduction noise (rtol 1e-5 on the loss and the norm, max |diff| <= 1e-5 * max |g|
+on the gradients; measured: 3e-7 and 2e-7), at every micro-batch size. With ``dist.mixed_precision`` (bf16 parameters) the step stays close to
+the float32 one (the bound is in that test's docstring).
 
 Each rank runs in its own process (``torch.multiprocessing.spawn``); the group's collectives time out
 after 120 s and the spawn join is bounded, so a hang fails the test.
@@ -104,6 +105,17 @@ def _rank_main(rank: int, address: str, cfg, batch, out_dir: str) -> None:
             ctx.cfg = dataclasses.replace(ctx.cfg, micro_batch_size=micro)
             metrics = ctx._minibatch_step(batch.select(torch.arange(batch.num_seqs)), {})
             results[(name, micro)] = (metrics, seen.pop("grads"))
+    # FSDP2's MixedPrecisionPolicy (bf16 parameters in forward and backward, float32 reduction): one step
+    mp_cfg = dataclasses.replace(cfg, dist=dataclasses.replace(cfg.dist, mixed_precision=True))
+    mp_ctx = LearnerContext.build(mp_cfg, Path(out_dir) / f"rank{rank}_mp")
+    mp_names = dict(mp_ctx.model.named_parameters())
+
+    def capture_mp():
+        seen["grads"] = {n: p.grad.full_tensor().clone() for n, p in mp_names.items() if p.grad is not None}
+
+    mp_ctx.optimizer.step = capture_mp
+    metrics = mp_ctx._minibatch_step(batch.select(torch.arange(batch.num_seqs)), {})
+    results[("grpo", "bf16")] = (metrics, seen.pop("grads"))
     if rank == 0:
         torch.save(results, Path(out_dir) / "results.pt")
     torch.distributed.destroy_process_group()
@@ -139,10 +151,24 @@ def test_two_ranks_any_micro_batch_size_equal_the_whole_minibatch(group_results,
     results, expected = group_results
     metrics, grads = results[(name, micro)]
     loss, ref = expected[name]
-    assert metrics["loss/total"] == pytest.approx(loss, rel=1e-4, abs=1e-7)
+    assert metrics["loss/total"] == pytest.approx(loss, rel=1e-5, abs=1e-7)
     assert set(grads) == set(ref)
     norm = torch.sqrt(sum((g.double() ** 2).sum() for g in ref.values()))
-    assert metrics["train/grad_norm"] == pytest.approx(float(norm), rel=1e-4)
+    assert metrics["train/grad_norm"] == pytest.approx(float(norm), rel=1e-5)
     scale = max(float(g.abs().max()) for g in ref.values())
     for n, g in ref.items():
-        assert float((grads[n] - g).abs().max()) <= 1e-4 * scale, n
+        assert float((grads[n] - g).abs().max()) <= 1e-5 * scale, n
+
+
+def test_mixed_precision_keeps_the_loss_and_gradient_direction(group_results):
+    """bf16 parameters round every weight to 8 bits of mantissa (relative error up to 2^-9), so the
+    loss and gradients move away from the float32 ones by about that much through the network: the
+    loss stays within 1% and the gradient keeps its direction (cosine similarity > 0.999 with the
+    float32 gradient of the whole mini-batch; measured: 4e-4 and 0.99998)."""
+    results, expected = group_results
+    metrics, grads = results[("grpo", "bf16")]
+    loss, ref = expected["grpo"]
+    assert abs(metrics["loss/total"] - loss) <= 0.01 * abs(loss)
+    a = torch.cat([grads[n].flatten().double() for n in ref])
+    b = torch.cat([ref[n].flatten().double() for n in ref])
+    assert float(a @ b / (a.norm() * b.norm())) > 0.999
