@@ -309,3 +309,64 @@ def test_ghpo_cascade_keeps_the_stage_that_solved_the_group():
     assert all_wrong_groups(b) == []
     m = part.pop_metrics()
     assert m["rollout/ghpo_regenerated_groups"] == 2 and m["rollout/ghpo_unsolved_groups"] == 0
+
+
+# ---- GDRO ----
+def test_sqrt_allocation_matches_the_spec_example():
+    """Spec section 8 (derived): p = [0.9, 0.5, 0.1], sigma = sqrt(p (1 - p)) = [0.3, 0.5, 0.3], mean
+    budget 8 for 3 prompts (24): continuous n = 24 sigma / 1.1 = [6.5455, 10.9091, 6.5455]; floors
+    [6, 10, 6], the 2 left go to the largest remainders (0.909, then 0.545 of the first): [7, 11, 6].
+    Bounds bind: sigma [0.05, 0.5, 0.5, 0.05], 32 in [2, 16]: [1.45, 14.5, 14.5, 1.45] -> the small
+    ones clip to 2 and the other two share 28."""
+    from anypo.samplers.gdro import sqrt_allocation
+
+    p = np.array([0.9, 0.5, 0.1])
+    sigma = np.sqrt(p * (1 - p))
+    np.testing.assert_allclose(24 * sigma / sigma.sum(), [6.5455, 10.9091, 6.5455], atol=1e-4)
+    assert sqrt_allocation(sigma, 24, 2, 16) == [7, 11, 6]
+    assert sqrt_allocation(np.array([0.05, 0.5, 0.5, 0.05]), 32, 2, 16) == [2, 14, 14, 2]
+    assert sqrt_allocation(np.array([0.2, 0.2]), 8, 2, 16) == [4, 4]
+
+
+def test_assign_bins_with_hysteresis():
+    """Edges (0.25, 0.5, 0.75), margin 0.05: 0.52 from bin 1 stays (within 0.5 + 0.05); 0.56 moves to
+    bin 2; 0.1 from bin 3 moves to 0; a new prompt (-1) takes its raw bin."""
+    from anypo.samplers.gdro import assign_bins
+
+    out = assign_bins(np.array([0.52, 0.56, 0.1, 0.8]), np.array([1, 1, 3, -1]), (0.25, 0.5, 0.75), 0.05)
+    assert out.tolist() == [1, 2, 0, 3]
+
+
+def test_gdro_weights_move_to_the_failing_bin_and_sizes_follow_variance():
+    """Two prompts in bin 2 (prior 0.5): prompt 0 all right, prompt 1 all wrong, observed at one draw.
+    pass@k windows: [1] and [0] -> estimates 1.0 (bin 3) and 0.0 (bin 0). Bin 2's error this draw is
+    1 - mean(1, 0) = 0.5; its EMA 0.1 * 0.5 = 0.05, bias-corrected / (1 - 0.9) = 0.5, so log w_2 grows
+    by eta 0.5 = 0.25 relative to the others (then shifted so the max is 0). Its pass EMA stays 0.5.
+    q mixes softmax(log w) over the non-empty bins (0, 2, 3) with 10% uniform over those three."""
+    from anypo.samplers import GDROConfig, GDROSampler
+
+    s = GDROSampler(GDROConfig(), 4, 2, seed=0)
+    assert s.bins.tolist() == [2, 2, 2, 2]
+    correct = [1.0, 1.0, 0.0, 0.0]
+    s.observe(
+        RolloutBatch(
+            torch.ones(4, 2),
+            torch.tensor([0, 0, 1, 1]),
+            torch.tensor(correct),
+            extras={"prompt_index": [0, 0, 1, 1], "correct": correct},
+        )
+    )
+    assert s.bins.tolist() == [3, 0, 2, 2]
+    np.testing.assert_allclose(s.log_w, [-0.25, -0.25, 0.0, -0.25])
+    q = s.bin_distribution()  # bin 1 is empty: q over bins 0, 2, 3 only
+    w = np.exp([-0.25, 0.0, -0.25])
+    np.testing.assert_allclose(q[[0, 2, 3]], 0.9 * w / w.sum() + 0.1 / 3)
+    assert q[1] == 0.0
+    # group sizes at G = 4: sigma = sqrt(p(1-p)) of the bins' pass EMAs (all 0.5 here): equal -> 4 each
+    assert s.group_sizes([0, 1], 4) == [4, 4]
+    s.pass_ema[:] = [0.0, 0.5, 0.5, 0.99]  # bin 0 hopeless (sigma floor 0.05), bin 3 nearly solved
+    assert sum(s.group_sizes([0, 1, 2], 4)) == 12
+    state = json.loads(json.dumps(s.state_dict()))
+    r = GDROSampler(GDROConfig(), 4, 2, seed=0)
+    r.load_state_dict(state)
+    assert r.next_prompts(1) == s.next_prompts(1) and r.bins.tolist() == s.bins.tolist()

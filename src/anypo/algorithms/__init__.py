@@ -62,6 +62,7 @@ _MODULES = (
     "vas",
     "scaf_grpo",
     "ghpo",
+    "gdro",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

@@ -5,6 +5,7 @@ steps are ``anypo.samplers.stats.PromptStats``."""
 
 from anypo.samplers.curricula import CurriculumConfig, CurriculumSampler, VASConfig, VASSampler
 from anypo.samplers.dynamic import DynamicSampler, DynamicSamplingConfig
+from anypo.samplers.gdro import GDROConfig, GDROSampler
 from anypo.samplers.stats import PromptStats
 from anypo.samplers.uniform import UniformConfig, UniformSampler
 
@@ -13,6 +14,8 @@ __all__ = [
     "CurriculumSampler",
     "DynamicSampler",
     "DynamicSamplingConfig",
+    "GDROConfig",
+    "GDROSampler",
     "PromptStats",
     "UniformConfig",
     "UniformSampler",
