@@ -370,3 +370,48 @@ def test_gdro_weights_move_to_the_failing_bin_and_sizes_follow_variance():
     r = GDROSampler(GDROConfig(), 4, 2, seed=0)
     r.load_state_dict(state)
     assert r.next_prompts(1) == s.next_prompts(1) and r.bins.tolist() == s.bins.tolist()
+
+
+# ---- XRPO allocation and seeding ----
+def test_xrpo_priority_matches_the_spec_example():
+    """rlvr-losses spec section 3: t_{0.975, 3} = 3.182446305284263, t_{0.975, 4} = 2.7764451051977987;
+    rewards q1 [1,0,1,1], q2 [0,0,0,1]: s = 0.5, h(4) = 0.795612, h(5) = 0.620832, Delta = 0.17478,
+    phi = 0.1 log(101) / 4 = 0.115378, Pi = 0.290158; q3 [1,1,1,1]: s = 0, Pi = phi."""
+    from anypo.rollout.guidance import t_quantile, xrpo_priority
+
+    assert t_quantile(0.975, 3) == pytest.approx(3.182446305284263, abs=1e-9)
+    assert t_quantile(0.975, 4) == pytest.approx(2.7764451051977987, abs=1e-9)
+    assert xrpo_priority([1, 0, 1, 1], 100, 0.05, 0.1) == pytest.approx(0.290158, abs=1e-6)
+    assert xrpo_priority([0, 0, 0, 1], 100, 0.05, 0.1) == pytest.approx(0.290158, abs=1e-6)
+    assert xrpo_priority([1, 1, 1, 1], 100, 0.05, 0.1) == pytest.approx(0.1 * np.log(101) / 4, abs=1e-9)
+
+
+def test_xrpo_allocation_and_seeding_scenario():
+    """G = 4, base 2, two prompts: budget 8, base 4, 4 extra in 2 rounds of 2. Prompt 0 answers right on
+    even samples ([1, 0]: s = 0.7071), prompt 1 never (s = 0: only phi = 0.1 log 2 / n, at most 0.035).
+    Round 1: prompt 0's Delta at n = 2 is s (t_{.975,1} / sqrt 2 - t_{.975,2} / sqrt 3) = 4.60, at n = 3
+    0.63: both extras go to it; its new samples are again [1, 0]. Round 2 at n = 4 and 5 (s = 0.577):
+    0.20 and 0.11, still above 0.035: prompt 0 ends with 6 samples, prompt 1 with 2. Prompt 1 is all
+    wrong and the corpus is empty at the first call: no seeding; prompt 0's right answer enters the
+    corpus. At the second call prompt 1 is regenerated with it as a solved example and answers right."""
+    from anypo.rollout import XRPOAllocation, XRPOAllocConfig
+
+    def reply(text, k):
+        if text.startswith("U:q1"):
+            return "5" if "Solved examples:" in text else "x"
+        return "7" if k % 2 == 0 else "0"
+
+    groups, engine = make_groups(reply, EX, G=4)
+    part = XRPOAllocation(XRPOAllocConfig(base_samples=2, rounds=2), groups)
+    b = part.collect([Request(0, 4), Request(1, 4)], seed=0, step=1)
+    assert b.group_ids.tolist() == [0] * 6 + [1] * 2
+    assert b.rewards.tolist() == [1, 0, 1, 0, 1, 0, 0, 0]
+    assert part.corpus == [(0, "7")] and part.pop_metrics()["rollout/xrpo_seeded_groups"] == 0
+    b = part.collect([Request(0, 4), Request(1, 4)], seed=0, step=2)
+    assert b.rewards[b.group_ids == 1].tolist() == [1, 1]
+    assert rows_text(b, "prompt")[-1] == "U:q1\n\nSolved examples:\n\nQuestion: q0\n7\nA:"
+    # engine calls: 3 at step 1 (base for both prompts, 2 rounds), 4 at step 2 (the same and the seeding)
+    assert [n for _, n, _ in engine.calls] == [2] * 7 and len(engine.calls[-1][0]) == 1
+    r = XRPOAllocation(XRPOAllocConfig(), groups)
+    r.load_state_dict(json.loads(json.dumps(part.state_dict())))
+    assert r.corpus == part.corpus

@@ -2,8 +2,9 @@
 the explicit imports below; see ``anypo.rollout.parts`` for the interface)."""
 
 from anypo.rollout.groups import GroupRollout, Request, concat_batches, drop_reward_errors
-from anypo.rollout.guidance import GHPOConfig, GHPOHints, ScafConfig, ScafHints
+from anypo.rollout.guidance import GHPOConfig, GHPOHints, ScafConfig, ScafHints, XRPOAllocation, XRPOAllocConfig
 from anypo.rollout.parts import Groups, GroupsConfig, RolloutPart
+from anypo.rollout.reprompt import SDPOReprompt, SDPORepromptConfig
 
 __all__ = [
     "GHPOConfig",
@@ -13,8 +14,12 @@ __all__ = [
     "GroupsConfig",
     "Request",
     "RolloutPart",
+    "SDPOReprompt",
+    "SDPORepromptConfig",
     "ScafConfig",
     "ScafHints",
+    "XRPOAllocConfig",
+    "XRPOAllocation",
     "concat_batches",
     "drop_reward_errors",
 ]
