@@ -12,8 +12,9 @@ mini-batch as one padded micro-batch through the same forward, the loss part cal
 mini-batch's own counts, ``backward``, the plain gradients. By the contract
 ``sum_r sum_m loss(micro_{r,m}) = loss(mini)`` and the same for the gradients, so the group's
 ``loss/total``, its global gradient norm and the gradient it hands to the optimizer must equal
-these within float32 reduction noise (rtol 1e-5 on the loss and the norm, max |diff| <= 1e-5 * max |g|
-on the gradients; measured: 3e-7 and 2e-7), at every micro-batch size. With ``dist.mixed_precision`` (bf16 parameters) the step stays close to
+these within float32 reduction noise (rtol 1e-5 on the loss, max |diff| <= 1e-5 * max |g| on the
+gradients; measured: 3e-7 and 2e-7; rtol 1e-4 on the norm, which ``clip_grad_norm_`` sums in float32
+over the 3.1M entries of the embedding's gradient: 1e-5 measured for GSPO), at every micro-batch size. With ``dist.mixed_precision`` (bf16 parameters) the step stays close to
 the float32 one (the bound is in that test's docstring).
 
 Each rank runs in its own process (``torch.multiprocessing.spawn``); the group's collectives time out
@@ -154,7 +155,7 @@ def test_two_ranks_any_micro_batch_size_equal_the_whole_minibatch(group_results,
     assert metrics["loss/total"] == pytest.approx(loss, rel=1e-5, abs=1e-7)
     assert set(grads) == set(ref)
     norm = torch.sqrt(sum((g.double() ** 2).sum() for g in ref.values()))
-    assert metrics["train/grad_norm"] == pytest.approx(float(norm), rel=1e-5)
+    assert metrics["train/grad_norm"] == pytest.approx(float(norm), rel=1e-4)
     scale = max(float(g.abs().max()) for g in ref.values())
     for n, g in ref.items():
         assert float((grads[n] - g).abs().max()) <= 1e-5 * scale, n
