@@ -563,6 +563,19 @@ def test_check_child_rejects_bad_override():
     assert "rejects the arguments of grpo" in str(e.value) and "--stpes" in str(e.value)
 
 
+def test_check_child_resolves_every_loop_without_training(tmp_path):
+    """The argument check stops every loop's train() (online, preference, online preference) before
+    anything runs: no run directory appears, and a bad override of a preference preset is reported."""
+    out = tmp_path / "runs"
+    compare.check_train_args(
+        [{"args": [p, "--seed", "0", "--smoke", "--out-dir", str(out)]} for p in ("grpo", "dpo", "online_dpo")]
+    )
+    assert not out.exists()
+    with pytest.raises(CompareError) as e:
+        compare.check_train_args([{"args": ["sppo", "--seed", "0", "--oracle.kindd", "x"]}])
+    assert "rejects the arguments of sppo" in str(e.value)
+
+
 def test_report_of_run_directories_from_any_loop(tmp_path):
     """Run directories outside a compare (say a preference loop's, labelled by its name) go in one report;
     several need --out. Rewards: 0.2 + 0.04 = 0.240 (grpo) and 0.5 + 0.04 = 0.540 (dpo-loop)."""
