@@ -162,3 +162,40 @@ def test_config_problems_are_listed(tmp_path):
         assert flag in text
     with pytest.raises(UserError):
         train(cfg)
+
+
+class _Scripted:
+    """An oracle whose verdicts are scripted per call: P values in order (NaN = could not judge)."""
+
+    def __init__(self, values):
+        self.values, self.num_unjudged = list(values), 0
+
+    def prob(self, xs, ys, y2s):
+        out = torch.tensor([self.values.pop(0) for _ in ys], dtype=torch.float64)
+        self.num_unjudged += int(torch.isnan(out).sum())
+        return out
+
+    def gold(self, xs, ys):
+        return torch.zeros(len(ys), dtype=torch.float64)
+
+
+def test_unjudged_and_tied_prompts_give_no_pair_and_are_counted(tmp_path):
+    """online_dpo, 3 prompts, one oracle call per prompt: P = 0.9 (the first sample is chosen), 0.5 (a
+    tie: no pair), NaN (could not judge: no pair, counted). best_worst with K = 3 (3 calls per prompt):
+    P_01 = NaN, P_02 = 0.8, P_12 = 0.3 -> sample 0 has one NaN, sample 1 one: the first with the most
+    NaNs (0) is dropped, leaving samples 1 and 2 with P_12 = 0.3: chosen 2, P(y_w > y_l) = 0.7."""
+    loop = _build(ocfg(tmp_path, "online_dpo"), tmp_path / "run")
+    loop.oracle = _Scripted([0.9, 0.5, float("nan")])
+    tp, m, probs = loop.make_pairs(loop.examples[:3], loop.prompt_ids[:3], seed=1)
+    assert (m["data/pairs"], m["data/tied_prompts"], m["data/unjudged_prompts"], m["data/unjudged_pairs"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    assert probs == [0.9] and tp.extras["winrate_chosen"] == [pytest.approx(0.7)]
+    algo = dataclasses.replace(PRESETS["iterative_dpo"].build(samples=3), sample_from="policy")
+    loop = _build(ocfg(tmp_path / "b", algo=algo), tmp_path / "run_b")
+    loop.oracle = _Scripted([float("nan"), 0.8, 0.3])
+    tp, m, probs = loop.make_pairs(loop.examples[:1], loop.prompt_ids[:1], seed=1)
+    assert m["data/pairs"] == 1 and m["data/unjudged_pairs"] == 1 and probs == [pytest.approx(0.7)]
