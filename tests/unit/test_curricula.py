@@ -415,3 +415,62 @@ def test_xrpo_allocation_and_seeding_scenario():
     r = XRPOAllocation(XRPOAllocConfig(), groups)
     r.load_state_dict(json.loads(json.dumps(part.state_dict())))
     assert r.corpus == part.corpus
+
+
+# ---- ARPO replay and task filter ----
+def test_experience_replay_injects_a_stored_success():
+    """Step 1: prompt 0 answers "7" (right) on sample 0 only: that success is stored. Step 2: every
+    sample wrong, so the group's last sample becomes the stored "7" with the plain prompt: rewards
+    [0, 0, 0, 1], the replayed row marked guided with old log-probs 0 (the loop recomputes them,
+    needs_recomputed_old_logprobs). With max_tasks = 1, storing prompt 1 evicts prompt 0."""
+    from anypo.rollout import ExperienceReplay, ExperienceReplayConfig
+
+    state = {"solve": True}
+
+    def reply(text, k):
+        if text.startswith("U:q1"):
+            return "5"
+        return "7" if state["solve"] and k == 0 else "0"
+
+    groups, _ = make_groups(reply, EX, G=4)
+    part = ExperienceReplay(ExperienceReplayConfig(), groups)
+    assert ExperienceReplayConfig().needs_recomputed_old_logprobs
+    part.collect([Request(0, 4)], seed=0, step=1)
+    assert list(part.buffer) == [0] and part.buffer[0]["text"] == "7"
+    state["solve"] = False
+    b = part.collect([Request(0, 4)], seed=1, step=2)
+    assert b.rewards.tolist() == [0, 0, 0, 1] and b.extras["guided"] == [False, False, False, True]
+    assert rows_text(b)[3] == "7" and rows_text(b, "prompt")[3] == "U:q0\nA:" and b.old_logprobs[3].abs().sum() == 0
+    assert part.pop_metrics()["rollout/replay_injected"] == 1
+    r = ExperienceReplay(ExperienceReplayConfig(max_tasks=1), groups)
+    r.load_state_dict(json.loads(json.dumps(part.state_dict())))
+    assert r.buffer == part.buffer
+    r.collect([Request(1, 2)], seed=0, step=3)
+    assert list(r.buffer) == [1]
+
+
+def test_task_filter_keeps_prompts_the_baseline_sometimes_solves():
+    """Baseline pass over 5 prompts, 4 samples each, pass rates [0, 0.5, 1, 0.25, 0]: kept [1, 3]
+    (0 < p < 1); with keep_solved also 2. Draws then cycle over the kept prompts only; the filter
+    runs once."""
+    from anypo.samplers import TaskFilterConfig, TaskFilterSampler
+
+    passes = [0, 2, 4, 1, 0]
+    correct = [float(j < k) for k in passes for j in range(4)]
+    batch = RolloutBatch(
+        torch.ones(20, 2),
+        torch.arange(5).repeat_interleave(4),
+        torch.tensor(correct),
+        extras={"prompt_index": [i for i in range(5) for _ in range(4)], "correct": correct},
+    )
+    s = TaskFilterSampler(TaskFilterConfig(rescore_samples=4, pool=0), 5, 2, seed=0)
+    assert s.rescore_prompts(1) == ([0, 1, 2, 3, 4], 4)
+    s.rescore(batch)
+    assert s.kept == [1, 3] and s.rescore_prompts(2) == ([], 0)
+    assert sorted(s.next_prompts(1)) == [1, 3] and sorted(s.next_prompts(2)) == [1, 3]
+    t = TaskFilterSampler(TaskFilterConfig(rescore_samples=4, pool=0, keep_solved=True), 5, 2, seed=0)
+    t.rescore(batch)
+    assert t.kept == [1, 2, 3]
+    r = TaskFilterSampler(TaskFilterConfig(rescore_samples=4, pool=0), 5, 2, seed=0)
+    r.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert r.next_prompts(3) == s.next_prompts(3)

@@ -63,6 +63,7 @@ _MODULES = (
     "scaf_grpo",
     "ghpo",
     "gdro",
+    "replay",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

@@ -1,12 +1,15 @@
 """Rollout parts: turn prompts into a RolloutBatch using an engine (kind ``rollout``, registered by
 the explicit imports below; see ``anypo.rollout.parts`` for the interface)."""
 
+from anypo.rollout.experience import ExperienceReplay, ExperienceReplayConfig
 from anypo.rollout.groups import GroupRollout, Request, concat_batches, drop_reward_errors
 from anypo.rollout.guidance import GHPOConfig, GHPOHints, ScafConfig, ScafHints, XRPOAllocation, XRPOAllocConfig
 from anypo.rollout.parts import Groups, GroupsConfig, RolloutPart
 from anypo.rollout.reprompt import SDPOReprompt, SDPORepromptConfig
 
 __all__ = [
+    "ExperienceReplay",
+    "ExperienceReplayConfig",
     "GHPOConfig",
     "GHPOHints",
     "GroupRollout",

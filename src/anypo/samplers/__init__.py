@@ -3,7 +3,14 @@
 The interface every sampler has is in ``anypo.samplers.uniform``; per-prompt statistics kept across
 steps are ``anypo.samplers.stats.PromptStats``."""
 
-from anypo.samplers.curricula import CurriculumConfig, CurriculumSampler, VASConfig, VASSampler
+from anypo.samplers.curricula import (
+    CurriculumConfig,
+    CurriculumSampler,
+    TaskFilterConfig,
+    TaskFilterSampler,
+    VASConfig,
+    VASSampler,
+)
 from anypo.samplers.dynamic import DynamicSampler, DynamicSamplingConfig
 from anypo.samplers.gdro import GDROConfig, GDROSampler
 from anypo.samplers.stats import PromptStats
@@ -17,6 +24,8 @@ __all__ = [
     "GDROConfig",
     "GDROSampler",
     "PromptStats",
+    "TaskFilterConfig",
+    "TaskFilterSampler",
     "UniformConfig",
     "UniformSampler",
     "VASConfig",

@@ -20,6 +20,8 @@ from anypo.types import RolloutBatch
 __all__ = [
     "CurriculumConfig",
     "CurriculumSampler",
+    "TaskFilterConfig",
+    "TaskFilterSampler",
     "VASConfig",
     "VASSampler",
     "difficulty_pools",
@@ -322,3 +324,93 @@ class VASSampler(UniformSampler):
         self.pass_rate = np.asarray([np.nan if v is None else v for v in state["pass_rate"]], dtype=float)
         self.last_rescore = int(state["last_rescore"])
         self.draws = int(state["draws"])
+
+
+# ---- task filtering by a baseline pass (ARPO) ----
+@dataclass(frozen=True)
+class TaskFilterConfig(UniformConfig):
+    """Task filtering by the starting policy's outcomes: train only on prompts it sometimes solves.
+
+    Paper: "ARPO: End-to-End Policy Optimization for GUI Agents with Experience Replay",
+    https://arxiv.org/abs/2505.16282 ("task filtering": training tasks are selected by the baseline
+    agent's success, keeping those with informative outcomes). RECONSTRUCTED: before the first draw
+    the starting policy samples ``rescore_samples`` answers to each prompt of a seeded ``pool``
+    (0: every training prompt); a prompt is kept when its pass rate is > 0 and, unless
+    ``keep_solved``, < 1 (the thresholds and rollout count are UNVERIFIED). Kept prompts are then
+    drawn as ``uniform`` draws (seeded epochs). If none is kept, the whole pool is used (logged as
+    ``sampler/filter_fallback``).
+    """
+
+    rescore_samples: int = 8
+    """Samples per prompt of the baseline pass."""
+    pool: int = 128
+    """Prompts the baseline pass scores (a seeded subset); 0: every training prompt."""
+    keep_solved: bool = False
+    """Keep prompts the baseline always solves."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rescore_samples < 1 or self.pool < 0:
+            raise ValueError(f"need rescore_samples >= 1 and pool >= 0, got {self.rescore_samples}, {self.pool}")
+
+
+@SAMPLERS.register("task_filter", config=TaskFilterConfig)
+class TaskFilterSampler(UniformSampler):
+    """ARPO's baseline task filter (see :class:`TaskFilterConfig`).
+
+    Args:
+        cfg: the sampler config.
+        num_prompts: size of the prompt dataset.
+        prompts_per_step: B, prompts per draw.
+        seed: seed of the pool and the epochs.
+    """
+
+    cfg: TaskFilterConfig
+
+    def __init__(self, cfg: TaskFilterConfig, num_prompts: int, prompts_per_step: int, seed: int):
+        super().__init__(cfg, num_prompts, prompts_per_step, seed)
+        size = num_prompts if cfg.pool == 0 else min(cfg.pool, num_prompts)
+        rng = np.random.default_rng([seed, 43])
+        self.pool = np.sort(rng.permutation(num_prompts)[:size]) if size < num_prompts else np.arange(num_prompts)
+        self.kept: list[int] | None = None  # None until the baseline pass
+        self._metrics: dict[str, float] = {}
+
+    def rescore_prompts(self, step: int) -> tuple[list[int], int]:
+        """The pool, once, before the first draw."""
+        return (self.pool.tolist(), self.cfg.rescore_samples) if self.kept is None else ([], 0)
+
+    def rescore(self, batch: RolloutBatch) -> None:
+        passed = per_prompt_pass(batch, skip_guided=False)
+        kept = []
+        for i in self.pool.tolist():
+            k, n = passed.get(int(i), (0, 0))
+            if n and k > 0 and (self.cfg.keep_solved or k < n):
+                kept.append(int(i))
+        fallback = not kept
+        self.kept = kept if kept else self.pool.tolist()
+        self._epoch, self._cursor = 0, 0
+        self._metrics = {"filter_kept": float(len(kept)), "filter_fallback": float(fallback)}
+
+    def next_prompts(self, step: int) -> list[int]:
+        """Seeded epochs over the kept prompts (the pool before the baseline pass)."""
+        kept = self.kept if self.kept is not None else self.pool.tolist()
+        out: list[int] = []
+        while len(out) < self.prompts_per_step:
+            if self._cursor >= len(kept):
+                self._epoch, self._cursor = self._epoch + 1, 0
+            order = np.random.default_rng([self.seed, 47, self._epoch]).permutation(len(kept))
+            take = min(self.prompts_per_step - len(out), len(kept) - self._cursor)
+            out.extend(int(kept[k]) for k in order[self._cursor : self._cursor + take])
+            self._cursor += take
+        return out
+
+    def pop_metrics(self) -> dict[str, float]:
+        out, self._metrics = self._metrics, {}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"kept": self.kept}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.kept = None if state["kept"] is None else [int(i) for i in state["kept"]]
