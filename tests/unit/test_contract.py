@@ -69,6 +69,11 @@ def old_pass_inputs(cfg, batch: RolloutBatch) -> None:
         from anypo.advantages.arm import PROMPT_MEAN_LOGPROBS
 
         batch.extras[PROMPT_MEAN_LOGPROBS] = torch.linspace(-2.0, -0.5, old.shape[0], dtype=old.dtype)
+    if getattr(cfg, "needs_old_teacher_logprobs", False):  # SDPO: rows 0, 3, 5 reprompted, teacher below lp
+        from anypo.losses.sdpo import REPROMPTED, TEACHER_LOGPROBS
+
+        batch.extras[REPROMPTED] = [True, False, False, True, False, True]
+        batch.extras[TEACHER_LOGPROBS] = old - 0.4
     if getattr(cfg, "needs_old_proxy_logprobs", False):
         from anypo.regularizers.lp_reg import PROXY_LOGPROBS
 
@@ -134,6 +139,7 @@ def test_policy_loss_contract(name, dtype):
     lp = current_logprobs(batch)
     for cfg in (Cfg(), *([Cfg(tis="sequence")] if "tis" in {f.name for f in dataclasses.fields(Cfg)} else [])):
         lp.grad = None
+        old_pass_inputs(cfg, batch)
         if cfg.needs_minibatch_prepare:  # Clip-Cov / KL-Cov: the loop's once-per-mini-batch token selection
             cfg.prepare_minibatch(batch, lp.detach(), seed=0)
         out = fn(PolicyOutput(logprobs=lp), batch, cfg)

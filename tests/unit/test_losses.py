@@ -342,12 +342,17 @@ def test_gradcheck_every_policy_loss(name, spread):
     fn, Cfg = get("policy_loss", name)
     cfg = Cfg(eps_low=0.2, eps_high=0.2) if name in ("gspo", "luspo") else Cfg()
     lp0 = lp.detach().clone()
+    if getattr(cfg, "needs_old_teacher_logprobs", False):  # SDPO: rows 0, 2, 3 reprompted
+        batch.extras |= {"sdpo_reprompted": [True, False, True, True, False], "sdpo_teacher_logprobs": old - 0.3}
+    teacher0 = batch.extras.get("sdpo_teacher_logprobs")
     if cfg.needs_minibatch_prepare:  # Clip-Cov / KL-Cov: the token selection is fixed at lp0, as the loop does
         cfg.prepare_minibatch(batch, lp0, seed=0)  # once per mini-batch, without gradient
 
     def loss(x: torch.Tensor) -> torch.Tensor:
         if name in STOP_GRADIENT_WEIGHT:
             batch.old_logprobs = old + (x - lp0)  # the anchor (no rollout_logprobs here) moves with lp
+        if teacher0 is not None:  # SDPO's token form sg(lp - lt) lp: lt moves with lp, holding the weight
+            batch.extras["sdpo_teacher_logprobs"] = teacher0 + (x - lp0)
         return fn(PolicyOutput(logprobs=x), batch, cfg).loss
 
     assert torch.autograd.gradcheck(loss, (lp,), eps=1e-6, atol=1e-7)

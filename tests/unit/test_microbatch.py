@@ -48,6 +48,8 @@ def minibatch(seed: int = 0) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor]:
         returns=rnd(),
         advantages=rnd() * mask,
     )
+    # SDPO's inputs from the behaviour pass (rows 0, 3, 4, 7 reprompted; the teacher's log-probs)
+    batch.extras |= {"sdpo_reprompted": [i in (0, 3, 4, 7) for i in range(N)], "sdpo_teacher_logprobs": old - 0.3}
     lp = (old + (torch.rand(N, T, generator=g, dtype=torch.float64) - 0.5) * 0.8).requires_grad_(True)
     entropy = (torch.rand(N, T, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
     return batch, lp, entropy

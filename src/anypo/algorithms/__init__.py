@@ -51,6 +51,7 @@ _MODULES = (
     "dcpo",
     "lp_reg",
     "arm",
+    "sdpo",
     # trust regions without clipping
     "mdpo_lm",
     "r2vpo",

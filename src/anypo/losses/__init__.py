@@ -17,6 +17,7 @@ from anypo.losses.r2vpo import R2VPO, r2vpo
 from anypo.losses.rec import OPMD, REC, AsymRE, asymre, opmd, rec
 from anypo.losses.reg_grpo import RegGRPO, reg_grpo
 from anypo.losses.rover import ROVER, rover
+from anypo.losses.sdpo import SDPO, sdpo
 from anypo.losses.sequence import GSPO, LUSPO, gspo, luspo
 from anypo.losses.token import CISPO, SAPO, PPOClip, Reinforce, cispo, ppo_clip, reinforce, sapo
 from anypo.losses.value import ClippedValueLoss, clipped
@@ -34,6 +35,7 @@ __all__ = [
     "R2VPO",
     "REC",
     "ROVER",
+    "SDPO",
     "RegGRPO",
     "SAFEValueLoss",
     "TPPOValueLoss",
@@ -58,6 +60,7 @@ __all__ = [
     "kl_cov",
     "luspo",
     "mdpo_lm",
+    "sdpo",
     "opmd",
     "ppo_clip",
     "r2vpo",

@@ -137,6 +137,7 @@ class GroupRollout:
         old_logprobs = torch.zeros((N, T), dtype=torch.float32)
         truncated = torch.zeros(N, dtype=torch.bool)
         texts, scores, components, errors, index, guided, rollin = [], [], [], [], [], [], []
+        feedback: list[str | None] = []  # the reward's feedback text (RewardResult.feedback), e.g. for SDPO
         row = 0
         for r, rs in zip(reqs, rows, strict=True):
             h = len(r.prefix)
@@ -153,6 +154,7 @@ class GroupRollout:
                 scores.append(res.score)
                 components.append(res.components)
                 errors.append(bool(getattr(res, "error", False)))
+                feedback.append(getattr(res, "feedback", None))
                 index.append(int(r.index))
                 guided.append(r.guided)
                 rollin.append(h)
@@ -165,6 +167,7 @@ class GroupRollout:
             "max_tokens": [int(self.sampling.max_new_tokens)] * N,  # the generation budget L_max
             "guided": guided,  # the prompt or the response start was rewritten (statistics leave it out)
             "rollin_tokens": rollin,  # teacher-forced prefix tokens at the start of the response
+            "feedback": feedback,  # the reward's feedback text per row, or None
         }
         if self.correct_key is not None and all(self.correct_key in c for c in components):
             extras["correct"] = [float(c[self.correct_key]) for c in components]

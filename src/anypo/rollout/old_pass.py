@@ -15,7 +15,12 @@ Parts ask through their configs (``AlgoConfig.needs``); the loop never looks at 
   per distinct prompt, no response); 0 for a one-token prompt;
 * ``needs_old_proxy_logprobs`` (Lp-Reg): ``extras[part.proxy_key]`` [N, T] at
   ``part.proxy_positions(batch)`` (chosen after the advantages), NaN elsewhere, from the raw logits
-  of those positions only through ``part.proxy_logprobs(logits, targets, T_s)``.
+  of those positions only through ``part.proxy_logprobs(logits, targets, T_s)``;
+* ``needs_old_teacher_logprobs`` (SDPO): the teacher's log-probs under each row's reprompt
+  (``extras["sdpo_teacher_logprobs"]`` [N, T], and with ``part.topk = K > 0`` the student's top-K ids
+  ``extras["sdpo_topk_ids"]`` and the teacher's log-probs of them ``extras["sdpo_teacher_topk_logprobs"]``
+  [N, T, K]), from the teacher weights in the part's state, on the reprompted rows only
+  (:func:`teacher_pass`).
 
 The first two come from the same no-grad forward as the old log-probs (:func:`behaviour_pass`, one
 pass whether or not the old log-probs are recomputed); the proxy needs the advantages, so it is a
@@ -29,7 +34,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -40,6 +46,7 @@ from anypo.advantages.arm import PROMPT_MEAN_LOGPROBS
 from anypo.advantages.dcpo import tempered_key  # the extras keys are the declaring parts' contracts
 from anypo.losses.mdpo import OLD_FULL_LOGPROBS
 from anypo.losses.rover import OLD_MEAN_LOGPROBS
+from anypo.losses.sdpo import REPROMPTED, TEACHER_LOGPROBS, TEACHER_PROMPT, TEACHER_TOPK_LOGPROBS, TOPK_IDS
 from anypo.ops import linear_logprobs, logprobs_from_logits
 from anypo.policy import _padded_response_logits, micro_batches, response_hidden
 from anypo.types import RolloutBatch
@@ -53,9 +60,11 @@ __all__ = [
     "old_pass_request",
     "prompt_mean_logprobs",
     "proxy_pass",
+    "swapped_weights",
+    "teacher_pass",
 ]
 
-BEHAVIOUR_PASS_NEEDS = frozenset({"old_prompt_logprobs"})
+BEHAVIOUR_PASS_NEEDS = frozenset({"old_prompt_logprobs", "old_teacher_logprobs"})
 """Needs that :func:`behaviour_pass` provides by itself, wherever the loop runs it (every batch, at
 generation time under a replay schedule): the config check adds them to the loop's own list."""
 
@@ -69,16 +78,19 @@ class OldPassRequest:
         temperatures: temperatures ``t`` of ``extras[tempered_key(t)]`` (raw logits divided by ``t``).
         mean_logprobs: ``extras["old_mean_logprobs"]``.
         prompt_logprobs: ``extras["old_prompt_mean_logprobs"]`` [N] (mean prompt-token log-prob).
+        teachers: ``(part, state)`` of each part that ``needs_old_teacher_logprobs`` (:func:`teacher_pass`).
     """
 
     logprobs: bool = False
     temperatures: tuple[float, ...] = ()
     mean_logprobs: bool = False
     prompt_logprobs: bool = False
+    teachers: tuple[tuple[Any, Any], ...] = ()
 
     @property
     def any(self) -> bool:
-        return self.logprobs or bool(self.temperatures) or self.mean_logprobs or self.prompt_logprobs
+        plain = self.logprobs or bool(self.temperatures) or self.mean_logprobs or self.prompt_logprobs
+        return plain or bool(self.teachers)
 
 
 def old_pass_request(algo: Any, part_states: dict[str, Any], logprobs: bool) -> OldPassRequest:
@@ -87,8 +99,17 @@ def old_pass_request(algo: Any, part_states: dict[str, Any], logprobs: bool) -> 
     for slot, part in algo.slots().items():
         if getattr(part, "needs_old_tempered_logprobs", False):
             temps.update(float(t) for t in part.old_logprob_temperatures(part_states.get(slot)))
+    teachers = tuple(
+        (part, part_states.setdefault(slot, part.init_state()))
+        for slot, part in algo.slots().items()
+        if getattr(part, "needs_old_teacher_logprobs", False)
+    )
     return OldPassRequest(
-        logprobs, tuple(sorted(temps)), algo.needs("old_mean_logprobs"), algo.needs("old_prompt_logprobs")
+        logprobs,
+        tuple(sorted(temps)),
+        algo.needs("old_mean_logprobs"),
+        algo.needs("old_prompt_logprobs"),
+        teachers,
     )
 
 
@@ -140,6 +161,11 @@ def behaviour_pass(
     """
     if not request.any:
         return {}
+    if request.teachers:  # SDPO: the teacher under each row's reprompt, a pass of its own
+        out = behaviour_pass(model, batch, temperature, micro, pack, replace(request, teachers=()), chunk)
+        for part, state in request.teachers:
+            out |= teacher_pass(model, batch, temperature, micro, pack, part, state, chunk)
+        return out
     if request.prompt_logprobs:
         plain = OldPassRequest(request.logprobs, request.temperatures, request.mean_logprobs)
         out = behaviour_pass(model, batch, temperature, micro, pack, plain, chunk) if plain.any else {}
@@ -237,6 +263,116 @@ def fill_proxies(
         if getattr(part, "needs_old_proxy_logprobs", False):
             proxy = partial(part.proxy_logprobs, temperature=temperature)
             batch.extras[part.proxy_key] = proxy_pass(model, batch, micro, pack, part.proxy_positions(batch), proxy)
+
+
+@contextmanager
+def swapped_weights(model: torch.nn.Module, weights: dict[str, Tensor]):
+    """Run ``model`` with ``weights`` (name -> tensor, a subset of ``named_parameters``) in place of its
+    own: the parameters' storage is swapped, not copied, and restored on exit (a tied weight is one
+    parameter, so it is swapped once)."""
+    params = dict(model.named_parameters())
+    saved: dict[str, Tensor] = {}
+    try:
+        for n, w in weights.items():
+            saved[n] = params[n].data
+            params[n].data = w
+        yield model
+    finally:
+        for n, d in saved.items():
+            params[n].data = d
+
+
+def _logit_rows(model: torch.nn.Module, mb: RolloutBatch, pack: bool) -> Callable[[Tensor | slice], Tensor]:
+    """``rows(sel)``: the raw logits [k, V] (float32) of the masked response positions ``sel`` of ``mb``
+    under the weights ``model`` has now: the hidden states and the head's weights are taken at this
+    call, so ``rows`` keeps giving these weights' logits after a :func:`swapped_weights` block ends."""
+    mask = mb.response_mask.bool()
+    packed = response_hidden(model, mb) if pack else None
+    if packed is None:
+        full = _padded_response_logits(model, mb)[mask]  # [n, V]: one micro-batch, as its training forward
+        return lambda sel: full[sel].float()
+    h, head = packed
+    w, b = head.weight.detach(), head.bias.detach() if head.bias is not None else None
+    return lambda sel: torch.nn.functional.linear(h[sel], w, b).float()
+
+
+@torch.no_grad()
+def teacher_pass(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    temperature: float,
+    micro: int,
+    pack: bool,
+    part: Any,
+    state: dict[str, Any],
+    chunk: int = 256,
+) -> dict[str, Tensor]:
+    """SDPO's teacher inputs (``needs_old_teacher_logprobs``), on the rows with ``extras["sdpo_reprompted"]``.
+
+    First ``part.sync_teacher(state, model)`` (the teacher weights: a copy of the policy at the first
+    call, then its EMA). Then, per micro-batch of those rows: the teacher (``state["teacher"]`` swapped
+    into ``model``; with ``part.teacher == "trust_region"`` the logits ``lerp(z_teacher, z_policy,
+    part.teacher_update_rate)``) over ``extras["sdpo_teacher_prompt"]`` + the row's response tokens,
+    and, when ``part.topk = K > 0``, the policy over the original prompt for its top-K ids, ``chunk``
+    positions at a time (only [chunk, V] temporaries).
+
+    Returns:
+        ``"sdpo_teacher_logprobs"`` [N, T] = ``log_softmax(z_T / temperature)[o]`` (dtype of the rewards)
+        and, with K > 0, ``"sdpo_topk_ids"`` [N, T, K] (long) and ``"sdpo_teacher_topk_logprobs"`` [N, T, K]:
+        0 off the reprompted rows and on padding.
+    """
+    N, T = batch.response_mask.shape
+    K = int(getattr(part, "topk", 0))
+    out = {TEACHER_LOGPROBS: torch.zeros(N, T, dtype=batch.rewards.dtype)}
+    if K > 0:
+        out[TOPK_IDS] = torch.zeros(N, T, K, dtype=torch.long)
+        out[TEACHER_TOPK_LOGPROBS] = torch.zeros(N, T, K, dtype=batch.rewards.dtype)
+    flags = batch.extras.get(REPROMPTED)
+    prompts = batch.extras.get(TEACHER_PROMPT)
+    if flags is None or prompts is None:
+        raise ValueError(
+            f"SDPO's teacher pass needs extras[{REPROMPTED!r}] and extras[{TEACHER_PROMPT!r}]: use the sdpo_reprompt "
+            "rollout part (AlgoConfig.rollout=SDPOReprompt(...), as the sdpo preset does)"
+        )
+    part.sync_teacher(state, model)
+    keep = torch.tensor([bool(f) for f in flags], dtype=torch.bool).nonzero().flatten()
+    if keep.numel() == 0:
+        return out
+    from anypo.rollout.groups import left_pad
+
+    sub = batch.select(keep)
+    t_ids, t_mask = left_pad([list(prompts[int(i)]) for i in keep], 0)
+    teach = replace(sub, prompt_ids=t_ids, prompt_mask=t_mask)
+    mix = getattr(part, "teacher", "ema") == "trust_region"
+    coef = float(getattr(part, "teacher_update_rate", 0.0))
+    for (idx, mb), (idx_t, mbt) in zip(micro_batches(sub, micro), micro_batches(teach, micro), strict=True):
+        if not torch.equal(idx, idx_t):  # the order depends on lengths and groups only, never on prompts
+            raise RuntimeError("teacher_pass: the student and teacher micro-batches differ")
+        mask = mb.response_mask.bool()
+        targets = mb.response_ids[mask]
+        with swapped_weights(model, state["teacher"]):
+            teacher_rows = _logit_rows(model, mbt, pack)
+        policy_rows = _logit_rows(model, mbt, pack) if mix else None
+        student_rows = _logit_rows(model, mb, pack) if K > 0 else None
+        vals: dict[str, list[Tensor]] = {k: [] for k in out}
+        for i in range(0, len(targets), chunk):
+            sl = slice(i, i + chunk)
+            z = teacher_rows(sl)
+            if policy_rows is not None:
+                z = torch.lerp(z, policy_rows(sl), coef)
+            lst = torch.log_softmax(z / temperature, dim=-1)  # [c, V]
+            vals[TEACHER_LOGPROBS].append(lst.gather(-1, targets[sl, None].long()).squeeze(-1))
+            if student_rows is not None:
+                top = student_rows(sl).topk(min(K, z.shape[-1]), dim=-1).indices  # [c, K]
+                vals[TOPK_IDS].append(top)
+                vals[TEACHER_TOPK_LOGPROBS].append(lst.gather(-1, top))
+        rows = keep[idx]
+        for k, v in vals.items():
+            flat = torch.cat(v) if v else torch.zeros((0, *out[k].shape[2:]))
+            grid = torch.zeros((*mask.shape, *out[k].shape[2:]), dtype=out[k].dtype)
+            grid[mask] = flat.to(out[k].dtype)
+            out[k][rows, : mask.shape[1]] = grid
+    return out
 
 
 class StepAnchor:
