@@ -122,6 +122,8 @@ class LearnerActor:
     def close(self) -> None:
         import torch.distributed as dist
 
+        if self.ctx is not None:
+            self.ctx.close()  # the offloaded reference copy
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -256,8 +258,14 @@ class DistContext(Context):
         self.cluster = cluster
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.engine = RayRolloutEngine(cluster.workers, pad, cfg.dist.timeout_s, split=cfg.dist.split_calls)
-        self.rollout_part.engine = self.engine
+        local, self.engine = (
+            self.engine,
+            RayRolloutEngine(cluster.workers, pad, cfg.dist.timeout_s, cfg.dist.split_calls),
+        )
+        for holder in (self, self.rollout_part):  # every handle on the driver's engine now reaches the actors
+            for name, value in list(vars(holder).items()):
+                if value is local:
+                    setattr(holder, name, self.engine)
         self._state_ref = cluster.weights_ref()  # the learners' initial weights, to every rollout actor
         cluster.load_weights(self._state_ref)
         self._driver_current = False
