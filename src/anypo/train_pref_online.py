@@ -69,7 +69,7 @@ from anypo.errors import UserError
 from anypo.losses.preference import DPO
 from anypo.models import ModelConfig
 from anypo.oracles import OracleConfig, exploitability, hard_label, make_oracle, nash, tv_distance
-from anypo.oracles.base import preference_matrix
+from anypo.oracles.base import preference_matrices
 from anypo.policy import response_logprobs
 from anypo.run import run_loop
 from anypo.runs import peak_rss_gb
@@ -517,8 +517,8 @@ class OnlinePrefLoop(PrefLoop):
         offsets = [0]
         for s in per_prompt:
             offsets.append(offsets[-1] + len(s))
-        for b, (ex, samples) in enumerate(zip(examples, per_prompt, strict=True)):
-            P = preference_matrix(self.oracle, ex, [s[1] for s in samples])
+        matrices = preference_matrices(self.oracle, examples, [[s[1] for s in samples] for samples in per_prompt])
+        for b, (ex, samples, P) in enumerate(zip(examples, per_prompt, matrices, strict=True)):
             if algo.pairing == "best_worst":
                 sel, why = select_pair(P)
             else:  # two samples: the hard label of P[0, 1]
@@ -537,9 +537,7 @@ class OnlinePrefLoop(PrefLoop):
             tp.ref_chosen.append(None)
             tp.ref_rejected.append(None)
             tp.texts.append(PreferencePair(prompt=tuple(ex.messages()), chosen=c[1], rejected=r[1]))
-            for k, v in zip(
-                EXTRAS, (sel.winrate_chosen, sel.winrate_rejected, sel.pair_prob, c[2], r[2]), strict=True
-            ):
+            for k, v in zip(EXTRAS, (sel.winrate_chosen, sel.winrate_rejected, sel.pair_prob, c[2], r[2]), strict=True):
                 tp.extras[k].append(float(v))
             probs.append(sel.pair_prob)
             gold_c.append(float(golds[offsets[b] + sel.chosen]))
@@ -596,14 +594,18 @@ class OnlinePrefLoop(PrefLoop):
         cache: dict[str, Any] = {"opponent": opp_texts, "games": []}
         cache["gold_init"] = _nanmean(self.oracle.gold(self.eval_examples, opp_texts).tolist())
         if cfg.eval_candidates > 0:
-            g = init.generate(self.eval_ids, cfg.eval_candidates, cfg.eval_sampling, stable_seed("eval-cands", cfg.seed))
+            g = init.generate(
+                self.eval_ids, cfg.eval_candidates, cfg.eval_sampling, stable_seed("eval-cands", cfg.seed)
+            )
             cands: list[dict[tuple[int, ...], str]] = [{} for _ in self.eval_ids]
             for r in range(g.response_ids.shape[0]):
                 ids = tuple(g.response_ids[r][g.response_mask[r].bool()].tolist())
-                cands[int(g.prompt_index[r])].setdefault(ids, self.tokenizer.decode(list(ids), skip_special_tokens=True))
-            for b, cand in enumerate(cands):
-                ids, texts = list(cand), list(cand.values())
-                P = preference_matrix(self.oracle, self.eval_examples[b], texts)
+                cands[int(g.prompt_index[r])].setdefault(
+                    ids, self.tokenizer.decode(list(ids), skip_special_tokens=True)
+                )
+            matrices = preference_matrices(self.oracle, self.eval_examples, [list(c.values()) for c in cands])
+            for b, (cand, P) in enumerate(zip(cands, matrices, strict=True)):
+                ids = list(cand)
                 if len(ids) < 2 or bool(torch.isnan(P).any()):
                     continue  # a one-candidate game is trivially at equilibrium; an unjudged one has no matrix
                 cache["games"].append({"prompt": b, "ids": [list(i) for i in ids], "P": P.tolist(),

@@ -100,6 +100,29 @@ def test_preference_matrix_is_a_preference_matrix():
     assert torch.allclose(P + P.T, torch.ones(3, 3, dtype=torch.float64))
 
 
+def test_preference_matrices_batch_every_prompt_in_one_call():
+    """Two prompts with 3 and 2 responses: one prob() call with the 3 + 1 pairs, each matrix equal to
+    preference_matrix of its own prompt (scores 1.1, 0.1, 1.0 and 0.1, 1.1 at T = 0)."""
+
+    class Counting(VerifierBT):
+        calls = 0
+
+        def prob(self, xs, ys, y2s):
+            Counting.calls += 1
+            return super().prob(xs, ys, y2s)
+
+    o = Counting(get_task("addition").reward(), 0.0)
+    right, wrong, bare = "23 + 45 = 68.\nAnswer: 68", "Answer: 69", "68"
+    from anypo.oracles import preference_matrices
+
+    Ms = preference_matrices(o, [EX, EX], [[right, wrong, bare], [wrong, right]])
+    assert Counting.calls == 1
+    assert Ms[0].tolist() == [[0.5, 1.0, 1.0], [0.0, 0.5, 0.0], [0.0, 1.0, 0.5]]
+    assert Ms[1].tolist() == [[0.5, 0.0], [1.0, 0.5]]
+    with pytest.raises(ValueError, match="one group of responses per prompt"):
+        preference_matrices(o, [EX], [])
+
+
 def test_hard_label():
     assert (hard_label(0.7), hard_label(0.2), hard_label(0.5), hard_label(math.nan)) == (1, 0, None, None)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from anypo.oracles.base import PreferenceOracle, hard_label, preference_matrix
+from anypo.oracles.base import PreferenceOracle, hard_label, preference_matrices, preference_matrix
 from anypo.oracles.intransitive import MajorityOracle, arithmetic_criteria, majority_prob
 from anypo.oracles.nash import exploitability, nash, tv_distance
 from anypo.oracles.verifier_bt import VerifierBT, bt_prob
@@ -32,6 +32,7 @@ __all__ = [
     "majority_prob",
     "make_oracle",
     "nash",
+    "preference_matrices",
     "preference_matrix",
     "tv_distance",
 ]

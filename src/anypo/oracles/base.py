@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["PreferenceOracle", "preference_matrix", "hard_label"]
+__all__ = ["PreferenceOracle", "hard_label", "preference_matrices", "preference_matrix"]
 
 
 @runtime_checkable
@@ -62,6 +62,24 @@ def preference_matrix(oracle: PreferenceOracle, x: Any, ys: Sequence[str]) -> Te
         for (i, j), v in zip(pairs, p.tolist(), strict=True):
             P[i, j], P[j, i] = v, 1.0 - v
     return P
+
+
+def preference_matrices(oracle: PreferenceOracle, xs: Sequence[Any], groups: Sequence[Sequence[str]]) -> list[Tensor]:
+    """:func:`preference_matrix` of every prompt ``xs[b]`` and its responses ``groups[b]``, with all
+    the prompts' pairs in one batched ``oracle.prob`` call (what a judge that batches wants)."""
+    if len(xs) != len(groups):
+        raise ValueError(
+            f"preference_matrices needs one group of responses per prompt, got {len(xs)} and {len(groups)}"
+        )
+    pairs = [(b, i, j) for b, ys in enumerate(groups) for i in range(len(ys)) for j in range(i + 1, len(ys))]
+    out = [torch.full((len(ys), len(ys)), 0.5, dtype=torch.float64) for ys in groups]
+    if pairs:
+        p = oracle.prob(
+            [xs[b] for b, _, _ in pairs], [groups[b][i] for b, i, _ in pairs], [groups[b][j] for b, _, j in pairs]
+        )
+        for (b, i, j), v in zip(pairs, p.tolist(), strict=True):
+            out[b][i, j], out[b][j, i] = v, 1.0 - v
+    return out
 
 
 def hard_label(p: float) -> int | None:
