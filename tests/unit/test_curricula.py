@@ -474,3 +474,30 @@ def test_task_filter_keeps_prompts_the_baseline_sometimes_solves():
     r = TaskFilterSampler(TaskFilterConfig(rescore_samples=4, pool=0), 5, 2, seed=0)
     r.load_state_dict(json.loads(json.dumps(s.state_dict())))
     assert r.next_prompts(3) == s.next_prompts(3)
+
+
+# ---- DeepVideo-R1 difficulty-aware augmentation ----
+def test_difficulty_aug_reissues_all_equal_groups():
+    """Spec (rlvr-losses section 6) decision rule: q1 [1,1,1,1] too easy -> harder, q2 [0,0,0,0] too
+    hard -> guidance, q3 [1,0,0,1] kept. Here prompt 0 (always right) is regenerated with another
+    training question as a distractor (examples 1 or 2, seeded), prompt 1 (always wrong, hints "h1",
+    "h2") with "Hint: h1", prompt 2 (mixed) is untouched: 2 extra group generations."""
+    from anypo.rollout import DifficultyAugConfig
+    from anypo.rollout.guidance import DifficultyAug
+
+    ex = [Example("q0", "7"), Example("q1", "5", hints=("h1", "h2")), Example("q2", "3")]
+
+    def reply(text, k):
+        if text.startswith("U:q0"):
+            return "7"
+        if text.startswith("U:q1"):
+            return "5" if "Hint: h1" in text and k == 0 else "x"
+        return "3" if k in (0, 3) else "x"
+
+    groups, engine = make_groups(reply, ex, G=4)
+    b = DifficultyAug(DifficultyAugConfig(), groups).collect([Request(0, 4), Request(1, 4), Request(2, 4)], 0, 1)
+    prompts = rows_text(b, "prompt")
+    assert prompts[0] in ("U:q0\n\nUnrelated note: q1\nA:", "U:q0\n\nUnrelated note: q2\nA:")
+    assert prompts[4] == "U:q1\n\nHint: h1\nA:" and prompts[8] == "U:q2\nA:"
+    assert b.rewards.tolist() == [1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 1]
+    assert len(engine.calls) == 2 and engine.calls[1][1] == 4

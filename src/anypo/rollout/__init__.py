@@ -3,11 +3,22 @@ the explicit imports below; see ``anypo.rollout.parts`` for the interface)."""
 
 from anypo.rollout.experience import ExperienceReplay, ExperienceReplayConfig
 from anypo.rollout.groups import GroupRollout, Request, concat_batches, drop_reward_errors
-from anypo.rollout.guidance import GHPOConfig, GHPOHints, ScafConfig, ScafHints, XRPOAllocation, XRPOAllocConfig
+from anypo.rollout.guidance import (
+    DifficultyAug,
+    DifficultyAugConfig,
+    GHPOConfig,
+    GHPOHints,
+    ScafConfig,
+    ScafHints,
+    XRPOAllocation,
+    XRPOAllocConfig,
+)
 from anypo.rollout.parts import Groups, GroupsConfig, RolloutPart
 from anypo.rollout.reprompt import SDPOReprompt, SDPORepromptConfig
 
 __all__ = [
+    "DifficultyAug",
+    "DifficultyAugConfig",
     "ExperienceReplay",
     "ExperienceReplayConfig",
     "GHPOConfig",

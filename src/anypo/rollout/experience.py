@@ -117,6 +117,7 @@ class ExperienceReplay(RolloutPart):
             "max_tokens": [like.extras["max_tokens"][0]] * len(stored),
             "guided": [True] * len(stored),  # not the current policy's own attempt
             "rollin_tokens": [0] * len(stored),
+            "feedback": [None] * len(stored),
         }
         if "correct" in like.extras:
             extras["correct"] = [1.0] * len(stored)

@@ -29,6 +29,8 @@ from anypo.samplers.stats import correctness
 from anypo.types import PartConfig, RolloutBatch
 
 __all__ = [
+    "DifficultyAug",
+    "DifficultyAugConfig",
     "XRPOAllocConfig",
     "XRPOAllocation",
     "allocate",
@@ -460,3 +462,63 @@ class XRPOAllocation(RolloutPart):
 
     def load_state_dict(self, state: dict) -> None:
         self.corpus = [(int(j), str(a)) for j, a in state.get("corpus", [])]
+
+
+# ---- DeepVideo-R1: difficulty-aware augmentation ----
+@dataclass(frozen=True)
+class DifficultyAugConfig(PartConfig):
+    """DeepVideo-R1's difficulty-aware augmentation of groups whose advantages vanish.
+
+    Paper: "DeepVideo-R1: Video Reinforcement Fine-Tuning via Difficulty-aware Regressive GRPO",
+    https://arxiv.org/abs/2506.07464 (abstract: "augments input prompts/videos to target solvable
+    difficulty levels, enabling diverse reward signals"; code github.com/mlvlab/DeepVideoR1 not
+    readable here). RECONSTRUCTED for text prompts: a group whose samples are all right is too easy
+    and is regenerated (same size) from a harder prompt; one whose samples are all wrong is too hard
+    and is regenerated from an easier one; the group keeps the regenerated prompt and samples.
+
+    * harder: a distractor is inserted after the question, ``Unrelated note: <another training
+      question>`` (a seeded choice; the text analogue of the paper's video perturbation, UNVERIFIED);
+    * easier: the first rung of the example's hint ladder, ``Hint: <hint>`` (the paper's guidance for
+      hard samples; its form is UNVERIFIED). Prompts without hints are left as they are.
+
+    ``harder`` / ``easier`` switch either side off.
+    """
+
+    harder: bool = True
+    """Regenerate all-right groups with a distractor in the prompt."""
+    easier: bool = True
+    """Regenerate all-wrong groups with the first hint in the prompt."""
+
+
+@ROLLOUTS.register("difficulty_aug", config=DifficultyAugConfig)
+class DifficultyAug(RolloutPart):
+    """Difficulty-aware re-issue of all-equal groups (see :class:`DifficultyAugConfig`)."""
+
+    cfg: DifficultyAugConfig
+
+    def collect(self, requests: Sequence[Request], seed: int, step: int, group_offset: int = 0) -> RolloutBatch:
+        batch = self.groups.collect(requests, seed, group_offset)
+        examples = self.groups.examples
+        if examples is None:
+            return batch
+        right = correctness(batch)
+        rows_of = _first_rows(batch)
+        reqs, groups = [], []
+        for g, rows in rows_of.items():
+            i = int(batch.extras["prompt_index"][rows[0]])
+            if self.cfg.harder and all(right[r] >= 1.0 for r in rows) and len(examples) > 1:
+                j = (i + 1 + (seed + g) % (len(examples) - 1)) % len(examples)  # any other prompt, seeded
+                reqs.append(Request(i, len(rows), insert=f"Unrelated note: {examples[j].prompt}"))
+                groups.append(g)
+                self.add("aug_harder_groups", 1)
+            elif self.cfg.easier and all(right[r] < 1.0 for r in rows) and examples[i].hints:
+                reqs.append(Request(i, len(rows), insert=f"Hint: {examples[i].hints[0]}"))
+                groups.append(g)
+                self.add("aug_easier_groups", 1)
+        if not reqs:
+            return batch
+        new = self.groups.collect(reqs, seed + 31_337, group_offset=0)
+        new_rows = _first_rows(new)
+        rows = [r for g in groups for r in rows_of[g]]
+        take = [r for k in range(len(groups)) for r in new_rows[k]]
+        return splice(batch, rows, new, take, self.groups.tokenizer.pad_token_id)
