@@ -67,7 +67,8 @@ def make_verifier(task):
     """
     from anypo.rewards import combine
 
-    runner = combine([task.default_reward()[0]])
+    first = task.default_reward()[0]
+    runner = combine([(first[0] if isinstance(first, tuple) else first, 1.0)])  # its score alone, whatever its weight
     name = runner.names[0]
 
     def verify(example, text: str) -> float:

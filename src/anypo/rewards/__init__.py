@@ -11,6 +11,7 @@ dataclass. ``combine`` turns configs, names, user functions (``fn(sample)``) and
 | ``format`` | ``Format`` | the final answer is given with an explicit marker |
 | ``countdown`` | ``Countdown`` | the answer expression solves the countdown puzzle |
 | ``overlong`` | ``Overlong`` | DAPO soft overlong punishment |
+| ``proxy_answer`` | ``ProxyAnswer`` | a hackable proxy: the reference number appears anywhere |
 | ``reasoning_gym`` | ``ReasoningGym`` | the reasoning-gym generator's own score |
 """
 
@@ -18,6 +19,7 @@ from anypo.rewards.answer import ExactMatch, Format, MathAnswer, answers_match, 
 from anypo.rewards.combine import BatchRewards, RewardRunner, RewardTerm, combine, load_reward_fn
 from anypo.rewards.countdown import Countdown, CountdownCheck, check_countdown, countdown, evaluate_expression
 from anypo.rewards.extract import answer_number, extract_answer, find_answer, last_number, parse_number
+from anypo.rewards.proxy import ProxyAnswer, proxy_answer
 from anypo.rewards.rgym import ReasoningGym, reasoning_gym_reward
 from anypo.rewards.shaping import Overlong, overlong
 
@@ -29,6 +31,7 @@ __all__ = [
     "Format",
     "MathAnswer",
     "Overlong",
+    "ProxyAnswer",
     "ReasoningGym",
     "RewardRunner",
     "RewardTerm",
@@ -47,5 +50,6 @@ __all__ = [
     "math_answer",
     "overlong",
     "parse_number",
+    "proxy_answer",
     "reasoning_gym_reward",
 ]

@@ -26,12 +26,14 @@ from anypo.tasks.base import (
 from anypo.tasks.countdown import CountdownTask
 from anypo.tasks.data import DataError, FileTask, iter_rows, looks_like_path
 from anypo.tasks.graded import GradedArithmeticTask, GradedCountdownTask, GradedTask, Level
+from anypo.tasks.proxy import AdditionProxyTask
 from anypo.tasks.rgym import ReasoningGymTask, reasoning_gym_names
 
 __all__ = [
     "ANSWER_INSTRUCTION",
     "EXPRESSION_INSTRUCTION",
     "TASKS",
+    "AdditionProxyTask",
     "AdditionTask",
     "ArithmeticTask",
     "CountdownTask",
@@ -61,6 +63,7 @@ TASKS: dict[str, type[Task]] = {
     "countdown": CountdownTask,
     "graded_arithmetic": GradedArithmeticTask,
     "graded_countdown": GradedCountdownTask,
+    "addition_proxy": AdditionProxyTask,
 }
 """Built-in procedural tasks by name; add your own ``Task`` subclass here to make it a name."""
 RG_PREFIXES = ("rg:", "reasoning_gym:")
