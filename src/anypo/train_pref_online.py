@@ -292,10 +292,10 @@ def online_pref_config_problems(cfg: OnlinePrefTrainConfig) -> list[str]:
     out += oracle_config_problems(cfg.oracle)
     from anypo.tasks import TASKS
 
-    if cfg.task.name not in TASKS:
+    if cfg.oracle.kind != "judge" and cfg.task.name not in TASKS:
         out.append(
-            f"--task.name is {cfg.task.name!r}: the online preference loop judges with a built-in task's "
-            f"verifier; use one of {', '.join(sorted(TASKS))}"
+            f"--task.name is {cfg.task.name!r}: the {cfg.oracle.kind} oracle judges with a built-in task's "
+            f"verifier; use one of {', '.join(sorted(TASKS))} (or --oracle.kind judge for any prompts)"
         )
     out += _model_problems(cfg.model)
     return out
@@ -559,7 +559,7 @@ class OnlinePrefLoop(PrefLoop):
             "time/generate_s": gen_s,
             "time/judge_s": judge_s,
         }
-        return tp, m, probs
+        return tp, _finite_gold(m), probs
 
     @torch.no_grad()
     def reference_columns(self, tp: TokenPairs) -> None:
@@ -657,7 +657,7 @@ class OnlinePrefLoop(PrefLoop):
                 out["eval/games"] = float(len(expl))
         finally:
             self.model.train(was)
-        return out
+        return _finite_gold(out)
 
     # ---- what the run scaffold asks of a loop ----
     def done(self) -> bool:
@@ -702,6 +702,11 @@ class OnlinePrefLoop(PrefLoop):
 
 EXTRAS = ("winrate_chosen", "winrate_rejected", "pair_prob", "ref_sample_chosen", "ref_sample_rejected")
 """The per-pair extras every online pair carries (``PreferenceBatch.extras``)."""
+
+
+def _finite_gold(m: dict[str, float]) -> dict[str, float]:
+    """``m`` without gold-reward keys that are NaN (an oracle without a gold score, e.g. a judge)."""
+    return {k: v for k, v in m.items() if not ("gold" in k and math.isnan(v))}
 
 
 def _nanmean(values: list[float]) -> float:

@@ -199,3 +199,15 @@ def test_unjudged_and_tied_prompts_give_no_pair_and_are_counted(tmp_path):
     loop.oracle = _Scripted([float("nan"), 0.8, 0.3])
     tp, m, probs = loop.make_pairs(loop.examples[:1], loop.prompt_ids[:1], seed=1)
     assert m["data/pairs"] == 1 and m["data/unjudged_pairs"] == 1 and probs == [pytest.approx(0.7)]
+
+
+def test_a_plugin_judge_drives_the_loop(tmp_path):
+    """--oracle.kind judge with a file plug-in (prefers the shorter response; judged in both orders):
+    a step trains on its pairs, and no gold metric is logged (a judge has no gold score)."""
+    f = tmp_path / "judge.py"
+    f.write_text("def judge(prompts, a, b):\n    return ['A' if len(x) < len(y) else 'B' for x, y in zip(a, b)]\n")
+    cfg = ocfg(tmp_path, oracle=OracleConfig(kind="judge", judge=f"{f}:judge"), steps=1, eval_every=1, eval_prompts=2)
+    rows = _rows(train(cfg))
+    assert rows[1]["data/pairs"] >= 1 and rows[1]["train/optimizer_steps"] == 1.0
+    assert not any("gold" in k for r in rows.values() for k in r)
+    assert 0.0 <= rows[1]["eval/win_rate_vs_init"] <= 1.0

@@ -224,3 +224,53 @@ def test_nash_rejects_malformed_matrices():
         nash([[0.5, 1.5], [-0.5, 0.5]])
     with pytest.raises(ValueError, match="probability vector"):
         exploitability(RPS, [0.5, 0.5, 0.5])
+
+
+# ---- a plug-in judge ----
+
+
+def test_parse_verdict():
+    from anypo.oracles import parse_verdict
+
+    assert [parse_verdict(v) for v in (0.3, 1, "A", "b", "Tie", "so the better one is B.", "Answer: A")] == [
+        0.3, 1.0, 1.0, 0.0, 0.5, 0.0, 1.0,
+    ]  # fmt: skip
+    assert all(math.isnan(parse_verdict(v)) for v in (None, True, 1.5, -0.1, "both", "A or B?", [1]))
+
+
+def test_judge_oracle_corrects_position_bias_and_counts_failures(tmp_path):
+    """A judge that always says "A" (pure position bias): swapped, (1 + 1 - 1)/2 = 1/2, a tie. A judge
+    preferring the shorter response: P(short > long) = (1 + 1 - 0)/2 = 1, P(long > short) = 0. Without
+    swap the biased judge gives 1. None, garbage or an exception: NaN, counted."""
+    from anypo.oracles import JudgeOracle
+
+    always_a = JudgeOracle(lambda p, a, b: ["A"] * len(a))
+    assert always_a.prob([EX, EX], ["x", "yy"], ["yy", "x"]).tolist() == [0.5, 0.5]
+    assert JudgeOracle(lambda p, a, b: ["A"] * len(a), swap=False).prob([EX], ["x"], ["yy"]).tolist() == [1.0]
+    shorter = JudgeOracle(lambda p, a, b: ["A" if len(u) < len(v) else "B" for u, v in zip(a, b, strict=True)])
+    assert shorter.prob([EX, EX], ["x", "yy"], ["yy", "x"]).tolist() == [1.0, 0.0]
+    flaky = JudgeOracle(lambda p, a, b: [None if u == "?" else "I pick A" for u in a], swap=False)
+    p = flaky.prob([EX, EX], ["?", "x"], ["y", "y"])
+    assert math.isnan(p[0].item()) and p[1].item() == 1.0 and flaky.num_unjudged == 1
+    broken = JudgeOracle(lambda p, a, b: 1 / 0)
+    assert torch.isnan(broken.prob([EX], ["a"], ["b"])).all() and broken.num_unjudged == 1
+    assert torch.isnan(broken.gold([EX], ["a"])).all()
+    with pytest.raises(ValueError, match="returned 1 verdicts for 2 pairs"):
+        JudgeOracle(lambda p, a, b: ["A"]).prob([EX, EX], ["a", "b"], ["c", "d"])
+    seen = []
+    JudgeOracle(lambda p, a, b: seen.extend(p) or ["A"] * len(a), swap=False).prob([EX], ["a"], ["b"])
+    assert seen == [EX.prompt]  # the judge sees the prompt text
+
+
+def test_judge_from_a_file(tmp_path):
+    """--oracle.kind judge --oracle.judge file.py:fn loads the plug-in; without a judge: one clear problem."""
+    from anypo.oracles import JudgeOracle, oracle_config_problems
+
+    f = tmp_path / "my_judge.py"
+    f.write_text(
+        "def judge(prompts, first, second):\n    return ['A' if len(a) > len(b) else 'B' for a, b in zip(first, second)]\n"
+    )
+    o = make_oracle(OracleConfig(kind="judge", judge=f"{f}:judge"), None)
+    assert isinstance(o, JudgeOracle) and o.prob([EX], ["long"], ["s"]).tolist() == [1.0]
+    probs = oracle_config_problems(OracleConfig(kind="judge"))
+    assert len(probs) == 1 and "--oracle.judge" in probs[0]

@@ -3,6 +3,7 @@ exact Nash equilibrium of a finite preference game.
 
 * :class:`VerifierBT`: Bradley-Terry on the built-in tasks' verifiable reward, temperature ``T``
   (hard labels at ``T = 0``).
+* :class:`JudgeOracle`: a plug-in pairwise judge (LLM, API, script), judged in both orders.
 * :class:`MajorityOracle`: the majority of three graded verifiable criteria (correct, length budget,
   format): intransitive (Condorcet cycles).
 * :func:`nash`, :func:`exploitability`: the exact symmetric Nash equilibrium over a finite candidate
@@ -17,10 +18,12 @@ from typing import Any, Literal
 
 from anypo.oracles.base import PreferenceOracle, hard_label, preference_matrices, preference_matrix
 from anypo.oracles.intransitive import MajorityOracle, arithmetic_criteria, majority_prob
+from anypo.oracles.judge import JudgeOracle, load_judge, parse_verdict
 from anypo.oracles.nash import exploitability, nash, tv_distance
 from anypo.oracles.verifier_bt import VerifierBT, bt_prob
 
 __all__ = [
+    "JudgeOracle",
     "MajorityOracle",
     "OracleConfig",
     "PreferenceOracle",
@@ -29,9 +32,11 @@ __all__ = [
     "bt_prob",
     "exploitability",
     "hard_label",
+    "load_judge",
     "majority_prob",
     "make_oracle",
     "nash",
+    "parse_verdict",
     "preference_matrices",
     "preference_matrix",
     "tv_distance",
@@ -42,12 +47,17 @@ __all__ = [
 class OracleConfig:
     """Which preference oracle judges the policy's samples."""
 
-    kind: Literal["verifier_bt", "intransitive"] = "verifier_bt"
-    """verifier_bt: Bradley-Terry on the task's reward; intransitive: majority of three graded criteria."""
+    kind: Literal["verifier_bt", "intransitive", "judge"] = "verifier_bt"
+    """verifier_bt: Bradley-Terry on the task's reward; intransitive: majority of three graded criteria;
+    judge: the plug-in pairwise judge named by `judge`."""
     temperature: float = 0.0
     """verifier_bt: the Bradley-Terry temperature T (0: hard labels)."""
     length_budget: int = 40
     """intransitive: characters within which every response ties on the length criterion."""
+    judge: str | None = None
+    """judge: ``module:function`` or ``file.py:function``, a batched ``judge(prompts, first, second) -> verdicts``."""
+    judge_swap: bool = True
+    """judge: judge each pair in both orders and average (position-bias correction)."""
 
 
 def oracle_config_problems(cfg: OracleConfig, prefix: str = "oracle") -> list[str]:
@@ -55,8 +65,12 @@ def oracle_config_problems(cfg: OracleConfig, prefix: str = "oracle") -> list[st
     import math
 
     out = []
-    if cfg.kind not in ("verifier_bt", "intransitive"):
-        out.append(f"--{prefix}.kind is {cfg.kind!r}: use verifier_bt or intransitive")
+    if cfg.kind not in ("verifier_bt", "intransitive", "judge"):
+        out.append(f"--{prefix}.kind is {cfg.kind!r}: use verifier_bt, intransitive or judge")
+    if cfg.kind == "judge" and not cfg.judge:
+        out.append(
+            f"--{prefix}.judge is not set: oracle kind 'judge' needs a judge function (module:function or file.py:function)"
+        )
     if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
         out.append(f"--{prefix}.temperature is {cfg.temperature}: it must be >= 0 (0 for hard labels)")
     if cfg.length_budget < 1:
@@ -70,4 +84,6 @@ def make_oracle(cfg: OracleConfig, task: Any) -> PreferenceOracle:
         return VerifierBT(task.reward(), cfg.temperature)
     if cfg.kind == "intransitive":
         return MajorityOracle(arithmetic_criteria(cfg.length_budget))
-    raise ValueError(f"oracle.kind is {cfg.kind!r}: use verifier_bt or intransitive")
+    if cfg.kind == "judge" and cfg.judge:
+        return JudgeOracle(load_judge(cfg.judge), swap=cfg.judge_swap)
+    raise ValueError(f"oracle.kind is {cfg.kind!r}: use verifier_bt, intransitive or judge (with oracle.judge)")
