@@ -170,8 +170,9 @@ def test_preference_presets():
 
 
 def test_online_preference_presets():
-    """online_dpo: 2 policy samples, fixed reference; iterative_dpo / sppo: best vs worst of K samples
-    of pi_t against pi_t (SPPO: K = 5, beta 0.001, its square loss); inpo: IPO with tau = 1/eta against
+    """online_dpo: 2 policy samples, fixed reference; iterative_dpo: best vs worst of K = 8 samples of
+    pi_t against the fixed pi_1 (RLHFlow's run_loop.sh); sppo: best vs worst of K = 5 samples of pi_t
+    against pi_t (beta 0.001, its square loss); inpo: IPO with tau = 1/eta against
     eta tau log pi_ref + (1 - eta tau) log pi_t (eta 10, tau 0.01); apo: DPO against
     (1 + alpha) log pi_t - alpha log pi_{t-1} (alpha 0.3); xpo: policy vs reference sample, alpha 1e-5."""
     from anypo.registry import registry as reg
@@ -181,15 +182,16 @@ def test_online_preference_presets():
     name = {n: reg("preference_loss").name_of(c.loss) for n, c in a.items()}
     assert name == {"online_dpo": "dpo", "iterative_dpo": "dpo", "sppo": "sppo", "inpo": "ipo", "apo": "dpo", "xpo": "xpo"}
     refs = {n: (c.ref_initial, c.ref_previous, c.ref_before) for n, c in a.items()}
-    assert refs["online_dpo"] == refs["xpo"] == (1.0, 0.0, 0.0)
-    assert refs["iterative_dpo"] == refs["sppo"] == (0.0, 1.0, 0.0)
+    assert refs["online_dpo"] == refs["xpo"] == refs["iterative_dpo"] == (1.0, 0.0, 0.0)  # RLHFlow run_loop.sh
+    assert refs["sppo"] == (0.0, 1.0, 0.0)
     assert refs["inpo"] == pytest.approx((0.1, 0.9, 0.0)) and refs["apo"] == pytest.approx((0.0, 1.3, -0.3))
     assert (a["online_dpo"].pairing, a["online_dpo"].samples_per_prompt, a["online_dpo"].sample_from) == ("two", 2, "policy")
     assert (a["sppo"].pairing, a["sppo"].samples_per_prompt, a["sppo"].loss.beta) == ("best_worst", 5, 0.001)
     assert all(a[n].sample_from == "iterate" and a[n].steps_per_iteration == 10 for n in ("iterative_dpo", "sppo", "inpo", "apo"))
     assert a["inpo"].loss.beta == pytest.approx(0.1) and not a["inpo"].loss.length_normalize
     assert (a["xpo"].pairing, a["xpo"].loss.alpha, a["xpo"].loss.beta) == ("policy_vs_reference", 1e-5, 0.1)
-    assert PRESETS["iterative_dpo"].build(reference="fixed").ref_initial == 1.0
+    assert a["iterative_dpo"].samples_per_prompt == 8
+    assert PRESETS["iterative_dpo"].build(reference="previous_iterate").ref_previous == 1.0
 
 
 def test_rpo_preset_matches_the_authors_code_on_the_spec_pair():

@@ -6,31 +6,34 @@ from anypo.config import Preset
 from anypo.losses.preference import DPO
 
 
-def iterative_dpo(
-    beta: float = 0.1, samples: int = 4, steps_per_iteration: int = 10, reference: str = "previous_iterate"
-):
+def iterative_dpo(beta: float = 0.1, samples: int = 8, steps_per_iteration: int = 10, reference: str = "fixed"):
     """Iterative (batch-online) DPO: per iteration t, sample K responses per prompt from ``pi_t``, pair
     the oracle's best with its worst, and train DPO from ``pi_t``.
 
     "RLHF Workflow: From Reward Modeling to Online RLHF", https://arxiv.org/abs/2405.07863 (Dong et
-    al.; the best-of-K / worst-of-K pairing of iterative DPO), the baseline of SPPO, INPO and APO
-    (spec section 1.3): ``L = -log sigmoid(beta (h(y_best) - h(y_worst)))`` with ``h`` the log-ratio
-    to the reference, which is the previous iterate ``pi_t`` (the SPPO repo loads the iterate as both
-    the model and the reference, ``run_sppo.py::setup_model``) or the fixed ``pi_1`` (a switch, as the
-    spec asks). Best / worst by the oracle's win rate among the K samples (for a Bradley-Terry oracle:
-    by score, as the SPPO pipeline's ``prepare_score``).
+    al.), the baseline of SPPO, INPO and APO (spec section 1.3):
+    ``L = -log sigmoid(beta (h(y_best) - h(y_worst)))``, ``h`` the log-ratio to the reference.
+    Verified against the authors' code, RLHFlow/Online-RLHF at 138f5278: ``run_loop.sh`` runs 3
+    iterations, each generating K = 8 responses per prompt at temperature 1.0 with the current
+    iterate (``generation/gen_hf.py``), scoring them with the reward model and training DPO from the
+    iterate with ``--choose_type max_min`` (best vs worst reward; a pair of equal rewards is skipped,
+    ``dpo_iteration/run_dpo.py::prepare_data``), ``--ref_model`` the initial model (a fixed
+    reference), ``loss_type sigmoid`` (TRL's default beta 0.1), lr 5e-7, cosine schedule.
+    ``run_loop2.sh`` is the variant with the iterate as the reference, K = 4 and label smoothing 0.1:
+    ``reference="previous_iterate"`` (the SPPO repo also uses the iterate as reference).
 
-    Reconstructed: the RLHF Workflow paper's text was not read; K and the iteration length are ours
-    (CPU scale: K = 4, 10 steps per iteration, so 3 iterations in 30 steps, as SPPO's 3). Within an
-    iteration each step samples fresh prompts from ``pi_t`` (the paper generates the iteration's
-    dataset first, then trains on it: the same distribution). The optimizer state carries over
-    between iterations.
+    Deviations: the oracle replaces the reward model (best / worst by win rate among the K samples:
+    for a Bradley-Terry oracle the same as by score); an iteration is ``steps_per_iteration`` steps
+    of fresh prompts sampled from ``pi_t`` (the code generates one dataset per iteration, then
+    trains on it), 10 by default so 30 steps are 3 iterations; the optimizer state carries across
+    iterations; sampling temperature is the loop's ``--sampling.temperature`` (0.9 by default; the
+    code's 1.0).
 
     Args:
         beta: DPO's beta.
         samples: K, responses per prompt.
         steps_per_iteration: optimizer steps per iteration.
-        reference: ``previous_iterate`` (pi_t) or ``fixed`` (pi_1).
+        reference: ``fixed`` (pi_1, run_loop.sh) or ``previous_iterate`` (pi_t, run_loop2.sh).
 
     Returns:
         The ``OnlinePrefAlgoConfig`` of the online preference loop.
@@ -38,7 +41,7 @@ def iterative_dpo(
     from anypo.train_pref_online import OnlinePrefAlgoConfig
 
     if reference not in ("previous_iterate", "fixed"):
-        raise ValueError(f"iterative_dpo: reference must be 'previous_iterate' or 'fixed', got {reference!r}")
+        raise ValueError(f"iterative_dpo: reference must be 'fixed' or 'previous_iterate', got {reference!r}")
     prev = reference == "previous_iterate"
     return OnlinePrefAlgoConfig(
         loss=DPO(beta=beta), samples_per_prompt=samples, pairing="best_worst", sample_from="iterate",
@@ -50,8 +53,8 @@ PRESET = Preset(
     name="iterative_dpo",
     title="RLHF Workflow: From Reward Modeling to Online RLHF",
     arxiv="2405.07863",
-    status="reconstructed",
+    status="verified",
     build=iterative_dpo,
-    summary="Per iteration: K=4 samples per prompt from pi_t, oracle best vs worst, DPO (beta 0.1) against pi_t.",
+    summary="Per iteration: K=8 samples per prompt from pi_t, oracle best vs worst, DPO (beta 0.1) against the fixed pi_1.",
     kind="preference_online",
 )
