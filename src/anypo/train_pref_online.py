@@ -38,7 +38,7 @@ extrapolation ``(0, 1 + alpha, -alpha)``. Snapshots are frozen copies held in me
 checkpoints when they differ from the initial weights); the reference log-probs are computed once per
 step for that step's pairs, under ``torch.no_grad``.
 
-**Evaluation** on the task's held-out prompts (fixed samples of the initial policy cached at the
+**Evaluation** (by ``eval_oracle``; kind ``same``, the default: the training oracle) on the task's held-out prompts (fixed samples of the initial policy cached at the
 first evaluation): ``eval/win_rate_vs_init`` (the oracle's mean ``P(y_policy > y_initial)``, ties
 1/2), ``eval/gold`` (the oracle's gold score of the policy's samples; ``eval/gold_init`` the initial
 policy's), ``eval/kl_ref`` (``mean sum_t log pi(y_t) - log pi_1(y_t)`` over the policy's samples: the
@@ -148,6 +148,10 @@ class OnlinePrefTrainConfig:
     """The prompts (a built-in task: its reward is the oracle's verifier)."""
     oracle: OracleConfig = field(default_factory=OracleConfig)
     """The preference oracle that judges the samples."""
+    eval_oracle: OracleConfig = field(default_factory=lambda: OracleConfig(kind="same"))
+    """The oracle of the evaluation (win rate, gold reward, exploitability); kind `same`: the training
+    oracle. E.g. train on a plug-in judge (the proxy) and evaluate with the verifier (the gold):
+    `--oracle.kind judge --oracle.judge j.py:fn --eval-oracle.kind verifier_bt`."""
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.9, max_new_tokens=64))
     """How training responses are sampled (TRL online DPO: temperature 0.9, 64 new tokens)."""
     name: str = "online_dpo"
@@ -289,12 +293,18 @@ def online_pref_config_problems(cfg: OnlinePrefTrainConfig) -> list[str]:
     if cfg.eval_every > 0 and cfg.eval_prompts > 0:
         out += _sampling_problems(cfg.eval_sampling, "eval_sampling")
     out += _sampling_problems(cfg.sampling, "sampling")
-    out += oracle_config_problems(cfg.oracle)
+    if cfg.oracle.kind == "same":
+        out.append("--oracle.kind is 'same': only the evaluation oracle can be the training oracle's; name one")
+    else:
+        out += oracle_config_problems(cfg.oracle)
+    if cfg.eval_oracle.kind != "same":
+        out += oracle_config_problems(cfg.eval_oracle, "eval-oracle")
     from anypo.tasks import TASKS
 
-    if cfg.oracle.kind != "judge" and cfg.task.name not in TASKS:
+    kinds = {cfg.oracle.kind, cfg.eval_oracle.kind} - {"same"}
+    if kinds != {"judge"} and cfg.task.name not in TASKS:
         out.append(
-            f"--task.name is {cfg.task.name!r}: the {cfg.oracle.kind} oracle judges with a built-in task's "
+            f"--task.name is {cfg.task.name!r}: the {'/'.join(sorted(kinds - {'judge'}))} oracle judges with a built-in task's "
             f"verifier; use one of {', '.join(sorted(TASKS))} (or --oracle.kind judge for any prompts)"
         )
     out += _model_problems(cfg.model)
@@ -412,6 +422,7 @@ class OnlinePrefLoop(PrefLoop):
         )
         self.order = PairOrder(len(self.examples), cfg.seed, epochs=10**9)  # prompts repeat in fresh orders
         self.oracle = make_oracle(cfg.oracle, self.task)
+        self.eval_oracle = self.oracle if cfg.eval_oracle.kind == "same" else make_oracle(cfg.eval_oracle, self.task)
         self.loss_fn = registry.registry("preference_loss").fn_for(self.algo.loss)
         self.needs_ref = self.algo.needs("ref_logprobs")
         self.autocast = _autocast(cfg.precision)
@@ -592,7 +603,7 @@ class OnlinePrefLoop(PrefLoop):
         opp_texts = [self.tokenizer.decode(opp.response_ids[r][opp.response_mask[r].bool()], skip_special_tokens=True)
                      for r in range(opp.response_ids.shape[0])]  # fmt: skip
         cache: dict[str, Any] = {"opponent": opp_texts, "games": []}
-        cache["gold_init"] = _nanmean(self.oracle.gold(self.eval_examples, opp_texts).tolist())
+        cache["gold_init"] = _nanmean(self.eval_oracle.gold(self.eval_examples, opp_texts).tolist())
         if cfg.eval_candidates > 0:
             g = init.generate(
                 self.eval_ids, cfg.eval_candidates, cfg.eval_sampling, stable_seed("eval-cands", cfg.seed)
@@ -603,7 +614,7 @@ class OnlinePrefLoop(PrefLoop):
                 cands[int(g.prompt_index[r])].setdefault(
                     ids, self.tokenizer.decode(list(ids), skip_special_tokens=True)
                 )
-            matrices = preference_matrices(self.oracle, self.eval_examples, [list(c.values()) for c in cands])
+            matrices = preference_matrices(self.eval_oracle, self.eval_examples, [list(c.values()) for c in cands])
             for b, (cand, P) in enumerate(zip(cands, matrices, strict=True)):
                 ids = list(cand)
                 if len(ids) < 2 or bool(torch.isnan(P).any()):
@@ -628,10 +639,10 @@ class OnlinePrefLoop(PrefLoop):
                 g = self.engine.generate(self.eval_ids, 1, cfg.eval_sampling, stable_seed("eval-policy", cfg.seed))
             rows = [g.response_ids[r][g.response_mask[r].bool()].tolist() for r in range(g.response_ids.shape[0])]
             texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in rows]
-            p = self.oracle.prob(self.eval_examples, texts, cache["opponent"])
+            p = self.eval_oracle.prob(self.eval_examples, texts, cache["opponent"])
             out = {
                 "eval/win_rate_vs_init": _nanmean(p.tolist()),
-                "eval/gold": _nanmean(self.oracle.gold(self.eval_examples, texts).tolist()),
+                "eval/gold": _nanmean(self.eval_oracle.gold(self.eval_examples, texts).tolist()),
                 "eval/gold_init": cache["gold_init"],
                 "eval/response_tokens": sum(map(len, rows)) / max(len(rows), 1),
             }

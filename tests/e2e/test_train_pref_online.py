@@ -203,11 +203,17 @@ def test_unjudged_and_tied_prompts_give_no_pair_and_are_counted(tmp_path):
 
 def test_a_plugin_judge_drives_the_loop(tmp_path):
     """--oracle.kind judge with a file plug-in (prefers the shorter response; judged in both orders):
-    a step trains on its pairs, and no gold metric is logged (a judge has no gold score)."""
+    a step trains on its pairs, and no training gold metric is logged (a judge has no gold score);
+    with --eval-oracle.kind verifier_bt the evaluation has the verifier's gold reward (the proxy /
+    gold split of an over-optimisation study). --oracle.kind same is refused."""
     f = tmp_path / "judge.py"
     f.write_text("def judge(prompts, a, b):\n    return ['A' if len(x) < len(y) else 'B' for x, y in zip(a, b)]\n")
-    cfg = ocfg(tmp_path, oracle=OracleConfig(kind="judge", judge=f"{f}:judge"), steps=1, eval_every=1, eval_prompts=2)
+    judge = OracleConfig(kind="judge", judge=f"{f}:judge")
+    cfg = ocfg(tmp_path, oracle=judge, eval_oracle=OracleConfig(), steps=1, eval_every=1, eval_prompts=2)
     rows = _rows(train(cfg))
     assert rows[1]["data/pairs"] >= 1 and rows[1]["train/optimizer_steps"] == 1.0
-    assert not any("gold" in k for r in rows.values() for k in r)
+    assert not any(k.startswith("data/gold") for r in rows.values() for k in r)
+    assert "eval/gold" in rows[1] and "eval/gold_init" in rows[0]
     assert 0.0 <= rows[1]["eval/win_rate_vs_init"] <= 1.0
+    problems = online_pref_config_problems(ocfg(tmp_path, oracle=OracleConfig(kind="same")))
+    assert len(problems) == 1 and "--oracle.kind is 'same'" in problems[0]

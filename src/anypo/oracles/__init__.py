@@ -47,9 +47,9 @@ __all__ = [
 class OracleConfig:
     """Which preference oracle judges the policy's samples."""
 
-    kind: Literal["verifier_bt", "intransitive", "judge"] = "verifier_bt"
+    kind: Literal["verifier_bt", "intransitive", "judge", "same"] = "verifier_bt"
     """verifier_bt: Bradley-Terry on the task's reward; intransitive: majority of three graded criteria;
-    judge: the plug-in pairwise judge named by `judge`."""
+    judge: the plug-in pairwise judge named by `judge`; same (an evaluation oracle only): the training oracle."""
     temperature: float = 0.0
     """verifier_bt: the Bradley-Terry temperature T (0: hard labels)."""
     length_budget: int = 40
