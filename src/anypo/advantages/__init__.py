@@ -4,6 +4,7 @@ Registration is by the explicit imports below; ``grep 'register("grpo"'`` finds 
 An advantage part may also fill ``batch.returns`` (value targets) when it ``needs_values``.
 """
 
+from anypo.advantages.aepo import AEPOAdvantage, aepo
 from anypo.advantages.arm import ARMAdvantage, arm
 from anypo.advantages.bnpo import BNPOAdvantage, bnpo
 from anypo.advantages.dcpo import DCPOAdvantage, dcpo
@@ -39,6 +40,7 @@ from anypo.advantages.token import (
 from anypo.advantages.xrpo import XRPOAdvantage, xrpo
 
 __all__ = [
+    "AEPOAdvantage",
     "ARMAdvantage",
     "BNPOAdvantage",
     "DCPOAdvantage",
@@ -59,6 +61,7 @@ __all__ = [
     "SAFEAdvantage",
     "SPOAdvantage",
     "XRPOAdvantage",
+    "aepo",
     "arm",
     "bnpo",
     "dcpo",

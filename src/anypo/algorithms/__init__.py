@@ -49,6 +49,7 @@ _MODULES = (
     "clip_cov",
     "kl_cov",
     "dcpo",
+    "aepo",
     "lp_reg",
     "arm",
     "sdpo",

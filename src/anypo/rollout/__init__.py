@@ -1,6 +1,7 @@
 """Rollout parts: turn prompts into a RolloutBatch using an engine (kind ``rollout``, registered by
 the explicit imports below; see ``anypo.rollout.parts`` for the interface)."""
 
+from anypo.rollout.aepo import AEPOController, AEPOControllerConfig
 from anypo.rollout.experience import ExperienceReplay, ExperienceReplayConfig
 from anypo.rollout.groups import GroupRollout, Request, concat_batches, drop_reward_errors
 from anypo.rollout.guidance import (
@@ -17,6 +18,8 @@ from anypo.rollout.parts import Groups, GroupsConfig, RolloutPart
 from anypo.rollout.reprompt import SDPOReprompt, SDPORepromptConfig
 
 __all__ = [
+    "AEPOController",
+    "AEPOControllerConfig",
     "DifficultyAug",
     "DifficultyAugConfig",
     "ExperienceReplay",

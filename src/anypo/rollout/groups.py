@@ -106,8 +106,18 @@ class GroupRollout:
         ex = dataclasses.replace(ex, prompt=f"{ex.prompt}\n\n{insert}")
         return list(self.tokenizer(format_prompt(ex, self.tokenizer), add_special_tokens=False)["input_ids"])
 
-    def collect(self, requests: Sequence[Request] | Sequence[int], seed: int, group_offset: int = 0) -> RolloutBatch:
+    def collect(
+        self,
+        requests: Sequence[Request] | Sequence[int],
+        seed: int,
+        group_offset: int = 0,
+        temperature: float | None = None,
+    ) -> RolloutBatch:
         """Generate and score one group per request (plain indices: G samples of each prompt).
+
+        ``temperature`` (None: the run's) samples these groups at another softmax temperature (AEPO's
+        controller samples); the engine's log-probs are then those of that temperature, not the
+        training temperature's, so a part that trains on such rows must recompute them.
 
         Rows are request-major: request ``k``'s ``n_k`` rows are contiguous, with group id
         ``group_offset + k`` (``group_offset`` keeps ids unique across the draws of a step). Requests
@@ -118,11 +128,12 @@ class GroupRollout:
         if any(r.n < 1 for r in reqs):
             raise ValueError(f"every group needs at least 1 sample, got sizes {[r.n for r in reqs]}")
         prompts = [self.prompt_tokens(r.index, r.insert) for r in reqs]
+        sampling = self.sampling if temperature is None else dataclasses.replace(self.sampling, temperature=temperature)
         rows: list[list[tuple[Tensor, Tensor, bool]]] = [[] for _ in reqs]  # per request: (ids, logprobs, trunc)
         for j, n in enumerate(sorted({r.n for r in reqs})):
             ks = [k for k, r in enumerate(reqs) if r.n == n]
             gen = self.engine.generate(
-                [prompts[k] + list(reqs[k].prefix) for k in ks], n, self.sampling, seed=seed + 7_919 * j
+                [prompts[k] + list(reqs[k].prefix) for k in ks], n, sampling, seed=seed + 7_919 * j
             )
             self.generated_tokens += int(gen.response_mask.sum())
             lengths = gen.response_mask.sum(1).tolist()
