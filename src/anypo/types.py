@@ -173,7 +173,10 @@ class RolloutBatch:
         ``norm_length``, so trimming never changes a loss.
         """
         T = self.response_mask.shape[1]
-        t_keep = int(self.response_mask.sum(1).max()) if self.num_seqs else 0
+        # the last masked column, not the count: a response may start with unmasked context (a roll-in
+        # prefix) or hold unmasked tool output, and every column up to its last action must stay
+        cols = torch.arange(T, device=self.response_mask.device) + 1
+        t_keep = int(torch.where(self.response_mask.bool(), cols, 0).amax()) if self.num_seqs and T else 0
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)

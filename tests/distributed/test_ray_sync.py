@@ -54,7 +54,10 @@ def test_two_rollout_actors_and_two_learners_equal_the_single_process(tmp_path):
     from anypo.distributed import train as dist_train
     from anypo.train import train
 
-    cfg = tiny_config(tmp_path / "single", micro_batch_size=3, log_samples=8, eval_every=2, eval_prompts=4)
+    # save_every 2: the driver's copy of the weights is not refreshed between the steps
+    cfg = tiny_config(
+        tmp_path / "single", micro_batch_size=3, log_samples=8, eval_every=2, eval_prompts=4, save_every=2
+    )
     single = train(cfg)
     dcfg = dataclasses.replace(
         cfg,

@@ -27,7 +27,7 @@ def _algo(name: str):
     return algo
 
 
-@pytest.mark.parametrize("name", ["curriculum", "vas", "scaf_grpo", "ghpo", "gdro", "xrpo", "replay"])
+@pytest.mark.parametrize("name", ["curriculum", "vas", "scaf_grpo", "ghpo", "gdro", "xrpo", "replay", "drpo_reset"])
 def test_interrupted_run_resumes_like_an_uninterrupted_one(name, make_cfg, tmp_path, monkeypatch):
     """Run A: 4 steps. Run B: Ctrl-C inside step 3 after the sampler drew its prompts; the checkpoint
     holds step 2 (per-prompt statistics, VAS weights, draw counters). Resumed, B's steps 3 and 4 must
@@ -93,3 +93,18 @@ def test_rescoring_tokens_count_in_the_step(make_cfg):
     assert m["rollout/rescored_prompts"] == 16 and batch.num_seqs == 8
     assert m["rollout/generated_tokens"] == m["rollout/rescore_tokens"] + float(batch.response_mask.sum())
     assert ctx.sampler.weights is not None and ctx.rollout(2)[1].get("rollout/rescored_prompts") is None
+
+
+def test_dataset_reset_rollin_is_never_trained(make_cfg):
+    """drpo_reset on the tiny model: every sample starts with a roll-in of the reference solution
+    (masked), the advantages and the policy loss touch generated tokens only (0 on the roll-in), and
+    the update runs."""
+    cfg = make_cfg(algo=PRESETS["drpo_reset"].build(), steps=1)
+    ctx = Context.build(cfg, Path(cfg.out_dir))
+    batch, m = ctx.step(1)
+    h = batch.extras["rollin_tokens"]
+    assert all(v >= 1 for v in h) and m["rollout/reset_samples"] == batch.num_seqs
+    for r, v in enumerate(h):
+        assert batch.response_mask[r, :v].sum() == 0 and batch.advantages[r, :v].abs().sum() == 0
+    assert m["rollout/generated_tokens"] == float(batch.response_mask.sum())
+    assert m["train/skipped_updates"] == 0.0

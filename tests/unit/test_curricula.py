@@ -501,3 +501,56 @@ def test_difficulty_aug_reissues_all_equal_groups():
     assert prompts[4] == "U:q1\n\nHint: h1\nA:" and prompts[8] == "U:q2\nA:"
     assert b.rewards.tolist() == [1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 1]
     assert len(engine.calls) == 2 and engine.calls[1][1] == 4
+
+
+# ---- DR-PO dataset reset ----
+def _spec_rollin(seed: int, beta: float, lens: list[int], seq_len: int = 12) -> list[int]:
+    """The spec's (section 14) numpy reproduction of the code's RollinProcessor draws: roll-in length
+    = the number of leading ones of each row."""
+    rng = np.random.default_rng(seed)
+    init = np.tile(rng.choice([True, False], size=(len(lens), 1), p=[beta, 1 - beta]), (1, seq_len))
+    Lt = np.tril(np.ones((seq_len, seq_len)))
+    m = np.stack([np.zeros(seq_len, bool) if L < 2 else rng.choice(Lt[: L - 1, :]).astype(bool) for L in lens])
+    m[~init] = False
+    return m.sum(1).tolist()
+
+
+def test_rollin_lengths_follow_the_code_draws():
+    """Seed 0, beta 1, reference lengths [5, 1, 6]: the spec's expected masks [[1,0,..],[0,..],[1,0,..]]
+    (lengths 1, 0, 1); over 30 seeds and beta 1 / 0.5 the same lengths as the spec's reproduction;
+    every length is in [1, L - 1] when reset, 0 for L < 2."""
+    from anypo.rollout.reset import rollin_lengths
+
+    assert rollin_lengths([5, 1, 6], 1.0, np.random.default_rng(0)) == [1, 0, 1]
+    for seed in range(30):
+        for beta in (1.0, 0.5):
+            lens = [5, 1, 6, 9, 2]
+            got = rollin_lengths(lens, beta, np.random.default_rng(seed))
+            assert got == _spec_rollin(seed, beta, lens), (seed, beta)
+            assert all(h == 0 or 1 <= h <= L - 1 for h, L in zip(got, lens, strict=True)) and got[1] == 0
+
+
+def test_dataset_reset_forces_a_masked_prefix_of_the_solution():
+    """Char tokenizer: the reference is EX[0].solution (41 characters). Every sample of prompt 0 starts
+    with solution[:h] (h >= 1), masked, then the engine's continuation, masked 1; the engine saw prompt
+    + prefix; prompt 1 (no solution) is generated from scratch. Group ids stay one per request, and
+    ``trimmed()`` keeps every column up to the last generated token."""
+    from anypo.rollout import DatasetReset, DatasetResetConfig
+
+    groups, engine = make_groups(lambda text, k: "Z", EX, G=3)
+    b = DatasetReset(DatasetResetConfig(), groups).collect(
+        [Request(0, 3), Request(1, 2)], seed=4, step=1, group_offset=2
+    )
+    assert b.group_ids.tolist() == [2, 2, 2, 3, 3]
+    sol = EX[0].solution
+    for r in range(3):
+        h = b.extras["rollin_tokens"][r]
+        assert 1 <= h <= len(sol) - 1
+        ids = b.response_ids[r]
+        assert "".join(chr(int(t)) for t in ids[:h]) == sol[:h] and chr(int(ids[h])) == "Z"
+        assert b.response_mask[r, :h].sum() == 0 and b.response_mask[r, h] == 1 and b.response_mask[r].sum() == 1
+        assert engine.calls[0][0][r] == "U:q0\nA:" + sol[:h]
+    assert b.extras["rollin_tokens"][3:] == [0, 0] and rows_text(b)[3:] == ["Z", "Z"]
+    t = b.trimmed()
+    last = max(b.extras["rollin_tokens"]) + 1
+    assert t.response_ids.shape[1] == last and torch.equal(t.response_mask, b.response_mask[:, :last])

@@ -66,6 +66,7 @@ _MODULES = (
     "ghpo",
     "gdro",
     "replay",
+    "drpo_reset",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

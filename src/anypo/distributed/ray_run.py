@@ -247,6 +247,31 @@ def concat_generations(gens: list[Generation], offsets: list[int], pad_id: int) 
     )
 
 
+def _driver_does_not_generate(*args, **kwargs):
+    raise RuntimeError(
+        "the driver's own engine was called in a distributed run: a handle on it was not replaced by "
+        "RayRolloutEngine (anypo.distributed.ray_run._replace_everywhere)"
+    )
+
+
+def _replace_everywhere(root: object, old: object, new: object, depth: int = 3) -> None:
+    """Point every attribute that holds ``old`` to ``new``, in ``root`` and in the anypo objects it holds
+    (the loop's rollout part, its group rollout, ...), down to ``depth`` levels."""
+    seen: set[int] = set()
+
+    def visit(obj: object, level: int) -> None:
+        if id(obj) in seen or level > depth or not type(obj).__module__.startswith("anypo"):
+            return
+        seen.add(id(obj))
+        for name, value in list(getattr(obj, "__dict__", {}).items()):
+            if value is old:
+                setattr(obj, name, new)
+            elif value is not new:
+                visit(value, level + 1)
+
+    visit(root, 0)
+
+
 class DistContext(Context):
     """The driver's loop: ``Context``'s rollout through :class:`RayRolloutEngine`, the update in the learner
     actors, the weights sent to the rollout actors after each update. The driver keeps a copy of the
@@ -262,10 +287,8 @@ class DistContext(Context):
             self.engine,
             RayRolloutEngine(cluster.workers, pad, cfg.dist.timeout_s, cfg.dist.split_calls),
         )
-        for holder in (self, self.rollout_part):  # every handle on the driver's engine now reaches the actors
-            for name, value in list(vars(holder).items()):
-                if value is local:
-                    setattr(holder, name, self.engine)
+        _replace_everywhere(self, local, self.engine)  # every handle on the driver's engine reaches the actors
+        local.generate = _driver_does_not_generate  # and one this sweep missed fails instead of sampling stale weights
         self._state_ref = cluster.weights_ref()  # the learners' initial weights, to every rollout actor
         cluster.load_weights(self._state_ref)
         self._driver_current = False

@@ -16,10 +16,13 @@ from anypo.rollout.guidance import (
 )
 from anypo.rollout.parts import Groups, GroupsConfig, RolloutPart
 from anypo.rollout.reprompt import SDPOReprompt, SDPORepromptConfig
+from anypo.rollout.reset import DatasetReset, DatasetResetConfig
 
 __all__ = [
     "AEPOController",
     "AEPOControllerConfig",
+    "DatasetReset",
+    "DatasetResetConfig",
     "DifficultyAug",
     "DifficultyAugConfig",
     "ExperienceReplay",
