@@ -74,6 +74,8 @@ _MODULES = (
     "rpo",
     # self-play preference optimisation in the online RL loop
     "spo",
+    # DPO then PPO with the DPO policy's token rewards (online RL loop)
+    "rto",
     # online / iterative preference optimisation (kind "preference_online": anypo.train_pref_online)
     "online_dpo",
     "iterative_dpo",

@@ -17,6 +17,7 @@ from anypo.rollout.guidance import (
 from anypo.rollout.parts import Groups, GroupsConfig, RolloutPart
 from anypo.rollout.reprompt import SDPOReprompt, SDPORepromptConfig
 from anypo.rollout.reset import DatasetReset, DatasetResetConfig
+from anypo.rollout.rto import RTOTokenReward, RTOTokenRewardConfig
 
 __all__ = [
     "AEPOController",
@@ -33,6 +34,8 @@ __all__ = [
     "Groups",
     "GroupsConfig",
     "Request",
+    "RTOTokenReward",
+    "RTOTokenRewardConfig",
     "RolloutPart",
     "SDPOReprompt",
     "SDPORepromptConfig",
