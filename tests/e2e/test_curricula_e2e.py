@@ -27,7 +27,9 @@ def _algo(name: str):
     return algo
 
 
-@pytest.mark.parametrize("name", ["curriculum", "vas", "scaf_grpo", "ghpo", "gdro", "xrpo", "replay", "drpo_reset"])
+@pytest.mark.parametrize(
+    "name", ["curriculum", "vas", "scaf_grpo", "ghpo", "gdro", "xrpo", "replay", "drpo_reset", "igrpo"]
+)
 def test_interrupted_run_resumes_like_an_uninterrupted_one(name, make_cfg, tmp_path, monkeypatch):
     """Run A: 4 steps. Run B: Ctrl-C inside step 3 after the sampler drew its prompts; the checkpoint
     holds step 2 (per-prompt statistics, VAS weights, draw counters). Resumed, B's steps 3 and 4 must

@@ -554,3 +554,32 @@ def test_dataset_reset_forces_a_masked_prefix_of_the_solution():
     t = b.trimmed()
     last = max(b.extras["rollin_tokens"]) + 1
     assert t.response_ids.shape[1] == last and torch.equal(t.response_mask, b.response_mask[:, :last])
+
+
+# ---- iGRPO drafts and refinements ----
+def test_draft_refine_conditions_on_the_best_draft():
+    """Spec section 13: draft rewards [0, 1, 0, 1] -> the best is draft 1 (ties to the first maximum);
+    the refinement prompt is q + draft 1; only the refinements are in the batch. A group of 8 splits
+    into 4 drafts and 4 refinements (matched budget); a group of 3 into 1 draft and 2 refinements."""
+    from anypo.rollout import DraftRefine, DraftRefineConfig
+    from anypo.rollout.drafts import best_draft
+
+    assert best_draft([0, 1, 0, 1]) == 1 and best_draft([0, 0]) == 0
+
+    def reply(text, k):
+        if "previous attempt" in text:
+            return "7"
+        return ["d0", "7", "d2", "7"][k]
+
+    groups, engine = make_groups(reply, EX, G=8)
+    part = DraftRefine(DraftRefineConfig(), groups)
+    assert part.split(8) == (4, 4) and part.split(3) == (1, 2)
+    b = part.collect([Request(0, 8)], seed=0, step=1, group_offset=3)
+    assert engine.calls[0][1] == 4 and engine.calls[1][1] == 4  # 4 drafts, then 4 refinements
+    assert b.num_seqs == 4 and b.group_ids.tolist() == [3] * 4 and b.rewards.tolist() == [1, 1, 1, 1]
+    assert (
+        rows_text(b, "prompt")[0]
+        == "U:q0\n\nHere is a previous attempt at this problem:\n7\nWrite an improved solution.\nA:"
+    )
+    m = part.pop_metrics()
+    assert m["rollout/igrpo_draft_reward_mean"] == 0.5 and m["rollout/igrpo_best_draft_reward_mean"] == 1.0

@@ -67,6 +67,7 @@ _MODULES = (
     "gdro",
     "replay",
     "drpo_reset",
+    "igrpo",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

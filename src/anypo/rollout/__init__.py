@@ -2,6 +2,7 @@
 the explicit imports below; see ``anypo.rollout.parts`` for the interface)."""
 
 from anypo.rollout.aepo import AEPOController, AEPOControllerConfig
+from anypo.rollout.drafts import DraftRefine, DraftRefineConfig
 from anypo.rollout.experience import ExperienceReplay, ExperienceReplayConfig
 from anypo.rollout.groups import GroupRollout, Request, concat_batches, drop_reward_errors
 from anypo.rollout.guidance import (
@@ -26,6 +27,8 @@ __all__ = [
     "DatasetResetConfig",
     "DifficultyAug",
     "DifficultyAugConfig",
+    "DraftRefine",
+    "DraftRefineConfig",
     "ExperienceReplay",
     "ExperienceReplayConfig",
     "GHPOConfig",
