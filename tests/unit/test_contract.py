@@ -74,6 +74,12 @@ def old_pass_inputs(cfg, batch: RolloutBatch) -> None:
 
         batch.extras[REPROMPTED] = [True, False, False, True, False, True]
         batch.extras[TEACHER_LOGPROBS] = old - 0.4
+    if getattr(cfg, "uses_base_samples", False):  # ORPO: the base_rollouts part's features and base rewards
+        lengths = batch.response_mask.sum(1).tolist()
+        g = torch.Generator().manual_seed(3)
+        batch.extras["chi2_features"] = [torch.randn(int(n), 4, generator=g) for n in lengths]
+        batch.extras["chi2_base_features"] = [torch.randn(2, 4, generator=g) - 0.5 for _ in lengths]
+        batch.extras["chi2_base_rewards"] = [float(i % 2) for i in range(len(lengths))]
     if getattr(cfg, "needs_old_proxy_logprobs", False):
         from anypo.regularizers.lp_reg import PROXY_LOGPROBS
 

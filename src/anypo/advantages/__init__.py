@@ -7,6 +7,7 @@ An advantage part may also fill ``batch.returns`` (value targets) when it ``need
 from anypo.advantages.aepo import AEPOAdvantage, aepo
 from anypo.advantages.arm import ARMAdvantage, arm
 from anypo.advantages.bnpo import BNPOAdvantage, bnpo
+from anypo.advantages.chi2 import Chi2Occupancy, chi2_occupancy
 from anypo.advantages.dcpo import DCPOAdvantage, dcpo
 from anypo.advantages.drpo import DRPOAdvantage, drpo
 from anypo.advantages.egae import EGAEAdvantage, egae
@@ -43,6 +44,7 @@ __all__ = [
     "AEPOAdvantage",
     "ARMAdvantage",
     "BNPOAdvantage",
+    "Chi2Occupancy",
     "DCPOAdvantage",
     "DRPOAdvantage",
     "DrGRPOAdvantage",
@@ -64,6 +66,7 @@ __all__ = [
     "aepo",
     "arm",
     "bnpo",
+    "chi2_occupancy",
     "dcpo",
     "discounted_returns",
     "drpo",

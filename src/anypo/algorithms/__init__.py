@@ -50,6 +50,7 @@ _MODULES = (
     "kl_cov",
     "dcpo",
     "aepo",
+    "orpo_proxy",
     "lp_reg",
     "arm",
     "sdpo",

@@ -3,6 +3,7 @@ the explicit imports below; see ``anypo.rollout.parts`` for the interface)."""
 
 from anypo.rollout.aepo import AEPOController, AEPOControllerConfig
 from anypo.rollout.drafts import DraftRefine, DraftRefineConfig
+from anypo.rollout.base_samples import BaseRollouts, BaseRolloutsConfig
 from anypo.rollout.experience import ExperienceReplay, ExperienceReplayConfig
 from anypo.rollout.groups import GroupRollout, Request, concat_batches, drop_reward_errors
 from anypo.rollout.guidance import (
@@ -23,6 +24,8 @@ from anypo.rollout.rto import RTOTokenReward, RTOTokenRewardConfig
 __all__ = [
     "AEPOController",
     "AEPOControllerConfig",
+    "BaseRollouts",
+    "BaseRolloutsConfig",
     "DatasetReset",
     "DatasetResetConfig",
     "DifficultyAug",
