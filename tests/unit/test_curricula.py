@@ -583,3 +583,45 @@ def test_draft_refine_conditions_on_the_best_draft():
     )
     m = part.pop_metrics()
     assert m["rollout/igrpo_draft_reward_mean"] == 0.5 and m["rollout/igrpo_best_draft_reward_mean"] == 1.0
+
+
+# ---- ExPO self-explanations ----
+def test_self_explanation_enters_the_group_under_the_plain_prompt():
+    """Prompt 0's group is all wrong; the policy, shown "The correct final answer is 7", answers "7":
+    that sample replaces the group's last sample with the plain prompt and is flagged expo_positive.
+    Rewards [0, 0, 0, 1]; the part asks for recomputed old log-probs."""
+    from anypo.rollout import SelfExplain, SelfExplainConfig
+
+    def reply(text, k):
+        return "7" if "The correct final answer is 7." in text else "0"
+
+    groups, engine = make_groups(reply, EX, G=4)
+    assert SelfExplainConfig().needs_recomputed_old_logprobs
+    b = SelfExplain(SelfExplainConfig(), groups).collect([Request(0, 4)], seed=0, step=1)
+    assert engine.calls[1][0] == ["U:q0\n\nThe correct final answer is 7. Explain step by step how to reach it.\nA:"]
+    assert b.rewards.tolist() == [0, 0, 0, 1] and b.extras["expo_positive"] == [0.0, 0.0, 0.0, 1.0]
+    assert rows_text(b, "prompt") == ["U:q0\nA:"] * 4 and rows_text(b)[3] == "7"
+
+
+def test_expo_sft_by_hand_and_gradcheck():
+    """Rows 0 and 2 flagged, lp = [[-1, -2, pad], [-3, pad, pad], [-0.5, -0.5, -1]]: the flagged tokens sum
+    to -1 - 2 - 0.5 - 0.5 - 1 = -5, over the 6 response tokens of the batch: nll = 5/6, loss = coef 5/6;
+    d loss / d lp = -coef / 6 on flagged tokens, 0 elsewhere. Float64 finite differences agree."""
+    from anypo.regularizers import ExPOSFT
+    from anypo.regularizers.expo import expo_sft
+    from anypo.types import PolicyOutput
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    lp = torch.tensor(
+        [[-1.0, -2.0, 9.0], [-3.0, 9.0, 9.0], [-0.5, -0.5, -1.0]], dtype=torch.float64, requires_grad=True
+    )
+    batch = RolloutBatch(
+        mask, torch.tensor([0, 0, 1]), torch.zeros(3, dtype=torch.float64), extras={"expo_positive": [1.0, 0.0, 1.0]}
+    )
+    out = expo_sft(PolicyOutput(logprobs=lp), batch, ExPOSFT(coef=0.5))
+    assert out.loss.item() == pytest.approx(0.5 * 5 / 6) and out.metrics["expo/sft_nll"] == pytest.approx(5 / 6)
+    out.loss.backward()
+    expected = -0.5 / 6 * torch.tensor([[1, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=torch.float64)
+    assert torch.allclose(lp.grad, expected)
+    x = lp.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: expo_sft(PolicyOutput(logprobs=t), batch, ExPOSFT(coef=0.5)).loss, (x,))

@@ -69,6 +69,7 @@ _MODULES = (
     "replay",
     "drpo_reset",
     "igrpo",
+    "expo",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

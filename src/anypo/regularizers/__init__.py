@@ -2,6 +2,7 @@
 
 from anypo.regularizers.basic import EntropyBonus, KLPenalty, entropy, kl
 from anypo.regularizers.epo import EPO, epo
+from anypo.regularizers.expo import ExPOSFT, expo_sft
 from anypo.regularizers.llds import LLDS, llds
 from anypo.regularizers.lp_reg import LpReg, lp_reg
 from anypo.regularizers.safe import SAFEControl, safe
@@ -10,11 +11,13 @@ __all__ = [
     "EPO",
     "LLDS",
     "EntropyBonus",
+    "ExPOSFT",
     "KLPenalty",
     "LpReg",
     "SAFEControl",
     "entropy",
     "epo",
+    "expo_sft",
     "kl",
     "llds",
     "lp_reg",

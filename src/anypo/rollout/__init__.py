@@ -2,9 +2,10 @@
 the explicit imports below; see ``anypo.rollout.parts`` for the interface)."""
 
 from anypo.rollout.aepo import AEPOController, AEPOControllerConfig
-from anypo.rollout.drafts import DraftRefine, DraftRefineConfig
 from anypo.rollout.base_samples import BaseRollouts, BaseRolloutsConfig
+from anypo.rollout.drafts import DraftRefine, DraftRefineConfig
 from anypo.rollout.experience import ExperienceReplay, ExperienceReplayConfig
+from anypo.rollout.explain import SelfExplain, SelfExplainConfig
 from anypo.rollout.groups import GroupRollout, Request, concat_batches, drop_reward_errors
 from anypo.rollout.guidance import (
     DifficultyAug,
@@ -47,6 +48,8 @@ __all__ = [
     "SDPORepromptConfig",
     "ScafConfig",
     "ScafHints",
+    "SelfExplain",
+    "SelfExplainConfig",
     "XRPOAllocConfig",
     "XRPOAllocation",
     "concat_batches",
