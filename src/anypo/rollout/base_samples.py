@@ -60,7 +60,8 @@ class BaseRolloutsConfig(PartConfig):
     engine's model and scored by the same reward (never trained on); row ``j`` of a group is matched
     with base sample ``j`` of its prompt. The base weights are the policy's at the part's construction
     (the initial weights, as the loop's reference; rebuilt the same way on ``--resume``); with LoRA the
-    adapters are disabled instead. An engine with its own copy of the weights gets the base weights
+    adapters are disabled instead (which an engine sampling from the module itself sees; an engine with
+    its own merged copy, vllm, would not: LoRA with vllm is not supported here). An engine with its own copy of the weights gets the base weights
     before and the policy's after (two ``load_weights`` per draw); the hf engine samples from the
     module itself. Base tokens count in ``rollout/generated_tokens``.
 
