@@ -83,6 +83,7 @@ SMOKE_ARGS_BY_KIND = {
     "online": SMOKE_ARGS,
     "preference": PREFERENCE_SMOKE_ARGS,
     "preference_online": PREFERENCE_ONLINE_SMOKE_ARGS,
+    "reward_model": PREFERENCE_SMOKE_ARGS,
 }
 
 # The loop of each preset kind: (module:config class, module:train function). The CLI picks the loop
@@ -91,6 +92,7 @@ LOOPS = {
     "online": ("anypo.config:TrainConfig", "anypo.train:train"),
     "preference": ("anypo.train_pref:PrefTrainConfig", "anypo.train_pref:train"),
     "preference_online": ("anypo.train_pref_online:OnlinePrefTrainConfig", "anypo.train_pref_online:train"),
+    "reward_model": ("anypo.train_rm:RMTrainConfig", "anypo.train_rm:train"),
 }
 
 

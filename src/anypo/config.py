@@ -306,6 +306,9 @@ def config_classes() -> dict[str, type]:
     from anypo.train_pref_online import OnlinePrefAlgoConfig, OnlinePrefTrainConfig
 
     classes.update({c.__name__: c for c in (OnlinePrefTrainConfig, OnlinePrefAlgoConfig, OracleConfig)})
+    from anypo.train_rm import RMAlgoConfig, RMTrainConfig
+
+    classes.update({c.__name__: c for c in (RMTrainConfig, RMAlgoConfig)})
     for kind in registry.REGISTRIES:
         try:
             reg = registry.registry(kind)

@@ -302,10 +302,10 @@ def online_pref_config_problems(cfg: OnlinePrefTrainConfig) -> list[str]:
     from anypo.tasks import TASKS
 
     kinds = {cfg.oracle.kind, cfg.eval_oracle.kind} - {"same"}
-    if kinds != {"judge"} and cfg.task.name not in TASKS:
+    if not kinds <= {"judge", "reward_model"} and cfg.task.name not in TASKS:
         out.append(
-            f"--task.name is {cfg.task.name!r}: the {'/'.join(sorted(kinds - {'judge'}))} oracle judges with a built-in task's "
-            f"verifier; use one of {', '.join(sorted(TASKS))} (or --oracle.kind judge for any prompts)"
+            f"--task.name is {cfg.task.name!r}: the {'/'.join(sorted(kinds - {'judge', 'reward_model'}))} oracle judges "
+            f"with a built-in task's verifier; use one of {', '.join(sorted(TASKS))} (or a judge / reward model oracle)"
         )
     out += _model_problems(cfg.model)
     return out

@@ -49,7 +49,7 @@ def test_preset_smoke_trains_tiny_model(preset, tmp_path):
     assert changed, "no parameter changed"
     tensors, state = checkpoint.load(checkpoint.latest(run))
     assert state["step"] == 2 and "policy" in tensors
-    plot = {"online": "reward.png", "preference": "preference.png", "preference_online": "preference.png"}[kind]
+    plot = {"online": "reward.png", "reward_model": "preference.png"}.get(kind, "preference.png")
     assert (run / "README.md").exists() and (run / plot).exists()
 
 
@@ -63,7 +63,7 @@ def test_list_json_has_every_preset_with_its_docs_page(capsys):
     root = Path(__file__).parents[2]
     for r in records:
         assert r["status"] in ("verified", "reconstructed") and r["kind"] == PRESETS[r["name"]].kind
-        assert r["kind"] in ("online", "preference", "preference_online")
+        assert r["kind"] in ("online", "preference", "preference_online", "reward_model")
         assert r["arxiv"] == PRESETS[r["name"]].arxiv and r["title"]
         doc = PRESETS[r["name"]].build.__doc__ or ""
         assert re.fullmatch(r"\d{4}\.\d{4,5}", r["arxiv"]) or (r["arxiv"] == "" and "https://" in doc), r["name"]

@@ -45,6 +45,11 @@ def test_preset_parts_are_registered(name):
         assert isinstance(algo, PrefAlgoConfig)
         registry.registry("preference_loss").name_of(algo.loss)
         return
+    if PRESETS[name].kind == "reward_model":  # the reward-model loop: the Bradley-Terry objective
+        from anypo.train_rm import RMAlgoConfig
+
+        assert isinstance(algo, RMAlgoConfig) and algo.center_rewards_coef == 0.0
+        return
     if PRESETS[name].kind == "preference_online":  # the online preference loop: pairing, reference mix, loss
         from anypo.train_pref_online import OnlinePrefAlgoConfig
 

@@ -45,11 +45,13 @@ def _loop_checks() -> dict:
     """The config check of each loop kind (``anypo.cli.LOOPS``): the function its train() runs first."""
     from anypo.train_pref import pref_config_problems
     from anypo.train_pref_online import online_pref_config_problems
+    from anypo.train_rm import rm_config_problems
 
     return {
         "online": train_config_problems,
         "preference": pref_config_problems,
         "preference_online": online_pref_config_problems,
+        "reward_model": rm_config_problems,
     }
 
 

@@ -79,6 +79,8 @@ _MODULES = (
     "spo",
     # DPO then PPO with the DPO policy's token rewards (online RL loop)
     "rto",
+    # a learned reward model (kind "reward_model": anypo.train_rm), a preference source for the loops above
+    "reward_model",
     # online / iterative preference optimisation (kind "preference_online": anypo.train_pref_online)
     "online_dpo",
     "iterative_dpo",

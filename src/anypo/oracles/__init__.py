@@ -4,6 +4,7 @@ exact Nash equilibrium of a finite preference game.
 * :class:`VerifierBT`: Bradley-Terry on the built-in tasks' verifiable reward, temperature ``T``
   (hard labels at ``T = 0``).
 * :class:`JudgeOracle`: a plug-in pairwise judge (LLM, API, script), judged in both orders.
+* :class:`RewardModelOracle`: Bradley-Terry on a learned reward model (``anypo train reward_model``).
 * :class:`MajorityOracle`: the majority of three graded verifiable criteria (correct, length budget,
   format): intransitive (Condorcet cycles).
 * :func:`nash`, :func:`exploitability`: the exact symmetric Nash equilibrium over a finite candidate
@@ -20,6 +21,7 @@ from anypo.oracles.base import PreferenceOracle, hard_label, preference_matrices
 from anypo.oracles.intransitive import MajorityOracle, arithmetic_criteria, majority_prob
 from anypo.oracles.judge import JudgeOracle, load_judge, parse_verdict
 from anypo.oracles.nash import exploitability, nash, tv_distance
+from anypo.oracles.reward_model import RewardModelOracle
 from anypo.oracles.verifier_bt import VerifierBT, bt_prob
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "MajorityOracle",
     "OracleConfig",
     "PreferenceOracle",
+    "RewardModelOracle",
     "VerifierBT",
     "arithmetic_criteria",
     "bt_prob",
@@ -47,17 +50,20 @@ __all__ = [
 class OracleConfig:
     """Which preference oracle judges the policy's samples."""
 
-    kind: Literal["verifier_bt", "intransitive", "judge", "same"] = "verifier_bt"
+    kind: Literal["verifier_bt", "intransitive", "judge", "reward_model", "same"] = "verifier_bt"
     """verifier_bt: Bradley-Terry on the task's reward; intransitive: majority of three graded criteria;
-    judge: the plug-in pairwise judge named by `judge`; same (an evaluation oracle only): the training oracle."""
+    judge: the plug-in pairwise judge named by `judge`; reward_model: Bradley-Terry on the learned reward
+    model in `reward_model`; same (an evaluation oracle only): the training oracle."""
     temperature: float = 0.0
-    """verifier_bt: the Bradley-Terry temperature T (0: hard labels)."""
+    """verifier_bt / reward_model: the Bradley-Terry temperature T (0: hard labels)."""
     length_budget: int = 40
     """intransitive: characters within which every response ties on the length criterion."""
     judge: str | None = None
     """judge: ``module:function`` or ``file.py:function``, a batched ``judge(prompts, first, second) -> verdicts``."""
     judge_swap: bool = True
     """judge: judge each pair in both orders and average (position-bias correction)."""
+    reward_model: str | None = None
+    """reward_model: the final/ directory of an `anypo train reward_model` run."""
 
 
 def oracle_config_problems(cfg: OracleConfig, prefix: str = "oracle") -> list[str]:
@@ -65,8 +71,12 @@ def oracle_config_problems(cfg: OracleConfig, prefix: str = "oracle") -> list[st
     import math
 
     out = []
-    if cfg.kind not in ("verifier_bt", "intransitive", "judge"):
-        out.append(f"--{prefix}.kind is {cfg.kind!r}: use verifier_bt, intransitive or judge")
+    if cfg.kind not in ("verifier_bt", "intransitive", "judge", "reward_model"):
+        out.append(f"--{prefix}.kind is {cfg.kind!r}: use verifier_bt, intransitive, judge or reward_model")
+    if cfg.kind == "reward_model" and not cfg.reward_model:
+        out.append(
+            f"--{prefix}.reward-model is not set: oracle kind 'reward_model' needs the final/ directory of a reward_model run"
+        )
     if cfg.kind == "judge" and not cfg.judge:
         out.append(
             f"--{prefix}.judge is not set: oracle kind 'judge' needs a judge function (module:function or file.py:function)"
@@ -86,4 +96,6 @@ def make_oracle(cfg: OracleConfig, task: Any) -> PreferenceOracle:
         return MajorityOracle(arithmetic_criteria(cfg.length_budget))
     if cfg.kind == "judge" and cfg.judge:
         return JudgeOracle(load_judge(cfg.judge), swap=cfg.judge_swap)
+    if cfg.kind == "reward_model" and cfg.reward_model:
+        return RewardModelOracle(cfg.reward_model, cfg.temperature)
     raise ValueError(f"oracle.kind is {cfg.kind!r}: use verifier_bt, intransitive or judge (with oracle.judge)")
