@@ -38,7 +38,9 @@ def spec_sppo_probs():
     return P, w, lo, P[w].mean(), P[lo].mean(), P[w, lo]
 
 
-@pytest.mark.parametrize(("beta", "sppo_v", "single_v"), [(0.1, 3.880361, 14.318722), (0.001, 72912.436617, 204145.104079)])
+@pytest.mark.parametrize(
+    ("beta", "sppo_v", "single_v"), [(0.1, 3.880361, 14.318722), (0.001, 72912.436617, 204145.104079)]
+)
 def test_sppo_spec_vectors(beta, sppo_v, single_v):
     """h_w = 1, h_l = -0.5 against pi_t; spec: sppo = 1/2[(h_w - (p_w - 1/2)/beta)^2 + (h_l - (p_l - 1/2)/beta)^2]
     = 3.880361 (beta 0.1) / 72912.436617 (beta 0.001); sppo_single with P_wl: 14.318722 / 204145.104079."""
