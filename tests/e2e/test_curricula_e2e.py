@@ -28,7 +28,7 @@ def _algo(name: str):
 
 
 @pytest.mark.parametrize(
-    "name", ["curriculum", "vas", "scaf_grpo", "ghpo", "gdro", "xrpo", "replay", "drpo_reset", "igrpo", "expo"]
+    "name", ["curriculum", "vas", "scaf_grpo", "ghpo", "gdro", "xrpo", "replay", "drpo_reset", "igrpo", "expo", "vspo"]
 )
 def test_interrupted_run_resumes_like_an_uninterrupted_one(name, make_cfg, tmp_path, monkeypatch):
     """Run A: 4 steps. Run B: Ctrl-C inside step 3 after the sampler drew its prompts; the checkpoint

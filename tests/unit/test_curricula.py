@@ -67,9 +67,10 @@ def make_groups(reply, examples, G=4):
     tok = CharTokenizer()
     prompt_ids = [tok(tok.apply_chat_template([{"content": e.prompt}]))["input_ids"] for e in examples]
 
-    def reward(sample):  # correct iff the reference answer is the reply's last line
-        ok = float(sample.completion.strip().splitlines()[-1] == sample.answer) if sample.completion.strip() else 0.0
-        return RewardResult(score=ok, components={"correct": ok})
+    def reward(sample):  # correct iff the reference answer is the reply's last line; format: it is a number
+        last = sample.completion.strip().splitlines()[-1] if sample.completion.strip() else ""
+        ok = float(last == sample.answer)
+        return RewardResult(score=ok, components={"correct": ok, "format": float(last.isdigit())})
 
     engine = ScriptEngine(reply)
     groups = GroupRollout(
@@ -625,3 +626,46 @@ def test_expo_sft_by_hand_and_gradcheck():
     assert torch.allclose(lp.grad, expected)
     x = lp.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: expo_sft(PolicyOutput(logprobs=t), batch, ExPOSFT(coef=0.5)).loss, (x,))
+
+
+# ---- VSPO value sampling and PRS ----
+def test_task_value_and_value_refills():
+    """v = 0.5 (1 - p) + 0.5 * 4 p (1 - p): p = 0 -> 0.5, p = 0.5 -> 0.75, p = 1 -> 0. Six prompts, B = 2:
+    the first draw of a step is the uniform order; after it, prompts 0-3 are observed (0, 1 always
+    right: v = 0; 2, 3 always wrong: v = 0.5); a refill in the same step never repeats a drawn prompt
+    and never picks a solved one (v = 0). (When fewer than B unsolved, undrawn prompts remain, a refill
+    falls back to the uniform order.)"""
+    from anypo.samplers import ValueSampler, ValueSamplingConfig
+    from anypo.samplers.curricula import task_value
+
+    np.testing.assert_allclose(task_value(np.array([0.0, 0.5, 1.0]), 0.5), [0.5, 0.75, 0.0])
+    s = ValueSampler(ValueSamplingConfig(), 6, 2, seed=0)
+    first = s.next_prompts(1)
+    assert first == UniformSamplerOrder(6, 2, 0)
+    correct = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    s.observe(RolloutBatch(torch.ones(8, 2), torch.arange(4).repeat_interleave(2), torch.tensor(correct),
+                           extras={"prompt_index": [0, 0, 1, 1, 2, 2, 3, 3], "correct": correct}))  # fmt: skip
+    refill = s.next_prompts(1)
+    assert not set(refill) & ({0, 1} | set(first)) and len(set(refill)) == 2
+    keep = s.keep(RolloutBatch(torch.ones(4, 2), torch.tensor([0, 0, 1, 1]), torch.tensor([1.0, 0.0, 1.0, 1.0])))
+    assert keep.tolist() == [True, True, False, False] and s.pop_metrics()["dropped_groups"] == 1.0
+
+
+def UniformSamplerOrder(n: int, b: int, seed: int) -> list[int]:
+    """The first ``b`` prompts of the uniform sampler's seeded first epoch."""
+    return np.random.default_rng([seed, 0]).permutation(n).tolist()[:b]
+
+
+def test_staged_reward_by_hand_and_in_a_batch():
+    """format_steps 5, weight 0.2: at step 3 r = f (format only); at step 6 r = 0.2 f + 0.8 f c:
+    (f, c) = (1, 1) -> 1.0, (1, 0) -> 0.2, (0, 0) -> 0. In a scripted group at step 6 the replies "7"
+    (right), "5" (a number, wrong), "x" (no number) get [1.0, 0.2, 0.0]."""
+    from anypo.rollout import ProgressiveReward, ProgressiveRewardConfig
+    from anypo.rollout.shaping import staged_reward
+
+    cfg = ProgressiveRewardConfig()
+    assert [staged_reward(f, c, 3, cfg) for f, c in ((1, 1), (1, 0), (0, 0))] == [1.0, 1.0, 0.0]
+    assert [staged_reward(f, c, 6, cfg) for f, c in ((1, 1), (1, 0), (0, 0))] == pytest.approx([1.0, 0.2, 0.0])
+    groups, _ = make_groups(lambda text, k: ["7", "5", "x"][k], EX, G=3)
+    b = ProgressiveReward(cfg, groups).collect([Request(0, 3)], seed=0, step=6)
+    assert b.rewards.tolist() == pytest.approx([1.0, 0.2, 0.0]) and b.extras["correct"] == [1.0, 0.0, 0.0]

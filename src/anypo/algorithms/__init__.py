@@ -70,6 +70,7 @@ _MODULES = (
     "drpo_reset",
     "igrpo",
     "expo",
+    "vspo",
     # offline preference optimisation (kind "preference": anypo.train_pref)
     "dpo",
     "ipo",

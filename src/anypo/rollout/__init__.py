@@ -21,6 +21,7 @@ from anypo.rollout.parts import Groups, GroupsConfig, RolloutPart
 from anypo.rollout.reprompt import SDPOReprompt, SDPORepromptConfig
 from anypo.rollout.reset import DatasetReset, DatasetResetConfig
 from anypo.rollout.rto import RTOTokenReward, RTOTokenRewardConfig
+from anypo.rollout.shaping import ProgressiveReward, ProgressiveRewardConfig
 
 __all__ = [
     "AEPOController",
@@ -41,6 +42,8 @@ __all__ = [
     "Groups",
     "GroupsConfig",
     "Request",
+    "ProgressiveReward",
+    "ProgressiveRewardConfig",
     "RTOTokenReward",
     "RTOTokenRewardConfig",
     "RolloutPart",

@@ -8,6 +8,8 @@ from anypo.samplers.curricula import (
     CurriculumSampler,
     TaskFilterConfig,
     TaskFilterSampler,
+    ValueSampler,
+    ValueSamplingConfig,
     VASConfig,
     VASSampler,
 )
@@ -30,4 +32,6 @@ __all__ = [
     "UniformSampler",
     "VASConfig",
     "VASSampler",
+    "ValueSampler",
+    "ValueSamplingConfig",
 ]

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from anypo.samplers.stats import PromptStats, per_prompt_pass
+from anypo.ops import group_reduce
+from anypo.samplers.stats import PromptStats, correctness, per_prompt_pass
 from anypo.samplers.uniform import SAMPLERS, UniformConfig, UniformSampler
 from anypo.types import RolloutBatch
 
@@ -24,6 +26,9 @@ __all__ = [
     "TaskFilterSampler",
     "VASConfig",
     "VASSampler",
+    "ValueSampler",
+    "ValueSamplingConfig",
+    "task_value",
     "difficulty_pools",
     "distinct_n",
     "pool_counts",
@@ -414,3 +419,120 @@ class TaskFilterSampler(UniformSampler):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.kept = None if state["kept"] is None else [int(i) for i in state["kept"]]
+
+
+# ---- value-based sampling (VSPO) ----
+@dataclass(frozen=True)
+class ValueSamplingConfig(UniformConfig):
+    """VSPO's value-based sampling: zero-advantage groups are replaced by prompts of high task value.
+
+    Paper: "VSPO / PRS: Progressive Reward Shaping and Value-based Sampling Policy Optimization",
+    https://arxiv.org/abs/2512.07478. RECONSTRUCTED from the abstract only (no code found): groups
+    whose rewards are all equal (zero advantage) are dropped, and the step is refilled with prompts
+    chosen by a task value "balancing difficulty and uncertainty". Ours (UNVERIFIED): the first draw of
+    a step follows the uniform order; a group is kept when its correctness values differ (DAPO's test);
+    refill draws sample prompts not yet drawn this step with probability proportional to
+    ``v = lam (1 - p) + (1 - lam) 4 p (1 - p)``, ``p`` the prompt's EMA pass rate (``prior`` before it
+    is seen): hard prompts (difficulty) and prompts near p = 0.5 (uncertainty) are worth more; when
+    fewer than B prompts of positive value remain undrawn, the refill takes the uniform order. The
+    paper's value-smoothing clipping is not reproduced (its formula is not in the abstract).
+    """
+
+    max_draws: int = 3
+    """Draws the loop may make to fill a step with non-zero-advantage groups."""
+    lam: float = 0.5
+    """Weight of difficulty (1 - p) against uncertainty 4 p (1 - p) in the value."""
+    prior: float = 0.5
+    """Pass rate assumed for a prompt never drawn."""
+    ema_rate: float = 0.5
+    """EMA rate of the per-prompt pass rate."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.lam <= 1.0 or not 0.0 <= self.prior <= 1.0:
+            raise ValueError(f"lam and prior must be in [0, 1], got {self.lam}, {self.prior}")
+
+
+def task_value(pass_rate: np.ndarray, lam: float) -> np.ndarray:
+    """``lam (1 - p) + (1 - lam) 4 p (1 - p)`` per prompt."""
+    return lam * (1.0 - pass_rate) + (1.0 - lam) * 4.0 * pass_rate * (1.0 - pass_rate)
+
+
+@SAMPLERS.register("value_sampling", config=ValueSamplingConfig)
+class ValueSampler(UniformSampler):
+    """VSPO's refills by task value (see :class:`ValueSamplingConfig`).
+
+    Args:
+        cfg: the sampler config.
+        num_prompts: size of the prompt dataset.
+        prompts_per_step: B, prompts per draw.
+        seed: seed of the shuffles and draws.
+    """
+
+    cfg: ValueSamplingConfig
+
+    def __init__(self, cfg: ValueSamplingConfig, num_prompts: int, prompts_per_step: int, seed: int):
+        super().__init__(cfg, num_prompts, prompts_per_step, seed)
+        self.stats = PromptStats(num_prompts, ema_rate=cfg.ema_rate)
+        self.step, self.draw_in_step, self.draws = -1, 0, 0
+        self.drawn: list[int] = []  # prompts drawn in the current step
+        self._metrics: dict[str, float] = {"refill_draws": 0.0, "dropped_groups": 0.0}
+
+    def values(self) -> np.ndarray:
+        p = np.where(np.isnan(self.stats.ema), self.cfg.prior, self.stats.ema)
+        return task_value(p, self.cfg.lam)
+
+    def next_prompts(self, step: int) -> list[int]:
+        """The uniform order for a step's first draw; refills by task value, without repeats in the step."""
+        if step != self.step:
+            self.step, self.draw_in_step, self.drawn = step, 0, []
+        self.draw_in_step += 1
+        if self.draw_in_step == 1:
+            out = super().next_prompts(step)
+        else:
+            rng = np.random.default_rng([self.seed, 61, self.draws])
+            v = self.values()
+            v[self.drawn] = 0.0
+            pool = np.flatnonzero(v > 0)
+            if len(pool) < self.prompts_per_step:
+                out = super().next_prompts(step)
+            else:
+                out = [
+                    int(i)
+                    for i in rng.choice(pool, size=self.prompts_per_step, replace=False, p=v[pool] / v[pool].sum())
+                ]
+            self._metrics["refill_draws"] += 1
+        self.draws += 1
+        self.drawn.extend(out)
+        return out
+
+    def observe(self, batch: RolloutBatch) -> None:
+        self.stats.update(batch, self.step)
+
+    def keep(self, batch: RolloutBatch) -> torch.Tensor:
+        """[N] bool: groups whose correctness values are not all equal (non-zero advantage)."""
+        c = torch.tensor(correctness(batch), dtype=torch.float32)
+        spread = group_reduce(c, batch.group_ids, "amax") > group_reduce(c, batch.group_ids, "amin")
+        self._metrics["dropped_groups"] += float(
+            batch.group_ids.unique().numel() - batch.group_ids[spread].unique().numel()
+        )
+        return spread
+
+    def pop_metrics(self) -> dict[str, float]:
+        out, self._metrics = self._metrics, {"refill_draws": 0.0, "dropped_groups": 0.0}
+        return out | {"value_mean": float(self.values().mean())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {
+            "stats": self.stats.state_dict(),
+            "step": self.step,
+            "draw_in_step": self.draw_in_step,
+            "draws": self.draws,
+            "drawn": list(self.drawn),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.stats.load_state_dict(state["stats"])
+        self.step, self.draw_in_step, self.draws = int(state["step"]), int(state["draw_in_step"]), int(state["draws"])
+        self.drawn = [int(i) for i in state["drawn"]]
