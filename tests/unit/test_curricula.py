@@ -669,3 +669,49 @@ def test_staged_reward_by_hand_and_in_a_batch():
     groups, _ = make_groups(lambda text, k: ["7", "5", "x"][k], EX, G=3)
     b = ProgressiveReward(cfg, groups).collect([Request(0, 3)], seed=0, step=6)
     assert b.rewards.tolist() == pytest.approx([1.0, 0.2, 0.0]) and b.extras["correct"] == [1.0, 0.0, 0.0]
+
+
+# ---- contract of the rollout parts of this family ----
+OURS = [
+    "groups",
+    "scaf_hints",
+    "ghpo_hints",
+    "xrpo_allocation",
+    "experience_replay",
+    "difficulty_aug",
+    "dataset_reset",
+    "draft_refine",
+    "self_explain",
+    "progressive_reward",
+]
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_rollout_part_contract(name):
+    """Every part: a frozen config citing its source, and ``collect`` returns one group per request
+    with ids ``offset + k`` in request order, per-row extras (prompt index, guided, roll-in count),
+    old log-probs 0 and mask 0 together off the generated tokens, float metrics, and a JSON state
+    that restores. Scripted engine: prompt 0 half right, prompt 1 never."""
+    import dataclasses
+
+    from anypo.registry import get
+
+    Part, Cfg = get("rollout", name)
+    assert dataclasses.is_dataclass(Cfg) and Cfg.__dataclass_params__.frozen and "http" in (Cfg.__doc__ or "")
+    ex = [
+        Example("q0", "7", solution="Let x=3. So 7.\nAnswer: 7", hints=("h1", "h2")),
+        Example("q1", "5", hints=("g",)),
+    ]
+    groups, _ = make_groups(lambda text, k: "7" if (text.startswith("U:q0") and k % 2 == 0) else "0", ex, G=4)
+    part = Part(Cfg(), groups)
+    b = part.collect([Request(0, 4), Request(1, 4)], seed=0, step=100, group_offset=6)
+    gids = b.group_ids.tolist()
+    assert set(gids) == {6, 7} and gids == sorted(gids)
+    assert all(int(i) == g - 6 for i, g in zip(b.extras["prompt_index"], gids, strict=True))
+    for key in ("guided", "rollin_tokens", "text", "components"):
+        assert len(b.extras[key]) == b.num_seqs
+    assert b.response_mask.sum(1).min() >= 1 and (b.old_logprobs[b.response_mask == 0] == 0).all()
+    assert all(isinstance(v, float) for v in part.pop_metrics().values())
+    r = Part(Cfg(), groups)
+    r.load_state_dict(json.loads(json.dumps(part.state_dict())))
+    assert json.dumps(r.state_dict()) == json.dumps(part.state_dict())
