@@ -715,3 +715,18 @@ def test_rollout_part_contract(name):
     r = Part(Cfg(), groups)
     r.load_state_dict(json.loads(json.dumps(part.state_dict())))
     assert json.dumps(r.state_dict()) == json.dumps(part.state_dict())
+
+
+def test_config_check_refuses_groups_too_small_for_drafts():
+    """iGRPO splits a group into drafts and refinements: G = 2 would leave one refinement (no group
+    baseline); the config check says so in one line, G = 3 passes."""
+    from anypo.algorithms import PRESETS
+    from anypo.config import TrainConfig
+    from anypo.validate import train_config_problems
+
+    bad = train_config_problems(TrainConfig(algo=PRESETS["igrpo"].build(), samples_per_prompt=2))
+    assert any("at least 3 samples" in p for p in bad)
+    assert not any(
+        "at least 3" in p
+        for p in train_config_problems(TrainConfig(algo=PRESETS["igrpo"].build(), samples_per_prompt=3))
+    )

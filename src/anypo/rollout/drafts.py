@@ -42,6 +42,11 @@ class DraftRefineConfig(PartConfig):
         if not 0.0 < self.draft_share < 1.0:
             raise ValueError(f"draft_share must be in (0, 1), got {self.draft_share}")
 
+    @property
+    def min_group_size(self) -> int:
+        """A group needs at least 1 draft and 2 refinements (the config check refuses smaller G)."""
+        return 3
+
 
 def best_draft(rewards: Sequence[float]) -> int:
     """Index of the highest reward (the first on ties)."""
