@@ -62,6 +62,8 @@ __all__ = [
     "PrefTrainConfig",
     "TokenPairs",
     "check_pref_config",
+    "loop_problems",
+    "loss_problems",
     "pair_logprobs",
     "pref_config_problems",
     "tokenize_pairs",
@@ -201,46 +203,74 @@ def check_pref_config(cfg: PrefTrainConfig) -> None:
 
 def pref_config_problems(cfg: PrefTrainConfig) -> list[str]:
     """Every problem of ``cfg``, one message each naming the option and the fix (empty when valid)."""
-    from anypo.validate import _at_least, _model_problems, _sampling_problems, scaffold_problems
+    from anypo.validate import _model_problems, _sampling_problems
 
-    out: list[str] = []
-    if not cfg.lr > 0:
-        out.append(f"--lr is {cfg.lr}: the learning rate must be > 0 (e.g. --lr 1e-6)")
-    for path, low, what in (
-        ("steps", 1, "the number of optimizer steps"),
-        ("epochs", 1, "the passes over the training pairs"),
-        ("pairs_per_step", 1, "the preference pairs per optimizer step"),
-        ("micro_batch_size", 1, "the pairs per forward/backward pass"),
-        ("eval_every", 0, "the evaluation interval (0 = never)"),
-        ("eval_pairs", 0, "the held-out pairs per evaluation"),
-        ("eval_prompts", 0, "the held-out prompts sampled per evaluation (0 = none)"),
-        ("eval_samples", 1, "the samples per held-out prompt"),
-        ("save_every", 1, "the checkpoint interval"),
-        ("keep_checkpoints", 1, "the number of checkpoints kept"),
-        ("threads", 1, "the torch CPU threads"),
-        ("warmup_steps", 0, "the warm-up steps"),
-        ("max_prompt_tokens", 1, "the prompt length limit"),
-        ("max_response_tokens", 1, "the response length limit"),
-        ("max_bad_updates", 1, "the non-finite updates tolerated in a row"),
-        ("log_samples", 0, "the pairs logged per step"),
-        ("budget_tokens", 0, "the token budget (0 = none)"),
-    ):
-        out += _at_least(cfg, path, low, what)
-    if not cfg.max_grad_norm > 0:
-        out.append(f"--max-grad-norm is {cfg.max_grad_norm}: it must be > 0 (e.g. --max-grad-norm 1.0; inf for none)")
-    out += scaffold_problems(cfg)
-    try:
-        registry.registry("preference_loss").name_of(cfg.algo.loss)
-    except KeyError:
-        out.append(
-            f"algo.loss is a {type(cfg.algo.loss).__name__}, not a registered preference_loss config: use a "
-            f"preset of kind 'preference' or one of {', '.join(registry.names('preference_loss'))}"
-        )
+    out = loop_problems(
+        cfg,
+        PAIR_COUNTS + (
+            ("eval_prompts", 0, "the held-out prompts sampled per evaluation (0 = none)"),
+            ("eval_samples", 1, "the samples per held-out prompt"),
+        ),
+    )  # fmt: skip
+    out += loss_problems(cfg.algo.loss)
     if cfg.eval_every > 0 and cfg.eval_prompts > 0:
         out += _sampling_problems(cfg.eval_sampling, "eval_sampling")
     out += _data_problems(cfg.data)
     out += _model_problems(cfg.model)
     return out
+
+
+COUNTS = (
+    ("steps", 1, "the number of optimizer steps"),
+    ("micro_batch_size", 1, "the pairs per forward/backward pass"),
+    ("eval_every", 0, "the evaluation interval (0 = never)"),
+    ("save_every", 1, "the checkpoint interval"),
+    ("keep_checkpoints", 1, "the number of checkpoints kept"),
+    ("threads", 1, "the torch CPU threads"),
+    ("warmup_steps", 0, "the warm-up steps"),
+    ("max_prompt_tokens", 1, "the prompt length limit"),
+    ("max_bad_updates", 1, "the non-finite updates tolerated in a row"),
+    ("log_samples", 0, "the pairs logged per step"),
+    ("budget_tokens", 0, "the token budget (0 = none)"),
+)
+"""``(option, lowest value, what it is)`` of the whole-number options every preference-shaped loop has."""
+
+PAIR_COUNTS = (
+    ("epochs", 1, "the passes over the training pairs"),
+    ("pairs_per_step", 1, "the preference pairs per optimizer step"),
+    ("eval_pairs", 0, "the held-out pairs per evaluation"),
+    ("max_response_tokens", 1, "the response length limit"),
+)
+"""Those of the loops that read a preference data set (offline preference, reward model)."""
+
+
+def loop_problems(cfg: Any, counts: tuple = (), lr_example: str = "1e-6") -> list[str]:
+    """The checks the preference-shaped loops (offline, online, reward model) share: the learning
+    rate, the whole-number options of :data:`COUNTS` and ``counts``, gradient clipping and the run
+    scaffold's fields (``anypo.validate.scaffold_problems``)."""
+    from anypo.validate import _at_least, scaffold_problems
+
+    out: list[str] = []
+    if not cfg.lr > 0:
+        out.append(f"--lr is {cfg.lr}: the learning rate must be > 0 (e.g. --lr {lr_example})")
+    for path, low, what in (*COUNTS, *counts):
+        out += _at_least(cfg, path, low, what)
+    if not cfg.max_grad_norm > 0:
+        out.append(f"--max-grad-norm is {cfg.max_grad_norm}: it must be > 0 (e.g. --max-grad-norm 1.0; inf for none)")
+    out += scaffold_problems(cfg)
+    return out
+
+
+def loss_problems(loss: Any) -> list[str]:
+    """A message when ``algo.loss`` is not the config of a registered ``preference_loss``."""
+    try:
+        registry.registry("preference_loss").name_of(loss)
+    except KeyError:
+        return [
+            f"algo.loss is a {type(loss).__name__}, not a registered preference_loss config: use a preference "
+            f"preset or one of {', '.join(registry.names('preference_loss'))}"
+        ]
+    return []
 
 
 def _data_problems(data: PreferenceDataConfig) -> list[str]:
@@ -478,35 +508,61 @@ class PrefLoop:
 
     @classmethod
     def build(cls, cfg: PrefTrainConfig, run_dir: Path) -> PrefLoop:
-        from anypo.tasks.preference_data import load_preference_data
-        from anypo.trainer_setup import make_scheduler
+        self = cls.start(cfg, run_dir)
+        self.load_pairs()
+        self.loss_fn = registry.registry("preference_loss").fn_for(self.algo.loss)
+        self.needs_ref = self.algo.needs("ref_logprobs")
+        if self.needs_ref:
+            self._reference_column(run_dir)  # the initial weights: before any update
+        self.make_optimizer(fused=True)
+        return self
 
+    # ---- set-up the preference-shaped loops share (offline, online, reward model) ----
+    @classmethod
+    def start(cls, cfg: Any, run_dir: Path, wrap=None) -> Any:
+        """A loop holding ``cfg``, the tokenizer and its pad id, and the model in train mode.
+
+        ``wrap``: a function of the loaded causal LM returning the module to train (the reward
+        model's head on the backbone); None: the LM itself. No pairs and no optimizer yet.
+        """
         self = cls()
         self.cfg, self.run_dir, self.algo = cfg, run_dir, cfg.algo
         self.tokenizer = models.load_tokenizer(cfg.model.name)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.model = models.load_model(cfg.model, seed=cfg.seed)
+        if wrap is not None:
+            self.model = wrap(self.model)
         self.model.train()
-        data = load_preference_data(cfg.data)
-        self.data = data
-        lim = (cfg.max_prompt_tokens, cfg.max_response_tokens)
-        self.train_pairs, self.skipped = tokenize_pairs(data.train, self.tokenizer, *lim)
-        self.heldout_pairs, _ = tokenize_pairs(data.heldout, self.tokenizer, *lim) if data.heldout else (None, 0)
-        self.order = PairOrder(len(self.train_pairs), cfg.seed, cfg.epochs)
-        self.loss_fn = registry.registry("preference_loss").fn_for(self.algo.loss)
-        self.needs_ref = self.algo.needs("ref_logprobs")
         self.autocast = _autocast(cfg.precision)
+        self.needs_ref = False
         self.reference_seconds = 0.0  # wall time of the reference pass (0 when read back from the run directory)
-        if self.needs_ref:
-            self._reference_column(run_dir)  # the initial weights: before any update
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
-        )
-        self.scheduler = make_scheduler(self.optimizer, cfg, total=cfg.steps)
-        self.engine = None  # built on the first pass@k evaluation
+        self.engine = None  # the offline loops build it on the first pass@k evaluation
         self.mid_update = False  # True while the weights change (the scaffold resets it once a step is logged)
         return self
+
+    def load_pairs(self) -> None:
+        """The preference data of ``cfg.data``, tokenized (training and held-out pairs), and its order."""
+        from anypo.tasks.preference_data import load_preference_data
+
+        cfg = self.cfg
+        self.data = load_preference_data(cfg.data)
+        lim = (cfg.max_prompt_tokens, cfg.max_response_tokens)
+        self.train_pairs, self.skipped = tokenize_pairs(self.data.train, self.tokenizer, *lim)
+        self.heldout_pairs = tokenize_pairs(self.data.heldout, self.tokenizer, *lim)[0] if self.data.heldout else None
+        self.order = PairOrder(len(self.train_pairs), cfg.seed, cfg.epochs)
+
+    def make_optimizer(self, fused: bool = False) -> None:
+        """AdamW over the trainable parameters and the warm-up / decay schedule over ``cfg.steps`` steps.
+
+        ``fused``: torch's fused AdamW kernel (the offline loop's; the others keep the default).
+        """
+        from anypo.trainer_setup import make_scheduler
+
+        cfg = self.cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        kw = {"fused": True} if fused else {}
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **kw)
+        self.scheduler = make_scheduler(self.optimizer, cfg, total=cfg.steps)
 
     # ---- the reference column ----
     def _planned(self) -> list[int]:
@@ -623,9 +679,7 @@ class PrefLoop:
         if not no_signal:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before", UserWarning)
-            self.scheduler.step()
+        self.scheduler_step()
         out["time/optimizer_s"] = time.perf_counter() - t
         out["train/grad_norm"] = float(grad_norm)
         out["train/lr"] = self.scheduler.get_last_lr()[0]
@@ -684,11 +738,16 @@ class PrefLoop:
         out.update(times)
         return out, per_pair
 
-    def _skipped(self) -> dict[str, float]:
-        """The metrics of a step whose update was skipped for a non-finite loss or gradient."""
+    def scheduler_step(self) -> None:
+        """Advance the learning-rate schedule by one planned step, taken or skipped (torch's warning
+        about a schedule step before any optimizer step is expected here and silenced)."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before", UserWarning)
-            self.scheduler.step()  # the schedule follows planned steps, taken or skipped
+            self.scheduler.step()
+
+    def _skipped(self) -> dict[str, float]:
+        """The metrics of a step whose update was skipped for a non-finite loss or gradient."""
+        self.scheduler_step()  # the schedule follows planned steps, taken or skipped
         return {"train/skipped_updates": 1.0, "train/optimizer_steps": 0.0, "train/lr": self.scheduler.get_last_lr()[0]}
 
     @staticmethod

@@ -63,7 +63,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from anypo import models, registry
+from anypo import registry
 from anypo.engines.base import SamplingConfig
 from anypo.errors import UserError
 from anypo.losses.preference import DPO
@@ -75,7 +75,16 @@ from anypo.run import run_loop
 from anypo.runs import peak_rss_gb
 from anypo.tasks.base import TaskConfig, stable_seed
 from anypo.tasks.preference_data import PreferencePair
-from anypo.train_pref import PairOrder, PrefLoop, TokenPairs, _autocast, _chunks, _pad, pair_logprobs
+from anypo.train_pref import (
+    PairOrder,
+    PrefLoop,
+    TokenPairs,
+    _chunks,
+    _pad,
+    loop_problems,
+    loss_problems,
+    pair_logprobs,
+)
 from anypo.types import PartConfig, RolloutBatch
 
 __all__ = [
@@ -237,45 +246,24 @@ def check_online_pref_config(cfg: OnlinePrefTrainConfig) -> None:
 def online_pref_config_problems(cfg: OnlinePrefTrainConfig) -> list[str]:
     """Every problem of ``cfg``, one message each naming the option and the fix (empty when valid)."""
     from anypo.oracles import oracle_config_problems
-    from anypo.validate import _at_least, _model_problems, _sampling_problems, scaffold_problems
+    from anypo.validate import _model_problems, _sampling_problems
 
-    out: list[str] = []
     algo = cfg.algo
     if not isinstance(algo, OnlinePrefAlgoConfig):
         return [
             f"algo is a {type(algo).__name__}, not the online preference loop's OnlinePrefAlgoConfig: build the "
             "config of the preset's loop (anypo.cli.loop_of(kind))"
         ]
-    if not cfg.lr > 0:
-        out.append(f"--lr is {cfg.lr}: the learning rate must be > 0 (e.g. --lr 1e-6)")
-    for path, low, what in (
-        ("steps", 1, "the number of optimizer steps"),
-        ("prompts_per_step", 1, "the prompts per step"),
-        ("micro_batch_size", 1, "the pairs per forward/backward pass"),
-        ("eval_every", 0, "the evaluation interval (0 = never)"),
-        ("eval_prompts", 0, "the held-out prompts per evaluation"),
-        ("eval_candidates", 0, "the candidates per held-out prompt (0 = no exploitability)"),
-        ("save_every", 1, "the checkpoint interval"),
-        ("keep_checkpoints", 1, "the number of checkpoints kept"),
-        ("threads", 1, "the torch CPU threads"),
-        ("warmup_steps", 0, "the warm-up steps"),
-        ("max_prompt_tokens", 1, "the prompt length limit"),
-        ("max_bad_updates", 1, "the non-finite updates tolerated in a row"),
-        ("log_samples", 0, "the pairs logged per step"),
-        ("budget_tokens", 0, "the token budget (0 = none)"),
-        ("algo.steps_per_iteration", 0, "the steps per iteration (0 = one iteration)"),
-    ):
-        out += _at_least(cfg, path, low, what)
-    if not cfg.max_grad_norm > 0:
-        out.append(f"--max-grad-norm is {cfg.max_grad_norm}: it must be > 0 (e.g. --max-grad-norm 1.0)")
-    out += scaffold_problems(cfg)
-    try:
-        registry.registry("preference_loss").name_of(algo.loss)
-    except KeyError:
-        out.append(
-            f"algo.loss is a {type(algo.loss).__name__}, not a registered preference_loss config: use one of "
-            f"{', '.join(registry.names('preference_loss'))}"
-        )
+    out = loop_problems(
+        cfg,
+        (
+            ("prompts_per_step", 1, "the prompts per step"),
+            ("eval_prompts", 0, "the held-out prompts per evaluation"),
+            ("eval_candidates", 0, "the candidates per held-out prompt (0 = no exploitability)"),
+            ("algo.steps_per_iteration", 0, "the steps per iteration (0 = one iteration)"),
+        ),
+    )
+    out += loss_problems(algo.loss)
     if algo.pairing not in ("two", "best_worst", "policy_vs_reference"):
         out.append(f"--algo.pairing is {algo.pairing!r}: use two, best_worst or policy_vs_reference")
     elif algo.pairing == "two" and algo.samples_per_prompt != 2:
@@ -404,14 +392,9 @@ class OnlinePrefLoop(PrefLoop):
     def build(cls, cfg: OnlinePrefTrainConfig, run_dir: Path) -> OnlinePrefLoop:
         from anypo.engines.hf import HFEngine
         from anypo.tasks import get_task
-        from anypo.trainer_setup import make_scheduler, tokenize_prompts
+        from anypo.trainer_setup import tokenize_prompts
 
-        self = cls()
-        self.cfg, self.run_dir, self.algo = cfg, run_dir, cfg.algo
-        self.tokenizer = models.load_tokenizer(cfg.model.name)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.model = models.load_model(cfg.model, seed=cfg.seed)
-        self.model.train()
+        self = cls.start(cfg, run_dir)
         self.task = get_task(cfg.task)
         self.examples, self.prompt_ids, self.skipped = tokenize_prompts(
             self.task.train_examples(), self.tokenizer, cfg.max_prompt_tokens
@@ -425,17 +408,13 @@ class OnlinePrefLoop(PrefLoop):
         self.eval_oracle = self.oracle if cfg.eval_oracle.kind == "same" else make_oracle(cfg.eval_oracle, self.task)
         self.loss_fn = registry.registry("preference_loss").fn_for(self.algo.loss)
         self.needs_ref = self.algo.needs("ref_logprobs")
-        self.autocast = _autocast(cfg.precision)
         initial = _frozen_copy(self.model)
         self.snaps: dict[str, torch.nn.Module] = dict.fromkeys(SNAPSHOTS, initial)
         self.distinct = dict.fromkeys(SNAPSHOTS, False)  # True where a snapshot is not pi_1 (saved in checkpoints)
         self.engine = HFEngine(self.model, self.tokenizer)
         self._engines: dict[int, Any] = {}
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, cfg, total=cfg.steps)
+        self.make_optimizer()
         self.eval_cache: dict[str, Any] | None = None
-        self.mid_update = False
         return self
 
     # ---- snapshots ----
@@ -478,7 +457,7 @@ class OnlinePrefLoop(PrefLoop):
             upd, per_pair = self.update(tp, list(range(len(tp))))
         else:  # every prompt tied or unjudged: nothing to learn from, not a bad update
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
+            self.scheduler_step()
             upd, per_pair = {"train/skipped_no_signal": 1.0, "train/optimizer_steps": 0.0}, {}
         m.update(upd)
         step_s = time.perf_counter() - t0

@@ -37,7 +37,7 @@ from anypo.metrics import MetricAccumulator
 from anypo.models import ModelConfig
 from anypo.run import run_loop
 from anypo.tasks.preference_data import PreferenceDataConfig
-from anypo.train_pref import PairOrder, PrefLoop, TokenPairs, _autocast, _chunks, _pad, tokenize_pairs
+from anypo.train_pref import PrefLoop, TokenPairs, _chunks, _pad
 
 __all__ = ["HEAD_FILE", "RMAlgoConfig", "RMLoop", "RMTrainConfig", "RewardModel", "rm_config_problems", "train"]
 
@@ -135,39 +135,16 @@ def train(cfg: RMTrainConfig, resume: str | Path | None = None) -> Path:
 
 def rm_config_problems(cfg: RMTrainConfig) -> list[str]:
     """Every problem of ``cfg``, one message each naming the option and the fix (empty when valid)."""
-    from anypo.train_pref import _data_problems
-    from anypo.validate import _at_least, _model_problems, scaffold_problems
+    from anypo.train_pref import PAIR_COUNTS, _data_problems, loop_problems
+    from anypo.validate import _model_problems
 
     if not isinstance(cfg.algo, RMAlgoConfig):
         return [
             f"algo is a {type(cfg.algo).__name__}, not the reward-model loop's RMAlgoConfig (anypo.cli.loop_of(kind))"
         ]
-    out: list[str] = []
-    if not cfg.lr > 0:
-        out.append(f"--lr is {cfg.lr}: the learning rate must be > 0 (e.g. --lr 1e-5)")
-    for path, low, what in (
-        ("steps", 1, "the number of optimizer steps"),
-        ("epochs", 1, "the passes over the training pairs"),
-        ("pairs_per_step", 1, "the preference pairs per optimizer step"),
-        ("micro_batch_size", 1, "the pairs per forward/backward pass"),
-        ("eval_every", 0, "the evaluation interval (0 = never)"),
-        ("eval_pairs", 0, "the held-out pairs per evaluation"),
-        ("save_every", 1, "the checkpoint interval"),
-        ("keep_checkpoints", 1, "the number of checkpoints kept"),
-        ("threads", 1, "the torch CPU threads"),
-        ("warmup_steps", 0, "the warm-up steps"),
-        ("max_prompt_tokens", 1, "the prompt length limit"),
-        ("max_response_tokens", 1, "the response length limit"),
-        ("max_bad_updates", 1, "the non-finite updates tolerated in a row"),
-        ("log_samples", 0, "the pairs logged per step"),
-        ("budget_tokens", 0, "the token budget (0 = none)"),
-    ):
-        out += _at_least(cfg, path, low, what)
-    if not cfg.max_grad_norm > 0:
-        out.append(f"--max-grad-norm is {cfg.max_grad_norm}: it must be > 0 (e.g. --max-grad-norm 1.0)")
+    out = loop_problems(cfg, PAIR_COUNTS, lr_example="1e-5")
     if not (math.isfinite(cfg.algo.center_rewards_coef) and cfg.algo.center_rewards_coef >= 0):
         out.append(f"--algo.center-rewards-coef is {cfg.algo.center_rewards_coef}: it must be >= 0 (0: off)")
-    out += scaffold_problems(cfg)
     out += _data_problems(cfg.data)
     out += _model_problems(cfg.model)
     return out
@@ -237,28 +214,9 @@ class RMLoop(PrefLoop):
 
     @classmethod
     def build(cls, cfg: RMTrainConfig, run_dir: Path) -> RMLoop:
-        from anypo.tasks.preference_data import load_preference_data
-        from anypo.trainer_setup import make_scheduler
-
-        self = cls()
-        self.cfg, self.run_dir, self.algo = cfg, run_dir, cfg.algo
-        self.tokenizer = models.load_tokenizer(cfg.model.name)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.model = RewardModel(models.load_model(cfg.model, seed=cfg.seed), seed=cfg.seed)
-        self.model.train()
-        self.data = load_preference_data(cfg.data)
-        lim = (cfg.max_prompt_tokens, cfg.max_response_tokens)
-        self.train_pairs, self.skipped = tokenize_pairs(self.data.train, self.tokenizer, *lim)
-        self.heldout_pairs = tokenize_pairs(self.data.heldout, self.tokenizer, *lim)[0] if self.data.heldout else None
-        self.order = PairOrder(len(self.train_pairs), cfg.seed, cfg.epochs)
-        self.needs_ref = False
-        self.autocast = _autocast(cfg.precision)
-        self.reference_seconds = 0.0
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, cfg, total=cfg.steps)
-        self.engine = None
-        self.mid_update = False
+        self = cls.start(cfg, run_dir, wrap=lambda lm: RewardModel(lm, seed=cfg.seed))
+        self.load_pairs()
+        self.make_optimizer()
         return self
 
     def _rewards(self, tp: TokenPairs, chunk: list[int]) -> tuple[Tensor, Tensor]:
