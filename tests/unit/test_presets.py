@@ -185,14 +185,28 @@ def test_online_preference_presets():
     a = {n: PRESETS[n].build() for n in ("online_dpo", "iterative_dpo", "sppo", "inpo", "apo", "xpo")}
     assert all(PRESETS[n].kind == "preference_online" for n in a)
     name = {n: reg("preference_loss").name_of(c.loss) for n, c in a.items()}
-    assert name == {"online_dpo": "dpo", "iterative_dpo": "dpo", "sppo": "sppo", "inpo": "ipo", "apo": "dpo", "xpo": "xpo"}
+    assert name == {
+        "online_dpo": "dpo",
+        "iterative_dpo": "dpo",
+        "sppo": "sppo",
+        "inpo": "ipo",
+        "apo": "dpo",
+        "xpo": "xpo",
+    }
     refs = {n: (c.ref_initial, c.ref_previous, c.ref_before) for n, c in a.items()}
     assert refs["online_dpo"] == refs["xpo"] == refs["iterative_dpo"] == (1.0, 0.0, 0.0)  # RLHFlow run_loop.sh
     assert refs["sppo"] == (0.0, 1.0, 0.0)
     assert refs["inpo"] == pytest.approx((0.1, 0.9, 0.0)) and refs["apo"] == pytest.approx((0.0, 1.3, -0.3))
-    assert (a["online_dpo"].pairing, a["online_dpo"].samples_per_prompt, a["online_dpo"].sample_from) == ("two", 2, "policy")
+    assert (a["online_dpo"].pairing, a["online_dpo"].samples_per_prompt, a["online_dpo"].sample_from) == (
+        "two",
+        2,
+        "policy",
+    )
     assert (a["sppo"].pairing, a["sppo"].samples_per_prompt, a["sppo"].loss.beta) == ("best_worst", 5, 0.001)
-    assert all(a[n].sample_from == "iterate" and a[n].steps_per_iteration == 10 for n in ("iterative_dpo", "sppo", "inpo", "apo"))
+    assert all(
+        a[n].sample_from == "iterate" and a[n].steps_per_iteration == 10
+        for n in ("iterative_dpo", "sppo", "inpo", "apo")
+    )
     assert a["inpo"].loss.beta == pytest.approx(0.1) and not a["inpo"].loss.length_normalize
     assert (a["xpo"].pairing, a["xpo"].loss.alpha, a["xpo"].loss.beta) == ("policy_vs_reference", 1e-5, 0.1)
     assert a["iterative_dpo"].samples_per_prompt == 8
