@@ -9,27 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scripted_engine import char_generation, exact_reward, group_rollout, prompt_texts, rows_text
 
 from anypo.advantages.aepo import AEPOAdvantage, aepo
 from anypo.algorithms import PRESETS
-from anypo.engines.base import Generation, SamplingConfig
-from anypo.rollout import GroupRollout, Request
+from anypo.engines.base import SamplingConfig
+from anypo.rollout import Request
 from anypo.rollout.aepo import AEPO_GROUP_REWARDS, AEPO_REINFORCE, AEPOController, AEPOControllerConfig, controller_rows
 from anypo.tasks.base import Example
-from anypo.types import RewardResult, RolloutBatch
-
-
-class CharTokenizer:
-    pad_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) for c in text]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(int(i)) for i in ids if int(i) != 0)
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "U:" + messages[-1]["content"] + "\nA:"
+from anypo.types import RolloutBatch
 
 
 class TempEngine:
@@ -40,52 +28,19 @@ class TempEngine:
         self.reply, self.calls, self.model = reply, [], torch.nn.Linear(1, 1)
 
     def generate(self, prompts, n, sampling, seed=None):
-        texts = ["".join(map(chr, p)) for p in prompts]
+        texts = prompt_texts(prompts)
         self.calls.append((texts, n, sampling.temperature))
-        outs = [self.reply(t, k, sampling.temperature) for t in texts for k in range(n)]
-        T = max(len(o) for o in outs)
-        ids = torch.zeros(len(outs), T, dtype=torch.long)
-        mask = torch.zeros(len(outs), T, dtype=torch.long)
-        for r, o in enumerate(outs):
-            ids[r, : len(o)] = torch.tensor([ord(c) for c in o])
-            mask[r, : len(o)] = 1
-        return Generation(
-            prompt_index=torch.arange(len(prompts)).repeat_interleave(n),
-            response_ids=ids,
-            response_mask=mask,
-            logprobs=-0.5 * mask.float(),
-            truncated=torch.zeros(len(outs), dtype=torch.bool),
-        )
+        return char_generation([self.reply(t, k, sampling.temperature) for t in texts for k in range(n)], n)
 
 
 def make_groups(reply, examples, G=2):
-    tok = CharTokenizer()
-    prompt_ids = [tok(tok.apply_chat_template([{"content": e.prompt}]))["input_ids"] for e in examples]
-
-    def reward(sample):
-        ok = float(sample.completion.strip() == sample.answer)
-        return RewardResult(score=ok, components={"correct": ok})
-
     engine = TempEngine(reply)
-    groups = GroupRollout(
-        engine,
-        tok,
-        prompt_ids,
-        lambda i, text, n, t: examples[i].to_sample(text, n, 16, t),
-        reward,
-        SamplingConfig(max_new_tokens=16, temperature=1.0),
-        G,
-        "correct",
-        examples=examples,
-    )
-    return groups, engine
+    sampling = SamplingConfig(max_new_tokens=16, temperature=1.0)
+    return group_rollout(engine, examples, exact_reward, G, sampling), engine
 
 
 def text_of(batch: RolloutBatch, r: int, field: str = "response") -> str:
-    ids, mask = (
-        (batch.response_ids, batch.response_mask) if field == "response" else (batch.prompt_ids, batch.prompt_mask)
-    )
-    return "".join(chr(int(t)) for t in ids[r][mask[r].bool()])
+    return rows_text(batch, field)[r]
 
 
 def ctrl_batch(rewards, n):

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from scripted_engine import CharTokenizer, char_generation, exact_reward, group_rollout
 
 from anypo import models
 from anypo.advantages.chi2 import (
@@ -25,8 +26,8 @@ from anypo.advantages.chi2 import (
     trimmed_chi2,
 )
 from anypo.algorithms import PRESETS
-from anypo.engines.base import Generation, SamplingConfig
-from anypo.rollout import GroupRollout, Request
+from anypo.engines.base import SamplingConfig
+from anypo.rollout import Request
 from anypo.rollout.base_samples import (
     BASE_FEATURES,
     BASE_REWARDS,
@@ -35,7 +36,7 @@ from anypo.rollout.base_samples import (
     BaseRolloutsConfig,
 )
 from anypo.tasks.base import Example
-from anypo.types import RewardResult, RolloutBatch
+from anypo.types import RolloutBatch
 
 
 def sp(x):
@@ -226,19 +227,6 @@ def test_advantage_errors_and_config():
 
 
 # ---- the base_rollouts part ----
-class CharTokenizer:
-    pad_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) for c in text]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(int(i)) for i in ids if int(i) != 0)
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "U:" + messages[-1]["content"] + "\nA:"
-
-
 class WeightEngine:
     """Samples from ``model``: the reply is "7" while the final norm's first weight is 1 (the base
     weights), "x9" otherwise; log-probs -0.5. Records the temperature-free call shapes and load_weights."""
@@ -253,14 +241,7 @@ class WeightEngine:
         base = float(self.model.model.norm.weight[0].detach()) == 1.0
         self.calls.append((len(prompts), n, base))
         out = "7" if base else "x9"
-        ids = torch.tensor([[ord(ch) for ch in out]] * (len(prompts) * n))
-        return Generation(
-            prompt_index=torch.arange(len(prompts)).repeat_interleave(n),
-            response_ids=ids,
-            response_mask=torch.ones_like(ids),
-            logprobs=-0.5 * torch.ones(ids.shape),
-            truncated=torch.zeros(len(ids), dtype=torch.bool),
-        )
+        return char_generation([out] * (len(prompts) * n), n)
 
 
 def manual_features(model, prompt, response, proj):
@@ -282,26 +263,11 @@ def test_base_rollouts_samples_the_base_weights_and_features():
     base_samples=1, row 0 of each group is matched with its prompt's base sample, row 1 gets none
     (empty features, NaN reward). Features equal an unpadded forward of the base model computed here."""
     model = models.load_model("tiny", seed=0).eval()
-    tok = CharTokenizer()
     ex = [Example("q0", "7"), Example("q1", "7")]
-    prompt_ids = [tok(tok.apply_chat_template([{"content": e.prompt}]))["input_ids"] for e in ex]
-
-    def reward(sample):
-        ok = float(sample.completion.strip() == sample.answer)
-        return RewardResult(score=ok, components={"correct": ok})
-
     engine = WeightEngine(model)
-    groups = GroupRollout(
-        engine,
-        tok,
-        prompt_ids,
-        lambda i, t, n, tr: ex[i].to_sample(t, n, 16, tr),
-        reward,
-        SamplingConfig(max_new_tokens=4),
-        2,
-        "correct",
-        examples=ex,
-    )
+    groups = group_rollout(engine, ex, exact_reward, 2, SamplingConfig(max_new_tokens=4))
+    tok = CharTokenizer()
+    prompt_ids = [tok(tok.apply_chat_template([{"content": e.prompt}]))["input_ids"] for e in ex]
     part = BaseRollouts(BaseRolloutsConfig(base_samples=1, feature_dim=5), groups)
     with torch.no_grad():
         model.model.norm.weight.fill_(2.0)  # the policy moves away from the base

@@ -12,10 +12,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from scripted_engine import ScriptEngine, group_rollout, rows_text
 
-from anypo.engines.base import Generation, SamplingConfig
 from anypo.ops import group_stats
-from anypo.rollout import GHPOConfig, GroupRollout, Request, ScafConfig
+from anypo.rollout import GHPOConfig, Request, ScafConfig
 from anypo.rollout.guidance import GHPOHints, ScafHints, all_wrong_groups, ladder_levels, solution_prefix
 from anypo.samplers import CurriculumConfig, CurriculumSampler, PromptStats, VASConfig, VASSampler
 from anypo.samplers.curricula import difficulty_pools, distinct_n, pool_counts, vps_weights
@@ -23,75 +23,16 @@ from anypo.tasks.base import Example
 from anypo.types import RewardResult, RolloutBatch
 
 
-# ---- scripted engine on a character tokenizer ----
-class CharTokenizer:
-    pad_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) for c in text]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(int(i)) for i in ids if int(i) != 0)
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "U:" + messages[-1]["content"] + "\nA:"
-
-
-class ScriptEngine:
-    """``reply(prompt_text, k) -> str``: the k-th sample (0-based, per prompt) of a call; each
-    character's log-prob is -0.5. Records every call as (prompt texts, n, seed)."""
-
-    def __init__(self, reply):
-        self.reply, self.calls = reply, []
-
-    def generate(self, prompts, n, sampling, seed=None):
-        texts = ["".join(map(chr, p)) for p in prompts]
-        self.calls.append((texts, n, seed))
-        outs = [self.reply(t, k) for t in texts for k in range(n)]
-        T = max(len(o) for o in outs)
-        ids = torch.zeros(len(outs), T, dtype=torch.long)
-        mask = torch.zeros(len(outs), T, dtype=torch.long)
-        for r, o in enumerate(outs):
-            ids[r, : len(o)] = torch.tensor([ord(c) for c in o])
-            mask[r, : len(o)] = 1
-        return Generation(
-            prompt_index=torch.arange(len(prompts)).repeat_interleave(n),
-            response_ids=ids,
-            response_mask=mask,
-            logprobs=-0.5 * mask.float(),
-            truncated=torch.zeros(len(outs), dtype=torch.bool),
-        )
+# ---- scripted engine on a character tokenizer (tests/unit/scripted_engine.py) ----
+def last_line_reward(sample):  # correct iff the reference answer is the reply's last line; format: it is a number
+    last = sample.completion.strip().splitlines()[-1] if sample.completion.strip() else ""
+    ok = float(last == sample.answer)
+    return RewardResult(score=ok, components={"correct": ok, "format": float(last.isdigit())})
 
 
 def make_groups(reply, examples, G=4):
-    tok = CharTokenizer()
-    prompt_ids = [tok(tok.apply_chat_template([{"content": e.prompt}]))["input_ids"] for e in examples]
-
-    def reward(sample):  # correct iff the reference answer is the reply's last line; format: it is a number
-        last = sample.completion.strip().splitlines()[-1] if sample.completion.strip() else ""
-        ok = float(last == sample.answer)
-        return RewardResult(score=ok, components={"correct": ok, "format": float(last.isdigit())})
-
     engine = ScriptEngine(reply)
-    groups = GroupRollout(
-        engine,
-        tok,
-        prompt_ids,
-        lambda i, text, n, t: examples[i].to_sample(text, n, 16, t),
-        reward,
-        SamplingConfig(max_new_tokens=16),
-        G,
-        "correct",
-        examples=examples,
-    )
-    return groups, engine
-
-
-def rows_text(batch: RolloutBatch, field: str = "response") -> list[str]:
-    ids, mask = (
-        (batch.response_ids, batch.response_mask) if field == "response" else (batch.prompt_ids, batch.prompt_mask)
-    )
-    return ["".join(chr(int(t)) for t in ids[r][mask[r].bool()]) for r in range(batch.num_seqs)]
+    return group_rollout(engine, examples, last_line_reward, G), engine
 
 
 # ---- per-prompt statistics ----
