@@ -6,6 +6,7 @@ The loop never branches on a method's name. It asks the chosen parts what they n
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ from anypo.rollout.replay import StaleRollouts
 from anypo.rollout.stats import advantage_metrics, first_groups, first_samples, rollout_metrics, warn_reward_errors
 from anypo.run import TrainingError, run_loop
 from anypo.runs import peak_rss_gb
-from anypo.types import LossScale, MetricReduction, RolloutBatch
+from anypo.types import LossOutput, LossScale, MetricReduction, PolicyOutput, RolloutBatch
 from anypo.validate import check_train_config
 
 __all__ = ["PROVIDED_NEEDS", "Context", "TrainingError", "train"]
@@ -128,7 +129,7 @@ class Context:
         return self.train_examples[index].to_sample(text, num_tokens, self.cfg.sampling.max_new_tokens, truncated)
 
     def step(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
-        """One training step: rollout, what the parts need, advantages, update. Returns the batch and metrics."""
+        """One training step: rollout, then ``learn``; the engine gets the new weights. Returns the batch and metrics."""
         t0 = time.perf_counter()
         # ---- ALGO LOGIC: rollout (with the sampler's filter, e.g. DAPO dynamic sampling); under a
         # replay schedule, the batch an older policy generated for this step (with its log-probs) ----
@@ -139,6 +140,20 @@ class Context:
                 batch, m, now = self.stale.next(step)
                 m.update(now)
         t_gen = time.perf_counter() - t0
+        m = self.learn(batch, m, step)
+        t = time.perf_counter()
+        if m["train/optimizer_steps"] > 0:
+            self.engine.load_weights(self.model.state_dict())
+        m["time/train_s"] += time.perf_counter() - t  # the engine's weight load counts as training time
+        n_tokens = float(batch.response_mask.sum())
+        # under a replay schedule the step generates other batches than the one it trains on
+        gen_tokens = m["rollout/generated_tokens"] if self.stale is not None else n_tokens
+        m.update(step_metrics(t0, t_gen, gen_tokens, n_tokens * self.algo.ppo_epochs, m["time/train_s"]))
+        return batch, m
+
+    def learn(self, batch: RolloutBatch, m: dict[str, float], step: int) -> dict[str, float]:
+        """Everything after the rollout on ``batch``: the passes the parts need, the advantages, the
+        proxies, then ``update``. Returns ``m`` updated with their metrics and ``time/prepare_s``, ``time/train_s``."""
         # ---- ALGO LOGIC: what the parts need (old / reference log-probs, values), then advantages ----
         t1 = time.perf_counter()
         if batch.num_seqs:
@@ -149,30 +164,14 @@ class Context:
             m.update(advantage_metrics(batch))
             batch.part_state = batch.part_metrics = None
             self.fill_proxy(batch)
-        t_prep = time.perf_counter() - t1
-        # ---- ALGO LOGIC: policy (and critic) update, then the engine gets the new weights ----
+        m["time/prepare_s"] = time.perf_counter() - t1
+        # ---- ALGO LOGIC: policy (and critic) update ----
         t2 = time.perf_counter()
         self.mid_update = True  # the weights change from here until the scaffold has logged the step
         self.current_step = step  # seeds the per-mini-batch random choices (prepare_minibatch)
         m.update(self.update(batch))
-        if m["train/optimizer_steps"] > 0:
-            self.engine.load_weights(self.model.state_dict())
-        t_train = time.perf_counter() - t2
-        n_tokens = float(batch.response_mask.sum())
-        # under a replay schedule the step generates other batches than the one it trains on
-        gen_tokens = m["rollout/generated_tokens"] if self.stale is not None else n_tokens
-        m.update(
-            {
-                "time/generate_s": t_gen,
-                "time/prepare_s": t_prep,
-                "time/train_s": t_train,
-                "time/step_s": time.perf_counter() - t0,
-                "throughput/generate_tok_s": gen_tokens / max(t_gen, 1e-9),
-                "throughput/train_tok_s": n_tokens * self.algo.ppo_epochs / max(t_train, 1e-9),
-                "memory/peak_rss_gb": peak_rss_gb(),
-            }
-        )
-        return batch, m
+        m["time/train_s"] = time.perf_counter() - t2
+        return m
 
     # ---- rollout ----
     def rollout(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
@@ -361,38 +360,28 @@ class Context:
         finite. A mini-batch whose policy gradient is exactly zero (every advantage 0 and no
         regularizer gradient) takes no AdamW step: its momentum would still move the weights."""
         cfg, algo = self.cfg, self.algo
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.critic_opt is not None:
-            self.critic_opt.zero_grad(set_to_none=True)
+        self._zero_grad()
         acc = MetricAccumulator()
         times = {"time/forward_s": 0.0, "time/backward_s": 0.0}
-        clock = time.perf_counter
-        scale = mini.loss_scale
-        # Micro-batches carry the mini-batch's global counts: their losses sum to the mini-batch loss.
-        size = mini.num_seqs if algo.needs("whole_minibatch") else cfg.micro_batch_size  # DRPO's exact scope
-        for _, micro in micro_batches(mini, size):
-            need_ent = cfg.log_entropy or algo.needs("entropy")
+        clock, scale, finite = time.perf_counter, mini.loss_scale, True
+        for micro in self._micro_batches(mini):
             t = clock()
             with self.autocast():  # the backward runs outside autocast, as recommended
-                if self.anchor is not None:
-                    self.anchor.fill(micro, cfg.sampling.temperature, cfg.pack_prompts)
-                out = response_logprobs(
-                    self.model, micro, cfg.sampling.temperature, entropy=need_ent, logits=algo.needs("logits"),
-                    entropy_grad=algo.needs("entropy"), pack=cfg.pack_prompts,
-                )  # fmt: skip
-                parts = [self.loss_fn(out, self._with_state(micro, "policy_loss"), algo.policy_loss)]
-                for i, (fn, rcfg) in enumerate(zip(self.reg_fns, algo.regularizers, strict=True)):
-                    parts.append(fn(out, self._with_state(micro, f"regularizers.{i}"), rcfg))
-                if self.critic is not None:
-                    v = self.critic(micro)
-                    parts.append(self.value_fn(v, self._with_state(micro, "value_loss"), algo.value_loss))
-                loss = sum((p.loss.float() for p in parts), torch.zeros(()))
-            if not torch.isfinite(loss):
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
+                if micro is None:  # a pass that only keeps a learner group's collectives in step: zero gradient
+                    filler = mini.select(torch.arange(1)).trimmed()
+                    out = response_logprobs(self.model, filler, cfg.sampling.temperature, pack=cfg.pack_prompts)
+                    loss, parts = out.logprobs.float().sum() * 0.0, []
+                else:
+                    out, parts = self._micro_loss(micro)
+                    loss = sum((p.loss.float() for p in parts), torch.zeros(()))
+            finite = finite and bool(torch.isfinite(loss))
+            if not finite and not self.lockstep:
+                break  # the step is skipped: no backward, no further micro-batch
             t, times["time/forward_s"] = clock(), times["time/forward_s"] + clock() - t
-            loss.backward()
+            self._backward(loss)
             times["time/backward_s"] += clock() - t
+            if micro is None:
+                continue
             tok_share = float(micro.response_mask.sum()) / max(scale.num_tokens, 1.0)
             seq_share = micro.num_seqs / max(scale.num_seqs, 1.0)
             for p in parts:
@@ -403,17 +392,18 @@ class Context:
                 acc.add("policy/entropy", ent, "sum", tok_share, seq_share)
             acc.add("loss/total", float(loss.detach()), "sum", tok_share, seq_share)
         t = clock()
+        if not self._all_finite(finite):
+            self._zero_grad()
+            return None
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         critic_norm = None
         if self.critic is not None:
-            critic_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-        if not torch.isfinite(grad_norm) or (critic_norm is not None and not torch.isfinite(critic_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.critic_opt is not None:
-                self.critic_opt.zero_grad(set_to_none=True)
+            critic_norm = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm))
+        if not math.isfinite(grad_norm) or (critic_norm is not None and not math.isfinite(critic_norm)):
+            self._zero_grad()
             return None
-        no_signal = float(grad_norm) == 0.0
+        no_signal = grad_norm == 0.0
         if not no_signal:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients now: rollouts and reference passes need none
@@ -423,18 +413,61 @@ class Context:
         if self.critic_opt is not None:
             self.critic_opt.step()
             self.critic_opt.zero_grad(set_to_none=True)
-        out_m = acc.result()
-        for k in out_m:
-            reductions.setdefault(k, acc.reduction(k))
+        out_m, reds = self._combine_metrics(acc)
+        for k, red in reds.items():
+            reductions.setdefault(k, red)
         out_m.update(times)
-        out_m["train/grad_norm"] = float(grad_norm)
+        out_m["train/grad_norm"] = grad_norm
         if critic_norm is not None:
-            out_m["value/grad_norm"] = float(critic_norm)
+            out_m["value/grad_norm"] = critic_norm
         out_m["time/optimizer_s"] = clock() - t
         for slot, part in algo.stateful_parts().items():  # once per optimizer step, with its metrics
             part.update_state(self.part_states[slot], out_m)
         out_m["train/no_signal"] = float(no_signal)
         return out_m
+
+    def _micro_loss(self, micro: RolloutBatch) -> tuple[PolicyOutput, list[LossOutput]]:
+        """The forward of one micro-batch and the parts' losses on it (policy loss, regularizers, value loss)."""
+        cfg, algo = self.cfg, self.algo
+        if self.anchor is not None:
+            self.anchor.fill(micro, cfg.sampling.temperature, cfg.pack_prompts)
+        out = response_logprobs(
+            self.model, micro, cfg.sampling.temperature, entropy=cfg.log_entropy or algo.needs("entropy"),
+            logits=algo.needs("logits"), entropy_grad=algo.needs("entropy"), pack=cfg.pack_prompts,
+        )  # fmt: skip
+        parts = [self.loss_fn(out, self._with_state(micro, "policy_loss"), algo.policy_loss)]
+        for i, (fn, rcfg) in enumerate(zip(self.reg_fns, algo.regularizers, strict=True)):
+            parts.append(fn(out, self._with_state(micro, f"regularizers.{i}"), rcfg))
+        if self.critic is not None:
+            v = self.critic(micro)
+            parts.append(self.value_fn(v, self._with_state(micro, "value_loss"), algo.value_loss))
+        return out, parts
+
+    # What a learner group (anypo.distributed.learner) changes in a mini-batch step; here, one process.
+    lockstep = False  # True: every micro-batch pass runs even after a non-finite loss (collectives in every pass)
+
+    def _micro_batches(self, mini: RolloutBatch) -> list[RolloutBatch | None]:
+        """The passes of ``mini`` this process runs: micro-batches carrying the mini-batch's global counts,
+        so their losses sum to the mini-batch loss (None: a zero-loss pass, for a group's ranks)."""
+        size = mini.num_seqs if self.algo.needs("whole_minibatch") else self.cfg.micro_batch_size  # DRPO's scope
+        return [micro for _, micro in micro_batches(mini, size)]
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _all_finite(self, finite: bool) -> bool:
+        """Whether every process's losses were finite (one process: its own flag)."""
+        return finite
+
+    def _combine_metrics(self, acc: MetricAccumulator) -> tuple[dict[str, float], dict[str, MetricReduction]]:
+        """The mini-batch's metrics and their reductions (one process: its own accumulator's)."""
+        values = acc.result()
+        return values, {k: acc.reduction(k) for k in values}
+
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.critic_opt is not None:
+            self.critic_opt.zero_grad(set_to_none=True)
 
     def _with_state(self, batch: RolloutBatch, slot: str) -> RolloutBatch:
         """``batch`` carrying the state of the part in ``slot`` (None for a part without one)."""
@@ -526,6 +559,17 @@ class Context:
 
 
 # ---- SCAFFOLD: helpers ----
+def step_metrics(t0: float, t_gen: float, gen_tokens: float, train_tokens: float, t_train: float) -> dict[str, float]:
+    """A step's wall time (from ``t0``), generation and training throughput, and peak memory."""
+    return {
+        "time/generate_s": t_gen,
+        "time/step_s": time.perf_counter() - t0,
+        "throughput/generate_tok_s": gen_tokens / max(t_gen, 1e-9),
+        "throughput/train_tok_s": train_tokens / max(t_train, 1e-9),
+        "memory/peak_rss_gb": peak_rss_gb(),
+    }
+
+
 def _autocast(precision: str):
     """A factory of the autocast context of ``precision`` (fp32: a no-op)."""
     if precision not in ("fp32", "bf16"):

@@ -2,8 +2,9 @@
 
 Every rank holds the whole rollout batch and runs the online loop's own code on it (``anypo.train.
 Context``: the behaviour / reference passes, the advantages, ``update``'s mini-batches of whole groups
-with their seeded order and global ``LossScale``, ``prepare``). Only the optimizer step of a
-mini-batch differs (:meth:`LearnerContext._minibatch_step`):
+with their seeded order and global ``LossScale``, ``prepare``, ``_minibatch_step``). Only the hooks of
+a mini-batch step differ (``LearnerContext._micro_batches``, ``_backward``, ``_all_finite``,
+``_combine_metrics``):
 
 - rank r takes its share of the mini-batch's rows (:func:`rank_rows`: contiguous, sizes differ by at
   most one) and splits it into micro-batches of ``micro_batch_size``. Every micro-batch keeps the
@@ -16,9 +17,10 @@ mini-batch differs (:meth:`LearnerContext._minibatch_step`):
 - FSDP2 runs collectives in every forward and backward, so every rank runs the same number of
   passes: a rank with fewer micro-batches runs extra passes on one row of the mini-batch with loss
   ``0 * sum(logprobs)``, which adds nothing to any gradient;
-- a non-finite loss on any rank skips the step on every rank (the flag is reduced), the gradient
-  norm is the global one (``clip_grad_norm_`` over the DTensor shards), and the metrics of the ranks'
-  micro-batches are combined by their reductions before the stateful parts see them.
+- a non-finite loss on any rank skips the step on every rank (the flag is reduced once every rank has
+  run all of its passes), the gradient norm is the global one (``clip_grad_norm_`` over the DTensor
+  shards), and the metrics of the ranks' micro-batches are combined by their reductions before the
+  stateful parts see them.
 
 Nothing here imports ray; the Ray actors in ``anypo.distributed.ray_run`` wrap these functions. The
 tests run them in plain processes (``tests/distributed``).
@@ -29,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import socket
-import time
 import warnings
 from pathlib import Path
 
@@ -38,9 +39,8 @@ import torch.distributed as dist
 
 from anypo.config import TrainConfig
 from anypo.metrics import MetricAccumulator
-from anypo.ops import masked_mean, masked_sum
-from anypo.policy import batched_logprobs, micro_batches, response_logprobs
-from anypo.rollout.stats import advantage_metrics
+from anypo.ops import masked_mean
+from anypo.policy import batched_logprobs
 from anypo.train import Context
 from anypo.types import MetricReduction, RolloutBatch
 
@@ -172,28 +172,12 @@ class LearnerContext(Context):
         self.rollout_part = None
         return self
 
-    def learn(self, batch: RolloutBatch, m: dict[str, float], step: int) -> dict[str, float]:
-        """What ``Context.step`` does after the rollout, on the whole batch: the behaviour / reference
-        passes the parts need, the advantages, the proxies, then ``update``; returns the step's metrics
-        (``m`` updated), the same on every rank."""
-        t1 = time.perf_counter()
-        if batch.num_seqs:
-            with self.autocast():
-                self.fill_needs(batch, m, behaviour=True)
-                if self.cfg.dist.check_logprobs:
-                    m.update(self.engine_logprob_gap(batch))
-            batch.part_metrics = {}
-            batch.advantages = self.advantage_fn(self._with_state(batch, "advantage"), self.algo.advantage)
-            m.update(advantage_metrics(batch))
-            batch.part_state = batch.part_metrics = None
-            self.fill_proxy(batch)
-        t_prep = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        self.current_step = step
-        m.update(self.update(batch))
-        m["time/prepare_s"] = t_prep
-        m["time/train_s"] = time.perf_counter() - t2
-        return m
+    def fill_needs(self, batch: RolloutBatch, m: dict[str, float], behaviour: bool = True) -> None:
+        """``Context.fill_needs``, then (``dist.check_logprobs``) the gap between the engine's and the
+        learner's log-probs, with the weights that generated ``batch``."""
+        super().fill_needs(batch, m, behaviour)
+        if self.cfg.dist.check_logprobs:
+            m.update(self.engine_logprob_gap(batch))
 
     def engine_logprob_gap(self, batch: RolloutBatch) -> dict[str, float]:
         """Mean and max |engine log-prob - learner log-prob| over the response tokens, with the weights that
@@ -213,78 +197,30 @@ class LearnerContext(Context):
             "dist/engine_logprob_max_abs_diff": float(diff.max()),
         }
 
-    def _minibatch_step(self, mini: RolloutBatch, reductions: dict[str, MetricReduction]) -> dict[str, float] | None:
-        """One optimizer step on ``mini`` with this rank's share of its rows; the contract of
-        ``Context._minibatch_step`` (None and no weight change on a non-finite loss or gradient on any
-        rank; no AdamW step on an exactly zero gradient), its metrics and timings."""
-        cfg, algo = self.cfg, self.algo
-        self.optimizer.zero_grad(set_to_none=True)
-        acc = MetricAccumulator()
-        times = {"time/forward_s": 0.0, "time/backward_s": 0.0}
-        clock = time.perf_counter
-        scale = mini.loss_scale
-        local = mini.select(rank_rows(mini.num_seqs, self.rank, self.world))  # keeps the global loss_scale
-        micros = [mb for _, mb in micro_batches(local, cfg.micro_batch_size)] if local.num_seqs else []
+    # ---- what differs in a mini-batch step (the hooks of Context._minibatch_step) ----
+    lockstep = True  # FSDP2 runs collectives in every pass: every rank runs all of its passes
+
+    def _micro_batches(self, mini: RolloutBatch) -> list[RolloutBatch | None]:
+        """This rank's share of ``mini``'s rows in micro-batches (keeping the global ``loss_scale``), padded
+        with None (zero-loss passes) to the group's largest number of micro-batches."""
+        local = mini.select(rank_rows(mini.num_seqs, self.rank, self.world))
+        micros = super()._micro_batches(local) if local.num_seqs else []
         passes = int(_all_max(len(micros)))  # FSDP's collectives need the same number of passes on every rank
-        filler = mini.select(torch.arange(1)).trimmed()
-        finite = True
-        need_ent = cfg.log_entropy or algo.needs("entropy")
-        for i in range(passes):
-            micro = micros[i] if i < len(micros) else None
-            t = clock()
-            with self.autocast():  # the backward runs outside autocast, as in the single process
-                if micro is None:  # a pass that only keeps the collectives in step: zero loss, zero gradient
-                    out = response_logprobs(self.model, filler, cfg.sampling.temperature, pack=cfg.pack_prompts)
-                    loss, parts = out.logprobs.float().sum() * 0.0, []
-                else:
-                    out = response_logprobs(
-                        self.model, micro, cfg.sampling.temperature, entropy=need_ent, logits=algo.needs("logits"),
-                        entropy_grad=algo.needs("entropy"), pack=cfg.pack_prompts,
-                    )  # fmt: skip
-                    parts = [self.loss_fn(out, self._with_state(micro, "policy_loss"), algo.policy_loss)]
-                    for j, (fn, rcfg) in enumerate(zip(self.reg_fns, algo.regularizers, strict=True)):
-                        parts.append(fn(out, self._with_state(micro, f"regularizers.{j}"), rcfg))
-                    loss = sum((p.loss.float() for p in parts), torch.zeros(()))
-            finite = finite and bool(torch.isfinite(loss))
-            t, times["time/forward_s"] = clock(), times["time/forward_s"] + clock() - t
-            (loss * self.world).backward()  # FSDP2 averages over the ranks: the average of world * g_r is sum_r g_r
-            times["time/backward_s"] += clock() - t
-            if micro is None:
-                continue
-            tok_share = float(micro.response_mask.sum()) / max(scale.num_tokens, 1.0)
-            seq_share = micro.num_seqs / max(scale.num_seqs, 1.0)
-            for p in parts:
-                for k, v in p.metrics.items():
-                    acc.add(k, float(v), p.reduction(k), tok_share, seq_share)
-            if out.entropy is not None and not any("policy/entropy" in p.metrics for p in parts):
-                ent = float(masked_sum(out.entropy.detach(), micro.mask)) / max(scale.num_tokens, 1.0)
-                acc.add("policy/entropy", ent, "sum", tok_share, seq_share)
-            acc.add("loss/total", float(loss.detach()), "sum", tok_share, seq_share)
-        t = clock()
-        bad = _all_max(0.0 if finite else 1.0) > 0
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))  # global: over all shards
-        if bad or not torch.isfinite(torch.tensor(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        no_signal = grad_norm == 0.0
-        if not no_signal:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():  # the schedule follows planned steps, taken or skipped for no signal
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before", UserWarning)
-            self.scheduler.step()
+        return micros + [None] * (passes - len(micros))
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss * self.world).backward()  # FSDP2 averages over the ranks: the average of world * g_r is sum_r g_r
+
+    def _all_finite(self, finite: bool) -> bool:
+        return _all_max(0.0 if finite else 1.0) == 0.0
+
+    def _combine_metrics(self, acc: MetricAccumulator) -> tuple[dict[str, float], dict[str, MetricReduction]]:
+        """The group's metrics: every rank's, combined in rank order (the same floats on every rank)."""
         values = acc.result()
         gathered: list = [None] * self.world
         dist.all_gather_object(gathered, (values, {k: acc.reduction(k) for k in values}))
-        out_m = combine_metrics(gathered)
+        reductions: dict[str, MetricReduction] = {}
         for _, reds in gathered:
             for k, red in reds.items():
                 reductions.setdefault(k, red)
-        out_m.update(times)
-        out_m["train/grad_norm"] = grad_norm
-        out_m["time/optimizer_s"] = clock() - t
-        for slot, part in algo.stateful_parts().items():  # once per optimizer step, with the group's metrics
-            part.update_state(self.part_states[slot], out_m)
-        out_m["train/no_signal"] = float(no_signal)
-        return out_m
+        return combine_metrics(gathered), reductions

@@ -39,8 +39,7 @@ from anypo import models
 from anypo.config import TrainConfig
 from anypo.engines.base import Generation, SamplingConfig
 from anypo.run import TrainingError, run_loop
-from anypo.runs import peak_rss_gb
-from anypo.train import Context
+from anypo.train import Context, step_metrics
 from anypo.types import RolloutBatch
 
 __all__ = ["Cluster", "DistContext", "LearnerActor", "RayRolloutEngine", "RolloutWorker", "train"]
@@ -314,19 +313,9 @@ class DistContext(Context):
             cluster.load_weights(self._state_ref)
         t_sync = time.perf_counter() - t2
         n_tokens = float(batch.response_mask.sum())
-        m.update(
-            {
-                "time/generate_s": t_gen,
-                "time/learn_s": t_learn,
-                "time/weight_sync_s": t_sync,
-                "time/step_s": time.perf_counter() - t0,
-                "throughput/generate_tok_s": n_tokens / max(t_gen, 1e-9),
-                "throughput/train_tok_s": n_tokens * self.algo.ppo_epochs / max(m.get("time/train_s", 0.0), 1e-9),
-                "memory/peak_rss_gb": peak_rss_gb(),
-                "dist/rollout_workers": float(d.rollout_workers),
-                "dist/learners": float(d.learners),
-            }
-        )
+        m.update({"time/learn_s": t_learn, "time/weight_sync_s": t_sync})
+        m.update(step_metrics(t0, t_gen, n_tokens, n_tokens * self.algo.ppo_epochs, m.get("time/train_s", 0.0)))
+        m.update({"dist/rollout_workers": float(d.rollout_workers), "dist/learners": float(d.learners)})
         return batch, m
 
     def _current_weights(self) -> None:
