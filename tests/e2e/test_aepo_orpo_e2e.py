@@ -5,18 +5,12 @@ part's state; ORPO's discriminator and base-reward statistics in the advantage p
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import pytest
 
-from anypo import checkpoint
 from anypo.algorithms import PRESETS
-from anypo.train import Context, train
-
-
-def _rows(run: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+from anypo.train import train
+from tiny_runs import ctrl_c_in_rollout, interrupted_then_resumed, metric_rows
 
 
 @pytest.mark.parametrize("name", ["aepo", "orpo_proxy"])
@@ -33,24 +27,9 @@ def test_interrupted_run_resumes_like_an_uninterrupted_one(name, make_cfg, tmp_p
         "task": dataclasses.replace(make_cfg().task, num_train=16),
     }
     a = train(make_cfg(out_dir=str(tmp_path / "a"), **kw))
-    real = Context.rollout
-    fired = []
-
-    def rollout(self, step):
-        if step == 3 and not fired:
-            fired.append(step)
-            raise KeyboardInterrupt
-        return real(self, step)
-
-    monkeypatch.setattr(Context, "rollout", rollout)
-    cfg_b = make_cfg(out_dir=str(tmp_path / "b"), **kw)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg_b)
-    (b,) = list((tmp_path / "b").iterdir())
-    assert checkpoint.latest(b).name == "step_000002"
-    monkeypatch.setattr(Context, "rollout", real)
-    train(cfg_b, resume=b)
-    ra, rb = _rows(a), _rows(b)
+    ctrl_c_in_rollout(monkeypatch, step=3)
+    b = interrupted_then_resumed(train, make_cfg(out_dir=str(tmp_path / "b"), **kw), undo=monkeypatch.undo)
+    ra, rb = metric_rows(a), metric_rows(b)
     prefixes = ("reward/", "policy/loss", "train/grad_norm", "rollout/aepo", "rollout/base", "advantage/")
     for step in (3, 4):
         keys = [k for k in ra[step] if k.startswith(prefixes)]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from anypo.tasks import TaskConfig
+from tiny_runs import interrupted_then_resumed, metric_rows
 
 # ---- 1. held-out pass@k per difficulty level ------------------------------------------------------
 
@@ -143,7 +144,6 @@ def test_minibatch_selections_resume_exactly(make_cfg, tmp_path):
     Run B: interrupted inside step 3's rollout and resumed from the step-2 checkpoint. The draws are
     seeded by (run seed, step, mini-batch index), so B's step 3 detaches the same tokens as A's: the
     same loss, detached share and gradient norm."""
-    from anypo import checkpoint
     from anypo.train import train
 
     body = "    return (sum(map(ord, sample.completion)) % 11) / 10\n"
@@ -160,22 +160,11 @@ def test_minibatch_selections_resume_exactly(make_cfg, tmp_path):
     )
     kw = {"algo": _wide_clip_cov(minibatch_prompts=1), "steps": 3, "save_every": 10, "lr": 1e-2}
     a = train(make_cfg(out_dir=str(tmp_path / "a"), rewards=(f"{plain}:reward",), **kw))
-    cfg_b = make_cfg(out_dir=str(tmp_path / "b"), rewards=(f"{stopping}:reward",), **kw)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg_b)
-    (b,) = list((tmp_path / "b").iterdir())
-    assert checkpoint.latest(b).name == "step_000002"
-    train(cfg_b, resume=b)
-    ra, rb = _rows(a), _rows(b)
+    b = interrupted_then_resumed(train, make_cfg(out_dir=str(tmp_path / "b"), rewards=(f"{stopping}:reward",), **kw))
+    ra, rb = metric_rows(a), metric_rows(b)
     assert ra[3]["clip_cov/detached_frac"] > 0
     for k in ("policy/loss", "clip_cov/detached_frac", "train/grad_norm", "reward/mean"):
         assert ra[3][k] == rb[3][k], k
-
-
-def _rows(run: Path) -> dict[int, dict]:
-    import json
-
-    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
 
 
 # ---- 4. the behaviour policy's extra inputs (DCPO, ROVER off-policy, Lp-Reg) ------------------------

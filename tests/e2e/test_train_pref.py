@@ -4,7 +4,6 @@ SIGKILL, epochs, budgets, evaluation and config errors."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -22,9 +21,10 @@ from anypo import checkpoint, cli
 from anypo.engines.base import SamplingConfig
 from anypo.errors import UserError
 from anypo.losses.preference import DPO, IPO, RPO
-from anypo.models import ModelConfig, load_model
+from anypo.models import load_model
 from anypo.tasks.preference_data import PreferenceDataConfig
 from anypo.train_pref import PairOrder, PrefAlgoConfig, PrefLoop, PrefTrainConfig, check_pref_config, train
+from tiny_runs import interrupted_then_resumed, metric_rows, tiny_run
 
 COMPARED = (
     "loss/total",
@@ -37,24 +37,9 @@ COMPARED = (
 
 
 def pref_cfg(tmp_path, **kw) -> PrefTrainConfig:
-    """Tiny model, 16 built-in addition pairs, 8 pairs per step, no evaluation."""
-    base = PrefTrainConfig(
-        model=ModelConfig(name="tiny"),
-        data=PreferenceDataConfig(num_train=16, num_heldout=4),
-        steps=2,
-        pairs_per_step=8,
-        micro_batch_size=8,
-        lr=1e-3,
-        eval_every=0,
-        save_every=1,
-        progress=False,
-        out_dir=str(tmp_path),
-    )
-    return dataclasses.replace(base, **kw)
-
-
-def _rows(run: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    """Tiny model, 16 built-in addition pairs, 8 pairs per step, no evaluation (2 steps, lr 1e-3)."""
+    base = {"data": PreferenceDataConfig(num_train=16, num_heldout=4), "pairs_per_step": 8, "micro_batch_size": 8}
+    return tiny_run(PrefTrainConfig, tmp_path, **{**base, **kw})
 
 
 def _build(cfg: PrefTrainConfig, run_dir: Path) -> PrefLoop:
@@ -216,13 +201,13 @@ def test_epochs_end_the_run_and_budget_tokens_stop_it(tmp_path):
     cfg = pref_cfg(tmp_path / "a", data=PreferenceDataConfig(num_train=6, num_heldout=2), pairs_per_step=4,
                    micro_batch_size=4, epochs=2, steps=10, save_every=10)  # fmt: skip
     run = train(cfg)
-    rows = _rows(run)
+    rows = metric_rows(run)
     assert sorted(rows) == [1, 2, 3]
     assert [rows[s]["data/pairs"] for s in (1, 2, 3)] == [4, 4, 4] and rows[3]["data/epoch"] == 2.0
     assert checkpoint.latest(run).name == "step_000003"
     assert (run / "final" / "model.safetensors").exists()
     budget = train(pref_cfg(tmp_path / "b", steps=5, budget_tokens=1))
-    rows = _rows(budget)
+    rows = metric_rows(budget)
     assert sorted(rows) == [1] and rows[1]["budget/tokens_total"] == rows[1]["data/response_tokens"]
 
 
@@ -244,14 +229,8 @@ def test_ctrl_c_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(PairOrder, "next_pairs", interrupting)
-    cfg_b = pref_cfg(tmp_path / "b", **kw)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg_b)
-    monkeypatch.setattr(PairOrder, "next_pairs", real)
-    (run_b,) = [p for p in (tmp_path / "b").iterdir() if p.is_dir()]
-    assert checkpoint.latest(run_b).name == "step_000002" and sorted(_rows(run_b)) == [1, 2]
-    train(cfg_b, resume=run_b)
-    rows_a, rows_b = _rows(run_a), _rows(run_b)
+    run_b = interrupted_then_resumed(train, pref_cfg(tmp_path / "b", **kw), undo=monkeypatch.undo)
+    rows_a, rows_b = metric_rows(run_a), metric_rows(run_b)
     assert sorted(rows_b) == [1, 2, 3, 4]
     for step in (3, 4):
         for k in COMPARED:
@@ -297,7 +276,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert killed_at < 4, "run B was not interrupted"
     r = _cli(["train", "--resume", str(run_b)])
     assert r.wait(timeout=600) == 0, r.stderr.read().decode()[-3000:]
-    rows_a, rows_b = _rows(run_a), _rows(run_b)
+    rows_a, rows_b = metric_rows(run_a), metric_rows(run_b)
     assert sorted(rows_b) == [1, 2, 3, 4]
     for step in range(killed_at + 1, 5):
         for k in COMPARED:
@@ -314,7 +293,7 @@ def test_evaluation_on_heldout_pairs_and_prompts(tmp_path):
         eval_sampling=SamplingConfig(temperature=0.7, max_new_tokens=6),
     )  # fmt: skip
     run = train(cfg)
-    rows = _rows(run)
+    rows = metric_rows(run)
     assert sorted(rows) == [0, 1, 2]
     assert rows[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert rows[0]["eval/reward_margin"] == pytest.approx(0.0, abs=1e-5)

@@ -5,38 +5,35 @@ iteration boundary, XPO's reference samples, evaluation, config errors."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from anypo import checkpoint
 from anypo.algorithms import PRESETS
 from anypo.engines.base import SamplingConfig
 from anypo.errors import UserError
-from anypo.models import ModelConfig
 from anypo.oracles import OracleConfig
 from anypo.tasks import TaskConfig
 from anypo.train_pref import PairOrder, pair_logprobs
 from anypo.train_pref_online import OnlinePrefLoop, OnlinePrefTrainConfig, online_pref_config_problems, train
+from tiny_runs import interrupted_then_resumed, metric_rows, tiny_run
 
 
 def ocfg(tmp_path: Path, preset: str = "online_dpo", algo=None, **kw) -> OnlinePrefTrainConfig:
     """2 steps of 2 prompts, 8 new tokens, the intransitive oracle with a 5-character budget (the tiny
     model's random replies differ in length, so the oracle separates most of them)."""
-    base = OnlinePrefTrainConfig(
-        algo=algo if algo is not None else PRESETS[preset].build(),
-        model=ModelConfig(name="tiny"),
-        task=TaskConfig(name="addition", num_train=64, num_heldout=8),
-        oracle=OracleConfig(kind="intransitive", length_budget=5),
-        sampling=SamplingConfig(temperature=1.0, max_new_tokens=8),
-        eval_sampling=SamplingConfig(temperature=1.0, max_new_tokens=8),
-        steps=2, prompts_per_step=2, micro_batch_size=2, lr=1e-3, eval_every=0, save_every=1,
-        progress=False, out_dir=str(tmp_path),
-    )  # fmt: skip
-    return dataclasses.replace(base, **kw)
+    base = {
+        "algo": algo if algo is not None else PRESETS[preset].build(),
+        "task": TaskConfig(name="addition", num_train=64, num_heldout=8),
+        "oracle": OracleConfig(kind="intransitive", length_budget=5),
+        "sampling": SamplingConfig(temperature=1.0, max_new_tokens=8),
+        "eval_sampling": SamplingConfig(temperature=1.0, max_new_tokens=8),
+        "prompts_per_step": 2,
+        "micro_batch_size": 2,
+    }
+    return tiny_run(OnlinePrefTrainConfig, tmp_path, **{**base, **kw})
 
 
 def _build(cfg, run_dir: Path) -> OnlinePrefLoop:
@@ -51,10 +48,6 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 def _same(model, weights) -> bool:
     return all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
-
-
-def _rows(run: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
 
 
 def test_snapshots_rotate_per_iteration_and_the_reference_is_their_mix(tmp_path):
@@ -106,14 +99,8 @@ def test_ctrl_c_then_resume_matches_uninterrupted_across_iterations(tmp_path, mo
         return real(self, count)
 
     monkeypatch.setattr(PairOrder, "next_pairs", interrupting)
-    cfg_b = ocfg(tmp_path / "b", algo=algo, **kw)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg_b)
-    monkeypatch.setattr(PairOrder, "next_pairs", real)
-    (run_b,) = [p for p in (tmp_path / "b").iterdir() if p.is_dir()]
-    assert checkpoint.latest(run_b).name == "step_000003"
-    train(cfg_b, resume=run_b)
-    rows_a, rows_b = _rows(run_a), _rows(run_b)
+    run_b = interrupted_then_resumed(train, ocfg(tmp_path / "b", algo=algo, **kw), saved_step=3, undo=monkeypatch.undo)
+    rows_a, rows_b = metric_rows(run_a), metric_rows(run_b)
     assert sorted(rows_b) == [1, 2, 3, 4, 5]
     for step in (4, 5):
         for k in ("pref/loss", "data/pairs", "data/gold", "train/grad_norm", "pref/logps_chosen"):
@@ -142,7 +129,7 @@ def test_evaluation_metrics(tmp_path):
     """Before training the policy is pi_1: eval/kl_ref is exactly 0; win rate in [0, 1]; exploitability
     in [0, 1/2]; nash_tv in [0, 1]. After 2 steps at lr 1e-3 the policy moved: kl_ref != 0."""
     run = train(ocfg(tmp_path, "sppo", eval_every=2, eval_prompts=4, eval_candidates=3))
-    rows = _rows(run)
+    rows = metric_rows(run)
     r0, r2 = rows[0], rows[2]
     assert r0["eval/kl_ref"] == 0.0
     for r in (r0, r2):
@@ -210,7 +197,7 @@ def test_a_plugin_judge_drives_the_loop(tmp_path):
     f.write_text("def judge(prompts, a, b):\n    return ['A' if len(x) < len(y) else 'B' for x, y in zip(a, b)]\n")
     judge = OracleConfig(kind="judge", judge=f"{f}:judge")
     cfg = ocfg(tmp_path, oracle=judge, eval_oracle=OracleConfig(), steps=1, eval_every=1, eval_prompts=2)
-    rows = _rows(train(cfg))
+    rows = metric_rows(train(cfg))
     assert rows[1]["data/pairs"] >= 1 and rows[1]["train/optimizer_steps"] == 1.0
     assert not any(k.startswith("data/gold") for r in rows.values() for k in r)
     assert "eval/gold" in rows[1] and "eval/gold_init" in rows[0]
