@@ -25,6 +25,11 @@ report are the shared scaffold's (:func:`anypo.run.run_loop`); this file holds o
   (``online_dpo``: sample two responses per prompt, judge them with an oracle) supplies a source
   that builds fresh :class:`TokenPairs` each step and runs the reference pass on them
   (:func:`pair_logprobs` under ``torch.no_grad`` with the reference weights) instead of reading the cache.
+* **Set-up shared with the other preference-shaped loops.** The online loop
+  (``anypo.train_pref_online``) and the reward-model loop (``anypo.train_rm``) subclass
+  :class:`PrefLoop` and build with its :meth:`PrefLoop.start` (tokenizer, model, autocast),
+  :meth:`PrefLoop.load_pairs` (the reward model's data) and :meth:`PrefLoop.make_optimizer`; their
+  config checks start from :func:`loop_problems` (and :func:`loss_problems`).
 
 The loop never branches on a method's name: it reads the loss config's ``needs_ref_logprobs``.
 """
