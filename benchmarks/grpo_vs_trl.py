@@ -189,9 +189,6 @@ def anypo_worker(args: argparse.Namespace, proto: Protocol) -> None:
         out_dir=args.tmp,  # the run directory (reference weights offloaded there); the driver removes it
         model=ModelConfig(onednn_linear=not args.anypo_no_onednn),
     )
-    from anypo.allocator import keep_freed_memory
-
-    keep_freed_memory()  # as anypo.run.run_loop does (ANYPO_MALLOC=system turns it off)
     random.seed(cfg.seed)  # as anypo.train.train does before building the context
     torch.manual_seed(cfg.seed)
     ctx = Context.build(cfg, Path(cfg.out_dir))

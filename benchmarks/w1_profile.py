@@ -107,9 +107,6 @@ def main() -> None:
     from anypo.train import Context
 
     torch.set_num_threads(W1["threads"])
-    from anypo.allocator import keep_freed_memory
-
-    print(f"freed memory kept in the process (anypo.allocator; ANYPO_MALLOC=system to turn off): {keep_freed_memory()}")
     sampler = RSSSampler()
     tmp = tempfile.mkdtemp(prefix="w1-profile-")
     cfg = w1_train_config(

@@ -41,7 +41,6 @@ from typing import Any, Protocol
 import torch
 
 from anypo import checkpoint
-from anypo.allocator import keep_freed_memory
 from anypo.runs import JsonlWriter, new_run_dir, read_jsonl, truncate_jsonl, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -110,7 +109,6 @@ def run_loop(cfg: Any, build: Callable[[Any, Path], Loop], resume: str | Path | 
     checkpoint in place.
     """
     torch.set_num_threads(cfg.threads)
-    keep_freed_memory()  # steps reuse freed memory instead of faulting in fresh pages (anypo.allocator)
     run_dir = Path(resume) if resume else new_run_dir(cfg.out_dir, cfg.name)
     if not resume:
         write_json_atomic(run_dir / "config.json", cfg)
