@@ -29,7 +29,7 @@ test: setup
 	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
 	  echo "chromium could not be installed: the report's browser test will be skipped"; \
 	fi
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -6,6 +6,10 @@ Fills the ``## Result`` section of each ``docs/algorithms/<preset>.md`` page and
     python scripts/preset_results.py --steps 30 --out-dir runs/presets            # all presets
     python scripts/preset_results.py --presets grpo sapo --steps 30                # some
     python scripts/preset_results.py --presets sapo --minibatch-prompts 1          # off-policy updates
+    python scripts/preset_results.py --from-runs runs/compare-explore-*/runs/*     # sections from finished runs
+
+``--from-runs`` trains nothing: it writes the sections of runs that already finished (for example the
+runs of an ``anypo compare``), with the settings read from each run's ``config.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def settings(args) -> dict:
 
 def command(name: str, args) -> str:
     mb = f" --algo.minibatch-prompts {args.minibatch_prompts}" if args.minibatch_prompts else ""
+    if getattr(args, "seed", 0):
+        mb += f" --seed {args.seed}"
     if args.eval_samples > 1:
         mb += f" --eval-samples {args.eval_samples}"
     return (
@@ -136,7 +142,7 @@ def pref_result_section(name: str, rows: list[dict], args, wall: float) -> str:
     return "\n".join(lines)
 
 
-def result_section(name: str, rows: list[dict], args, wall: float) -> str:
+def result_section(name: str, rows: list[dict], args, wall: float, wall_what: str = "") -> str:
     train_rows = [r for r in rows if "reward/mean" in r]
     evals = {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
     k = args.eval_samples
@@ -146,6 +152,8 @@ def result_section(name: str, rows: list[dict], args, wall: float) -> str:
     has_kl = "kl/ref" in train_rows[0]
     mech = [(k, label) for k, label in MECHANISM + EXTRA.get(name, []) if any(k in r for r in train_rows)]
     updates = train_rows[0].get("train/optimizer_steps", 1.0)
+    seed = getattr(args, "seed", 0)
+    wall_text = f"{wall / 60:.1f} min" + (f" of {wall_what}" if wall_what else "")
     mb_text = (
         f"mini-batches of {args.minibatch_prompts} prompt(s), {updates:.0f} optimizer steps per rollout"
         if args.minibatch_prompts
@@ -155,8 +163,8 @@ def result_section(name: str, rows: list[dict], args, wall: float) -> str:
         "## Result",
         "",
         f"Embedded SmolLM2-135M-Instruct, 2-digit addition, {args.steps} steps of {args.prompts} prompts x "
-        f"{args.samples} samples, lr {args.lr}, at most {args.max_new_tokens} new tokens, seed 0, on a 2-core CPU "
-        f"({wall / 60:.1f} min). Held-out pass@1 ({args.eval_prompts} prompts, temperature 0.7): "
+        f"{args.samples} samples, lr {args.lr}, at most {args.max_new_tokens} new tokens, seed {seed}, on a 2-core CPU "
+        f"({wall_text}). Held-out pass@1 ({args.eval_prompts} prompts, temperature 0.7): "
         f"{evals.get(0, float('nan')):.2f} before, {evals.get(args.steps, float('nan')):.2f} after"
         + (
             f"; pass@{k} ({k} samples per prompt): {evals_k.get(0, float('nan')):.2f} before, "
@@ -225,6 +233,46 @@ def plot(results: dict) -> None:
     fig.savefig(DOCS / "presets_reward.png", dpi=110)
 
 
+def args_of_run(run: Path) -> argparse.Namespace:
+    """The settings of a finished online run, read from its config.json, in the shape of this script's args."""
+    cfg = json.loads((run / "config.json").read_text())
+    if cfg.get("task", {}).get("name") != "addition":
+        raise SystemExit(
+            f"{run}: the Result text describes 2-digit addition; this run's task is {cfg['task']['name']!r}"
+        )
+    return argparse.Namespace(
+        steps=cfg["steps"],
+        prompts=cfg["prompts_per_step"],
+        samples=cfg["samples_per_prompt"],
+        lr=cfg["lr"],
+        max_new_tokens=cfg["sampling"]["max_new_tokens"],
+        eval_every=cfg["eval_every"],
+        eval_prompts=cfg["eval_prompts"],
+        eval_samples=cfg["eval_samples"],
+        minibatch_prompts=cfg["algo"].get("minibatch_prompts"),
+        seed=cfg["seed"],
+    )
+
+
+def from_runs(runs: list[Path]) -> None:
+    """Write the Result section of each finished run's preset (wall time: the sum of its step times and
+    evaluations are not in it, so it is given as training time)."""
+    summary_path = DOCS / "results.json"
+    results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for run in runs:
+        name = json.loads((run / "config.json").read_text())["preset"]
+        rows = read_jsonl(run / "metrics.jsonl")
+        args = args_of_run(run)
+        if not any(r.get("step") == args.steps and "eval/pass@1" in r for r in rows):
+            raise SystemExit(f"{run}: not finished (no held-out evaluation at step {args.steps})")
+        wall = sum(r.get("time/step_s", 0.0) for r in rows)
+        results[name] = rows
+        write_section(name, result_section(name, rows, args, wall, wall_what="training time, evaluations excluded"))
+        print(f"{name}: section written from {run}", flush=True)
+    summary_path.write_text(json.dumps(results))
+    plot(results)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="*", default=sorted(PRESETS))
@@ -242,7 +290,13 @@ def main() -> None:
     ap.add_argument("--eval-samples", type=int, default=1, help="samples per held-out prompt (pass@k for this k)")
     ap.add_argument("--out-dir", default="runs/presets")
     ap.add_argument("--minibatch-prompts", type=int, default=None, help="override the presets' mini-batch size")
+    ap.add_argument(
+        "--from-runs", nargs="+", type=Path, help="finished run directories: write their sections, train nothing"
+    )
     args = ap.parse_args()
+    if args.from_runs:
+        from_runs(args.from_runs)
+        return
     summary_path = DOCS / "results.json"
     results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for name in args.presets:
