@@ -122,7 +122,7 @@ def run_loop(cfg: Any, build: Callable[[Any, Path], Loop], resume: str | Path | 
     ui = Progress(cfg.steps, start, enabled=cfg.progress, keys=getattr(loop, "progress_keys", None))
     trackers = Trackers(cfg, run_dir)
     try:
-        if start == 0 and cfg.eval_every > 0:
+        if start == 0 and cfg.eval_every > 0 and getattr(cfg, "eval_at_start", True):
             metrics_log.write({"step": 0, **loop.evaluate()})
         run.steps(start, metrics_log, samples_log, ui, trackers)
     except KeyboardInterrupt:

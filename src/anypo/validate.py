@@ -54,6 +54,8 @@ def train_config_problems(cfg: Any) -> list[str]:
     out += _task_problems(cfg.task)
     out += _model_problems(cfg.model)
     out += _reward_problems(cfg.rewards)
+    if cfg.dist.backend == "none" and cfg.dist.asynchronous:
+        out.append("dist.async needs dist.backend ray (the rollout actors generate while the learners train)")
     return out
 
 

@@ -270,3 +270,15 @@ def test_icepop_masks_what_the_engine_disagrees_on(make_cfg, monkeypatch):
     row = _rows(train(make_cfg(algo=PRESETS["icepop"].build(), steps=1)))[1]
     assert row["tis/floored_frac"] == pytest.approx(shares[0], abs=1e-6)
     assert row["tis/capped_frac"] == 0.0
+
+
+# ---- 5. the evaluation schedule -------------------------------------------------------------------
+
+
+def test_no_eval_at_start_skips_step_zero_only(make_cfg):
+    """eval_every 2 on a 2-step run evaluates at steps 0 and 2; eval_at_start False leaves out step 0
+    (no row for it at all) and keeps the evaluation after the last step."""
+    run = train(make_cfg(eval_every=2, eval_prompts=2, eval_at_start=False))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert "eval/pass@1" not in rows[0] and "eval/pass@1" in rows[1]

@@ -28,6 +28,8 @@ def dist_config_problems(cfg) -> list[str]:
         out.append(f"dist.backend must be 'none' or 'ray', got {d.backend!r}")
     if d.backend != "ray":
         return out
+    if d.asynchronous and d.max_staleness < 1:
+        out.append(f"dist.max-staleness must be >= 1 with dist.async, got {d.max_staleness}")
     for name in ("rollout_workers", "learners", "cpus_per_actor"):
         if getattr(d, name) < 1:
             out.append(f"dist.{name.replace('_', '-')} must be >= 1, got {getattr(d, name)}")

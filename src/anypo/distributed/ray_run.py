@@ -19,9 +19,21 @@ What runs where (synchronous mode, one step):
    every rollout actor loads that one object (``load_state_dict``). The driver reads the same object
    only when it checkpoints or exports.
 
+Asynchronous mode (``dist.asynchronous``, ``--dist.async``): step ``s`` sends its batch to the learners
+(non-blocking) and, while they train, the driver generates the batches of the next steps with the
+rollout actors' current weights (an older policy version), as long as each would be trained at most
+``dist.max_staleness`` policy versions after the weights that generated it (:class:`AheadQueue`). A
+policy version is one optimizer step of the learners. A queued batch that would exceed the bound (a
+step took more optimizer steps than the last one) is dropped, counted and generated again. The
+behaviour log-probs travel with each batch (``old_logprobs``: the engine's, of the version that
+sampled it), so a ratio loss's importance ratio is against the behaviour policy; a loss with a
+rollout correction (``tis``: token, sequence, IcePop's mask) has the learners recompute ``old_logprobs``
+with the current weights and weighs by ``exp(old - behaviour)``, truncated or masked, the decoupled
+form of AReaL.
+
 Every ``ray.get`` has ``dist.timeout_s``, and so do the learners' collectives: a lost actor or a hang
-fails the run with a message instead of waiting forever. Async mode, fault recovery and resume of a
-distributed run are not implemented yet (``--resume`` refuses such a run).
+fails the run with a message instead of waiting forever. Fault recovery and resume of a distributed
+run are not implemented yet (``--resume`` refuses such a run).
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +56,7 @@ from anypo.run import TrainingError, run_loop
 from anypo.train import Context, step_metrics
 from anypo.types import RolloutBatch
 
-__all__ = ["Cluster", "DistContext", "LearnerActor", "RayRolloutEngine", "RolloutWorker", "train"]
+__all__ = ["AheadQueue", "Cluster", "DistContext", "LearnerActor", "RayRolloutEngine", "RolloutWorker", "train"]
 
 
 def _get(refs, timeout: float, what: str):
@@ -271,6 +285,60 @@ def _replace_everywhere(root: object, old: object, new: object, depth: int = 3) 
     visit(root, 0)
 
 
+@dataclass
+class Ahead:
+    """A batch generated ahead of its step: the step it is for, its rollout metrics, and the policy
+    version (learner optimizer steps so far) of the weights that generated it."""
+
+    step: int
+    batch: RolloutBatch
+    metrics: dict[str, float]
+    version: int
+
+
+class AheadQueue:
+    """Async mode's batches generated ahead of training, oldest first, within a staleness bound.
+
+    A batch generated now, at policy version ``v``, for the ``j``-th next step is trained after about
+    ``j * u`` more optimizer steps, ``u`` the optimizer steps of the last step; :meth:`room` lets the
+    driver generate it only while ``j * u <= max_staleness``. :meth:`pop` hands out the batch of a step
+    unless it is more than ``max_staleness`` versions old by then (dropped and counted).
+    """
+
+    def __init__(self, max_staleness: int):
+        if max_staleness < 1:
+            raise ValueError(f"dist.max-staleness must be >= 1 in async mode, got {max_staleness}")
+        self.max_staleness = max_staleness
+        self.items: deque[Ahead] = deque()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def room(self, updates_per_step: float) -> bool:
+        """Whether one more batch may be generated now: it would be trained ``len + 1`` steps from now."""
+        return (len(self.items) + 1) * max(updates_per_step, 1.0) <= self.max_staleness
+
+    def push(self, item: Ahead) -> None:
+        self.items.append(item)
+
+    def pop(self, step: int, version: int) -> tuple[Ahead | None, int]:
+        """The batch generated for ``step`` if it is at most ``max_staleness`` versions older than
+        ``version`` (else None), and how many batches were dropped for staleness (counted in ``dropped``)."""
+        dropped = 0
+        while self.items and (self.items[0].step < step or version - self.items[0].version > self.max_staleness):
+            item = self.items.popleft()
+            if item.step >= step:  # too old: this and every later one (generated no later) go
+                dropped += 1 + len(self.items)
+                self.items.clear()
+                break
+            # an earlier step's batch (cannot happen in a run; kept out of training all the same)
+        self.dropped += dropped
+        if self.items and self.items[0].step == step:
+            return self.items.popleft(), dropped
+        return None, dropped
+
+
 class DistContext(Context):
     """The driver's loop: ``Context``'s rollout through :class:`RayRolloutEngine`, the update in the learner
     actors, the weights sent to the rollout actors after each update. The driver keeps a copy of the
@@ -291,9 +359,14 @@ class DistContext(Context):
         self._state_ref = cluster.weights_ref()  # the learners' initial weights, to every rollout actor
         cluster.load_weights(self._state_ref)
         self._driver_current = False
+        self.version = 0  # policy version: the learners' optimizer steps so far (the rollout actors' weights)
+        self._updates_per_step = 1.0  # optimizer steps of the last step: how far ahead async may generate
+        self.ahead = AheadQueue(cfg.dist.max_staleness) if cfg.dist.asynchronous else None
         return self
 
     def step(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        if self.ahead is not None:
+            return self._async_step(step)
         d, cluster = self.cfg.dist, self.cluster
         t0 = time.perf_counter()
         with self.autocast():
@@ -316,6 +389,68 @@ class DistContext(Context):
         m.update({"time/learn_s": t_learn, "time/weight_sync_s": t_sync})
         m.update(step_metrics(t0, t_gen, n_tokens, n_tokens * self.algo.ppo_epochs, m.get("time/train_s", 0.0)))
         m.update({"dist/rollout_workers": float(d.rollout_workers), "dist/learners": float(d.learners)})
+        self.version += int(m["train/optimizer_steps"])
+        return batch, m
+
+    def _async_step(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        """Train on step ``step``'s batch (generated ahead, or now) while generating the next ones."""
+        d, cluster = self.cfg.dist, self.cluster
+        t0 = time.perf_counter()
+        item, dropped = self.ahead.pop(step, self.version)
+        if item is None:  # the first step, or its ahead batch was too stale: generate it now
+            with self.autocast():
+                batch, m = self.rollout(step)
+            item = Ahead(step, batch, m, self.version)
+        t_wait_gen = time.perf_counter() - t0
+        batch, m = item.batch, dict(item.metrics)
+        staleness = self.version - item.version
+        self.mid_update = True
+        self.current_step = step
+        calls = [lr.learn.remote(ray.put(batch), m, step) for lr in cluster.learners]
+        # ---- while the learners train: the next steps' batches, with the weights of version self.version ----
+        t1 = time.perf_counter()
+        ahead_tokens = 0.0
+        next_step = step + 1 + len(self.ahead)
+        while next_step <= self.cfg.steps and self.ahead.room(self._updates_per_step):
+            with self.autocast():
+                b, bm = self.rollout(next_step)
+            self.ahead.push(Ahead(next_step, b, bm, self.version))
+            ahead_tokens += bm.get("rollout/generated_tokens", 0.0)
+            next_step += 1
+        t_ahead = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        outs = _get([c[0] for c in calls], d.timeout_s, "the learner group's update")
+        t_wait_learn = time.perf_counter() - t2
+        m = outs[0]
+        t3 = time.perf_counter()
+        updates = int(m["train/optimizer_steps"])
+        if updates > 0:
+            self._state_ref, self._driver_current = calls[0][1], False
+            cluster.load_weights(self._state_ref)
+            self.version += updates
+            self._updates_per_step = float(updates)
+        t_sync = time.perf_counter() - t3
+        n_tokens = float(batch.response_mask.sum())
+        m.update(
+            step_metrics(
+                t0, t_wait_gen + t_ahead, n_tokens, n_tokens * self.algo.ppo_epochs, m.get("time/train_s", 0.0)
+            )
+        )
+        m.update(
+            {
+                "time/generate_wait_s": t_wait_gen,  # generation the step waited for (none once the queue runs)
+                "time/generate_ahead_s": t_ahead,  # generation that overlapped the learners' update
+                "time/learn_wait_s": t_wait_learn,  # the learners' update left after the generation ahead
+                "time/weight_sync_s": t_sync,
+                "dist/staleness": float(staleness),
+                "dist/dropped_stale_batches": float(dropped),
+                "dist/ahead_batches": float(len(self.ahead)),
+                "dist/ahead_tokens": ahead_tokens,
+                "dist/policy_version": float(self.version),
+                "dist/rollout_workers": float(d.rollout_workers),
+                "dist/learners": float(d.learners),
+            }
+        )
         return batch, m
 
     def _current_weights(self) -> None:
