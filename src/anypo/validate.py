@@ -183,6 +183,13 @@ def _algo_problems(cfg: Any) -> list[str]:
             f"--samples-per-prompt is 1, but the {' and the '.join(grouped)} {verb} group-relative (compares the "
             "samples of a prompt with each other), so every advantage would be 0: use --samples-per-prompt 2 or more"
         )
+    mixers = [_part_name(p) for p in parts if getattr(p, "mixes_prompts_in_groups", False)]
+    if mixers and grouped:
+        out.append(
+            f"the {' and the '.join(mixers)} puts rows of several prompts in one group, but the "
+            f"{' and the '.join(grouped)} compares the samples of a group with each other: use a critic-based "
+            "advantage (gae, egae) or another rollout part"
+        )
     for p in parts:
         k = getattr(p, "min_group_size", None)
         if k is not None and k > G:

@@ -17,7 +17,7 @@ __all__ = ["BOOTSTRAP_VALUES", "UNFINISHED", "EGAEAdvantage", "egae", "egae_adva
 
 UNFINISHED = "unfinished"
 """Key of ``RolloutBatch.extras``: [N] bool, True for a response cut by a per-step generation window
-that a later step continues (T-PPO's partial rollouts). The online loop does not set it yet."""
+that a later step continues (T-PPO's partial rollouts; set by the ``tppo_carry`` rollout part)."""
 
 
 def unfinished_rows(batch: RolloutBatch, truncated_unfinished: bool) -> Tensor:
@@ -96,12 +96,13 @@ class EGAEAdvantage(PartConfig):
     state after the last token); until then the value before the last token ``V(s_{l-1})`` stands in
     (``advantage/egae_bootstrap_standin`` logs 1): with gamma = 1 the last token's delta is then 0.
 
-    Which responses are unfinished: ``extras["unfinished"]`` [N] bool, set by a loop that carries
-    partial responses over to the next step's generation (T-PPO's length-restricted rollout; not built:
-    the online loop has no such window yet, so by default every response is finished and EGAE is GAE
-    with decoupled lambdas). A response cut by the run's ``max_new_tokens`` is final there (scored, as
-    T-PPO scores responses that hit the overall length limit); ``truncated_unfinished=True`` treats
-    those as unfinished instead (no reward, bootstrap), T-PPO's per-step view of a cut response.
+    Which responses are unfinished: ``extras["unfinished"]`` [N] bool, set by the rollout part that
+    carries partial responses over to the next step's generation (:class:`anypo.rollout.TPPOCarryConfig`,
+    T-PPO's length-restricted rollout, whose window is the run's ``max_new_tokens``). A continued
+    response's already-trained prefix is masked, so its GAE runs over the continuation's tokens. Without
+    that part every response is finished and EGAE is GAE with decoupled lambdas; a response cut by
+    ``max_new_tokens`` is then final (scored, as T-PPO scores responses that hit the overall length
+    limit), and ``truncated_unfinished=True`` treats those as unfinished instead (no reward, bootstrap).
 
     Also fills ``batch.returns`` (value targets), as ``gae``.
 

@@ -3,6 +3,7 @@ the explicit imports below; see ``anypo.rollout.parts`` for the interface)."""
 
 from anypo.rollout.aepo import AEPOController, AEPOControllerConfig
 from anypo.rollout.base_samples import BaseRollouts, BaseRolloutsConfig
+from anypo.rollout.carry import TPPOCarry, TPPOCarryConfig
 from anypo.rollout.drafts import DraftRefine, DraftRefineConfig
 from anypo.rollout.experience import ExperienceReplay, ExperienceReplayConfig
 from anypo.rollout.explain import SelfExplain, SelfExplainConfig
@@ -53,6 +54,8 @@ __all__ = [
     "ScafHints",
     "SelfExplain",
     "SelfExplainConfig",
+    "TPPOCarry",
+    "TPPOCarryConfig",
     "XRPOAllocConfig",
     "XRPOAllocation",
     "concat_batches",
