@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -303,19 +304,108 @@ class Reference:
                 self._release()
 
 
-class Critic(torch.nn.Module):
-    """A value model: a copy of the policy's trunk with a scalar head, V(s_t) for every response token."""
+COMBINES = ("mean", "min", "soft_min")
+HEAD_KINDS = ("linear", "layernorm_mlp")
+VALUE_STATES = ("before", "after")
 
-    def __init__(self, policy: torch.nn.Module):
+
+@dataclasses.dataclass(frozen=True)
+class CriticConfig:
+    """The critic the online loop builds (once, for every part) when a part ``needs_values``.
+
+    A copy of the policy's trunk with ``heads`` value heads on its last hidden state; the heads'
+    values are combined into the one ``V`` every part sees (``batch.values``, and the value loss's
+    ``values``), so the value loss trains every head through the combination. The default is the
+    loop's PPO critic: one zero-initialised linear head, ``V(s_t)`` before each response token.
+
+    SAFE's double soft-min critic ("SAFE: Stable Alignment Finetuning with Entropy-Aware Predictive
+    Control for RLHF", https://arxiv.org/abs/2602.04651; official code github.com/ryyzn9/SAFE
+    ``notebooks/mainD.py``, ``DoubleCritic``) is ``CriticConfig(heads=2, combine="soft_min",
+    alpha=0.3, head="layernorm_mlp", state="after")``:
+
+        h      = LayerNorm(hidden state)                       (one LayerNorm shared by the heads)
+        v_k    = Linear(h/4 -> 1)(GELU(Linear(h -> h/4)(h)))  k = 1, 2 (PyTorch's default init)
+        V      = -alpha (logsumexp_k(-v_k / alpha) - log K)    (K = 2: SAFE's soft-min, alpha 0.3)
+
+    ``combine``: ``soft_min`` (tends to ``min`` as alpha -> 0 and to ``mean`` as alpha -> infinity),
+    ``min`` or ``mean`` over the heads. ``state``: ``before`` gives ``V(s_t)``, the state before
+    response token ``t`` (what GAE needs); ``after`` gives ``V(s_{t+1})``, the state after token ``t``,
+    so the last response token's column holds the value of the whole sequence (SAFE reads the last
+    position's hidden state). One linear head starts at zero; several heads (and ``layernorm_mlp``
+    heads) get PyTorch's default initialisation, so that they differ, drawn with the run's seed (the
+    loop's global random stream is left as it was).
+    """
+
+    heads: int = 1
+    """Value heads on the trunk (SAFE: 2)."""
+    combine: str = "mean"
+    """How the heads' values become V: mean, min or soft_min (any of them is the value with one head)."""
+    alpha: float = 0.3
+    """Temperature of the soft-min (SAFE's alpha_softmin 0.3)."""
+    head: str = "linear"
+    """linear: Linear(h, 1), zero-initialised; layernorm_mlp: SAFE's LayerNorm -> Linear(h, h/4) -> GELU -> Linear(h/4, 1)."""
+    state: str = "before"
+    """before: V(s_t) before each response token (GAE); after: V(s_{t+1}) after it (a sequence value at the last token)."""
+
+    def __post_init__(self) -> None:
+        if self.heads < 1:
+            raise ValueError(f"CriticConfig.heads must be >= 1, got {self.heads} (e.g. --algo.critic.heads 2)")
+        if self.combine not in COMBINES:
+            raise ValueError(f"CriticConfig.combine must be one of {', '.join(COMBINES)}, got {self.combine!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"CriticConfig.alpha must be > 0 (the soft-min temperature, e.g. 0.3), got {self.alpha}")
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"CriticConfig.head must be one of {', '.join(HEAD_KINDS)}, got {self.head!r}")
+        if self.state not in VALUE_STATES:
+            raise ValueError(f"CriticConfig.state must be one of {', '.join(VALUE_STATES)}, got {self.state!r}")
+
+
+def combine_heads(v: Tensor, combine: str, alpha: float) -> Tensor:
+    """The critic's value from its heads' values ``v`` [..., K]: their mean, min, or soft-min
+    ``-alpha (logsumexp_k(-v_k / alpha) - log K)`` (SAFE's ``DoubleCritic.soft_min`` for K = 2). [...]"""
+    if combine == "mean":
+        return v.mean(-1)
+    if combine == "min":
+        return v.amin(-1)
+    if combine == "soft_min":
+        return -alpha * (torch.logsumexp(-v / alpha, dim=-1) - math.log(v.shape[-1]))
+    raise ValueError(f"CriticConfig.combine must be one of {', '.join(COMBINES)}, got {combine!r}")
+
+
+class Critic(torch.nn.Module):
+    """A value model: a copy of the policy's trunk with value heads (``CriticConfig``), V for every
+    response token.
+
+    Args:
+        policy: the policy whose trunk is copied (its base model's for LoRA).
+        cfg: heads, how they combine, their kind and the state they value (default: one linear head).
+        seed: seeds the random initialisation of several heads or ``layernorm_mlp`` heads.
+    """
+
+    def __init__(self, policy: torch.nn.Module, cfg: CriticConfig | None = None, seed: int = 0):
         super().__init__()
         from anypo.models import is_lora
 
+        self.cfg = cfg = cfg or CriticConfig()
         base = policy.get_base_model() if is_lora(policy) else policy
         self.trunk = copy.deepcopy(base.model)
         self.trunk.requires_grad_(True)
-        self.head = torch.nn.Linear(base.config.hidden_size, 1)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
+        h = base.config.hidden_size
+        if cfg.head == "linear" and cfg.heads == 1:  # the PPO critic (parameter names "head.*", as always)
+            self.head = torch.nn.Linear(h, 1)
+            torch.nn.init.zeros_(self.head.weight)
+            torch.nn.init.zeros_(self.head.bias)
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if cfg.head == "linear":  # PyTorch's default init: zero heads would stay equal forever
+                self.heads = torch.nn.ModuleList(torch.nn.Linear(h, 1) for _ in range(cfg.heads))
+            else:
+                self.norm = torch.nn.LayerNorm(h)
+                self.heads = torch.nn.ModuleList(
+                    torch.nn.Sequential(torch.nn.Linear(h, h // 4), torch.nn.GELU(), torch.nn.Linear(h // 4, 1))
+                    for _ in range(cfg.heads)
+                )
 
     @torch.no_grad()
     def values(self, batch: RolloutBatch, micro: int) -> Tensor:
@@ -326,12 +416,24 @@ class Critic(torch.nn.Module):
             out[idx, : v.shape[1]] = v.to(out.dtype)
         return out
 
-    def forward(self, batch: RolloutBatch) -> Tensor:
-        """[N, T] values of the states before each response token (0 on padding)."""
+    def head_values(self, batch: RolloutBatch) -> Tensor:
+        """[N, T, K] every head's value at each response token (``CriticConfig.state``), 0 on padding."""
         ids, attn, pos, T = _inputs(batch)
         h = self.trunk(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-        v = self.head(h[:, -T - 1 : -1].float()).squeeze(-1)  # [N, T]
-        return v * batch.response_mask.to(v.dtype)
+        h = (h[:, -T - 1 : -1] if self.cfg.state == "before" else h[:, h.shape[1] - T :]).float()  # [N, T, H]
+        if hasattr(self, "head"):
+            v = self.head(h)  # [N, T, 1]
+        else:
+            x = self.norm(h) if hasattr(self, "norm") else h
+            v = torch.cat([head(x) for head in self.heads], dim=-1)  # [N, T, K]
+        return v * batch.response_mask.to(v.dtype)[..., None]
+
+    def forward(self, batch: RolloutBatch) -> Tensor:
+        """[N, T] values of the states before (or after) each response token, 0 on padding: the heads' combination."""
+        v = self.head_values(batch)
+        if v.shape[-1] == 1:
+            return v[..., 0]
+        return combine_heads(v, self.cfg.combine, self.cfg.alpha) * batch.response_mask.to(v.dtype)
 
 
 def with_fields(batch: RolloutBatch, **kw) -> RolloutBatch:

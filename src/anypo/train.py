@@ -106,7 +106,7 @@ class Context:
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.critic = self.critic_opt = None
         if self.algo.needs("values"):
-            self.critic = Critic(self.model)
+            self.critic = Critic(self.model, self.algo.critic, seed=cfg.seed)  # heads: algo.critic (CriticConfig)
             self.critic_opt = torch.optim.AdamW(
                 self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay
             )

@@ -48,9 +48,10 @@ class SAFEAdvantage(PartConfig):
         A_i  = R^_i - V_i
         A_i <- (A_i - mean_batch A) / (std_batch A + 1e-8)           (unbiased std)
 
-    ``V_i`` is the critic's sequence value (``batch.values`` at ``value_position``; see
-    :class:`anypo.losses.SAFEValueLoss` for the single-head stand-in for SAFE's double soft-min
-    critic). The normaliser's ``count / mean / var`` are the part's state (``stateful``, in
+    ``V_i`` is the critic's sequence value (``batch.values`` at ``value_position``): with the ``safe``
+    preset's critic (:class:`anypo.policy.CriticConfig`: two soft-min heads valuing the state after
+    each token) the last response token's value, i.e. the soft-min of the two heads on the whole
+    sequence, as the code's ``critic.soft_min(*critic(h))``; see :class:`anypo.losses.SAFEValueLoss`. The normaliser's ``count / mean / var`` are the part's state (``stateful``, in
     checkpoints). ``batch.returns`` is ``R^`` broadcast over the response (the value target).
 
     Shapes: ``rewards`` [N], ``values`` and ``response_mask`` [N, T] -> advantages [N, T].

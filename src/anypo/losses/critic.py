@@ -1,5 +1,5 @@
 """Critic losses of T-PPO (completed responses only) and SAFE (Huber, one value per sequence), and
-SAFE's soft-min of two value heads."""
+SAFE's soft-min of two value heads (the critic itself combines its heads: ``anypo.policy.CriticConfig``)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ def sequence_value(x: Tensor, mask: Tensor, position: str) -> tuple[Tensor, Tens
     """([N] the entry of ``x`` [N, T] at each row's value position, [N] bool: the row has a response).
 
     ``position="last"``: the last response token's column (``V(s_{l-1})``, the state with all but the
-    last token); ``"first"``: column 0 (``V(s_0)``, the prompt's state).
+    last token, from a critic valuing the state before each token; ``V(s_l)``, the whole sequence, from
+    one valuing the state after it: ``CriticConfig.state``); ``"first"``: column 0 (``V(s_0)``, the
+    prompt's state, with ``state="before"``).
     """
     last = last_token_index(mask)  # [N], -1 for an empty response
     has = last >= 0
@@ -97,12 +99,16 @@ class SAFEValueLoss(PartConfig):
     with ``R^`` the running-normalised reward (``batch.returns``, filled by the ``safe`` advantage),
     ``c = 0.2``, ``d = 0.5``, ``coef = 0.5`` (the code's ``0.5 * v_loss`` in the total loss).
 
-    Deviation (waiting for a loop hook): SAFE's critic is two heads (LayerNorm -> Linear(h, h/4) ->
-    GELU -> Linear(h/4, 1)) on the last hidden state, combined by :func:`soft_min` (alpha 0.3). The
-    online loop's critic has one linear head giving ``V(s_t)`` before each response token, so the
-    sequence value here is that head's value at ``value_position`` ("last": before the last token,
-    the closest state to SAFE's whole-sequence state). No Polyak target critic (the code keeps one but
-    its loss never reads it). The code's critic gradient clip 0.5 is the loop's ``max_grad_norm``.
+    The critic: SAFE's two heads (LayerNorm -> Linear(h, h/4) -> GELU -> Linear(h/4, 1)) on the last
+    hidden state, combined by :func:`soft_min` (alpha 0.3), are the loop's critic built from
+    ``AlgoConfig.critic`` (:class:`anypo.policy.CriticConfig`, as the ``safe`` preset sets it), so
+    ``values`` here is already the soft-min and this loss trains both heads through it. With
+    ``CriticConfig(state="after")`` the value at the last response token is that of the whole sequence
+    (SAFE's last-position hidden state); ``value_position`` picks that column ("last"). Deviations: the
+    heads sit on a copy of the policy's trunk with its own optimizer (the code's heads read the policy's
+    own hidden states, so its value loss also trains the policy's LoRA weights); no Polyak target
+    critic (the code keeps one but its loss never reads it); the code's separate critic gradient clip
+    0.5 is the loop's ``max_grad_norm``.
 
     Shapes: ``values`` [N, T] (with grad), ``batch.values`` / ``returns`` / ``response_mask`` [N, T]
     -> 0-d loss.
