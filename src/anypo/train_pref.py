@@ -31,7 +31,14 @@ report are the shared scaffold's (:func:`anypo.run.run_loop`); this file holds o
   :meth:`PrefLoop.load_pairs` (the reward model's data) and :meth:`PrefLoop.make_optimizer`; their
   config checks start from :func:`loop_problems` (and :func:`loss_problems`).
 
-The loop never branches on a method's name: it reads the loss config's ``needs_ref_logprobs``.
+* **Revision-conditioned passes.** A loss that declares ``needs_revision_logprobs`` (SRPO's
+  self-improver ``pi(y'|x, y)``, ``anypo.losses.revision``) also gets the log-probs of both responses
+  of a pair after each of its two revision prompts ``R(x, y_w)`` and ``R(x, y_l)`` (the loss config's
+  ``revision_template``): two more packed passes per micro-batch, the same pairs with another prompt,
+  and their reference values cached in the same reference file.
+
+The loop never branches on a method's name: it reads the loss config's ``needs_ref_logprobs`` and
+``needs_revision_logprobs``.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from anypo import checkpoint, models, registry
 from anypo.engines.base import SamplingConfig
 from anypo.errors import UserError
 from anypo.losses.preference import DPO
+from anypo.losses.revision import SIDES, revision_key, revision_messages
 from anypo.metrics import MetricAccumulator
 from anypo.models import ModelConfig
 from anypo.policy import response_logprobs
@@ -66,6 +74,7 @@ __all__ = [
     "PrefLoop",
     "PrefTrainConfig",
     "TokenPairs",
+    "add_revision_prompts",
     "check_pref_config",
     "loop_problems",
     "loss_problems",
@@ -316,6 +325,11 @@ class TokenPairs:
         extras: per-pair scalars by name (one float per pair), handed to the loss as
             ``PreferenceBatch.extras[name]`` ``[k]`` tensors (the online methods' oracle win rates,
             which side is a reference sample, ...); empty for offline data.
+        revision_prompt: ``{given: token ids per pair}`` of the revision prompts ``R(x, y_given)``,
+            ``given`` in ``chosen`` / ``rejected`` (:func:`add_revision_prompts`); empty unless the loss
+            declares ``needs_revision_logprobs``.
+        ref_revision: the revision reference columns, ``{revision_key(target, given, ref=True): per
+            pair 1-D tensors}`` as ``ref_chosen`` (filled by the reference pass).
     """
 
     prompt: list[list[int]]
@@ -325,6 +339,8 @@ class TokenPairs:
     ref_rejected: list[Tensor | None]
     texts: list[PreferencePair]
     extras: dict[str, list[float]] = field(default_factory=dict)
+    revision_prompt: dict[str, list[list[int]]] = field(default_factory=dict)
+    ref_revision: dict[str, list[Tensor | None]] = field(default_factory=dict)
 
     def extras_of(self, idx: list[int], dtype: torch.dtype) -> dict[str, Tensor]:
         """The per-pair extras of pairs ``idx`` as ``[k]`` tensors (``PreferenceBatch.extras``)."""
@@ -340,11 +356,24 @@ class TokenPairs:
     def digest(self, indices: list[int]) -> str:
         """SHA-256 of the token ids of ``indices`` (checks a saved reference column still fits)."""
         h = hashlib.sha256()
+        revisions = [self.revision_prompt[g] for g in sorted(self.revision_prompt)]
         for i in indices:
-            for ids in (self.prompt[i], self.chosen[i], self.rejected[i]):
+            for ids in (self.prompt[i], self.chosen[i], self.rejected[i], *(r[i] for r in revisions)):
                 h.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
                 h.update(b"|")
         return h.hexdigest()
+
+    def revision_view(self, given: str) -> TokenPairs:
+        """The same pairs after the revision prompt ``R(x, y_given)`` instead of ``x`` (shares the lists;
+        no reference column): :func:`pair_logprobs` of it gives ``log pi(y | R(x, y_given))``."""
+        if given not in self.revision_prompt:
+            raise RuntimeError(f"these pairs have no revision prompts for {given!r} (add_revision_prompts was not run)")
+        n = len(self)
+        return TokenPairs(self.revision_prompt[given], self.chosen, self.rejected, [None] * n, [None] * n, self.texts)
+
+    def reference_columns(self) -> dict[str, list[Tensor | None]]:
+        """Every cached reference column by name: ``chosen``, ``rejected``, then the revision ones."""
+        return {"chosen": self.ref_chosen, "rejected": self.ref_rejected, **dict(sorted(self.ref_revision.items()))}
 
 
 def tokenize_pairs(
@@ -384,6 +413,23 @@ def tokenize_pairs(
             f"--max-response-tokens {max_response_tokens}; raise them"
         )
     return out, skipped
+
+
+def add_revision_prompts(tp: TokenPairs, tokenizer: Any, template: str) -> None:
+    """Tokenize the revision prompts of every pair of ``tp`` (``tp.revision_prompt``) and make room for
+    their reference columns: ``R(x, y)`` is the pair's prompt with the last user message rewritten by
+    ``template`` around response ``y`` (``anypo.losses.revision.revision_messages``), through the chat
+    template with the generation prompt. Not length-limited: a revision prompt is at most the pair's
+    prompt, one of its responses and the template."""
+    for given in SIDES:
+        rows = []
+        for p in tp.texts:
+            msgs = revision_messages(p.messages(), getattr(p, given), template)
+            text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            rows.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        tp.revision_prompt[given] = rows
+        for target in SIDES:
+            tp.ref_revision[revision_key(target, given, ref=True)] = [None] * len(tp)
 
 
 def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[Tensor, Tensor]:
@@ -430,18 +476,20 @@ def pair_logprobs(model: torch.nn.Module, tp: TokenPairs, idx: list[int], pad_id
     return PolicyOutput(logprobs=lp[:k]), PolicyOutput(logprobs=lp[k:]), rb.response_mask
 
 
+def _column(col: list[Tensor | None], idx: list[int], T: int, dtype: torch.dtype) -> Tensor:
+    """[k, T] reference log-probs of pairs ``idx`` from the cached column ``col`` (0 on padding)."""
+    t = torch.zeros((len(idx), T), dtype=dtype)
+    for row, i in enumerate(idx):
+        ref = col[i]
+        if ref is None:
+            raise RuntimeError(f"pair {i} has no cached reference log-probs (the reference pass skipped it)")
+        t[row, : len(ref)] = ref.to(dtype)
+    return t
+
+
 def _ref_columns(tp: TokenPairs, idx: list[int], T: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """[k, T] reference log-probs of pairs ``idx`` from the cached column (0 on padding)."""
-    out = []
-    for col in (tp.ref_chosen, tp.ref_rejected):
-        t = torch.zeros((len(idx), T), dtype=dtype)
-        for row, i in enumerate(idx):
-            ref = col[i]
-            if ref is None:
-                raise RuntimeError(f"pair {i} has no cached reference log-probs (the reference pass skipped it)")
-            t[row, : len(ref)] = ref.to(dtype)
-        out.append(t)
-    return out[0], out[1]
+    """[k, T] reference log-probs of both responses of pairs ``idx`` (0 on padding)."""
+    return _column(tp.ref_chosen, idx, T, dtype), _column(tp.ref_rejected, idx, T, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,6 +565,12 @@ class PrefLoop:
         self.load_pairs()
         self.loss_fn = registry.registry("preference_loss").fn_for(self.algo.loss)
         self.needs_ref = self.algo.needs("ref_logprobs")
+        self.needs_revision = self.algo.needs("revision_logprobs")
+        if self.needs_revision:
+            template = self.algo.loss.revision_template  # declared next to needs_revision_logprobs
+            for tp in (self.train_pairs, self.heldout_pairs):
+                if tp is not None:
+                    add_revision_prompts(tp, self.tokenizer, template)
         if self.needs_ref:
             self._reference_column(run_dir)  # the initial weights: before any update
         self.make_optimizer(fused=True)
@@ -540,6 +594,7 @@ class PrefLoop:
         self.model.train()
         self.autocast = _autocast(cfg.precision)
         self.needs_ref = False
+        self.needs_revision = False  # a loss with needs_revision_logprobs (offline loop only)
         self.reference_seconds = 0.0  # wall time of the reference pass (0 when read back from the run directory)
         self.engine = None  # the offline loops build it on the first pass@k evaluation
         self.mid_update = False  # True while the weights change (the scaffold resets it once a step is logged)
@@ -625,6 +680,15 @@ class PrefLoop:
                 for row, i in enumerate(chunk):
                     tp.ref_chosen[i] = out_c.logprobs[row, : len(tp.chosen[i])].float().clone()
                     tp.ref_rejected[i] = out_r.logprobs[row, : len(tp.rejected[i])].float().clone()
+                for given in tp.revision_prompt:  # the self-improver's reference, after R(x, y_given)
+                    with self.autocast():
+                        out_c, out_r, _ = pair_logprobs(
+                            self.model, tp.revision_view(given), chunk, self.pad_id, self.cfg.pack_prompts
+                        )
+                    for target, out in (("chosen", out_c), ("rejected", out_r)):
+                        col = tp.ref_revision[revision_key(target, given, ref=True)]
+                        for row, i in enumerate(chunk):
+                            col[i] = out.logprobs[row, : len(getattr(tp, target)[i])].float().clone()
         finally:
             self.model.train(was)
 
@@ -725,6 +789,8 @@ class PrefLoop:
                     batch.ref_chosen_logprobs, batch.ref_rejected_logprobs = _ref_columns(
                         tp, chunk, mask.shape[1], out_c.logprobs.dtype
                     )
+                if self.needs_revision:
+                    batch.extras.update(self._revision_extras(tp, chunk, mask.shape[1], out_c.logprobs.dtype))
                 res = self.loss_fn(out_c, out_r, batch, self.algo.loss)
                 loss = res.loss.float()
             if not torch.isfinite(loss):
@@ -742,6 +808,24 @@ class PrefLoop:
         out = acc.result()
         out.update(times)
         return out, per_pair
+
+    def _revision_extras(self, tp: TokenPairs, chunk: list[int], T: int, dtype: torch.dtype) -> dict[str, Tensor]:
+        """The ``needs_revision_logprobs`` inputs of pairs ``chunk`` (``anypo.losses.revision``): the
+        policy's log-probs of both responses after each revision prompt (one packed pass per prompt,
+        with grad when enabled) and the cached reference's, all ``[k, T]`` like the plain pass."""
+        out: dict[str, Tensor] = {}
+        for given in SIDES:
+            out_c, out_r, mask = pair_logprobs(
+                self.model, tp.revision_view(given), chunk, self.pad_id, self.cfg.pack_prompts
+            )
+            if mask.shape[1] != T:  # the same responses, so the same padded length
+                raise RuntimeError(f"revision pass: response length {mask.shape[1]} != {T}")
+            out[revision_key("chosen", given)] = out_c.logprobs
+            out[revision_key("rejected", given)] = out_r.logprobs
+            for target in SIDES:
+                key = revision_key(target, given, ref=True)
+                out[key] = _column(tp.ref_revision[key], chunk, T, dtype)
+        return out
 
     def scheduler_step(self) -> None:
         """Advance the learning-rate schedule by one planned step, taken or skipped (torch's warning
@@ -811,6 +895,9 @@ class PrefLoop:
                     batch.ref_chosen_logprobs, batch.ref_rejected_logprobs = _ref_columns(
                         tp, chunk, mask.shape[1], out_c.logprobs.dtype
                     )
+                if self.needs_revision:
+                    with self.autocast():
+                        batch.extras.update(self._revision_extras(tp, chunk, mask.shape[1], out_c.logprobs.dtype))
                 res = self.loss_fn(out_c, out_r, batch, self.algo.loss)
                 for key, v in res.metrics.items():
                     acc.add(key, float(v), res.reduction(key), 0.0, k / len(idx))
@@ -895,9 +982,9 @@ def _chunks(idx: list[int], size: int) -> list[list[int]]:
 
 
 def _flatten(tp: TokenPairs, idx: list[int], name: str) -> dict[str, Tensor]:
-    """The reference column of pairs ``idx`` as flat tensors (for the safetensors file)."""
+    """The reference columns of pairs ``idx`` as flat tensors (for the safetensors file)."""
     out = {f"{name}/index": torch.tensor(idx, dtype=torch.int64)}
-    for side, col in (("chosen", tp.ref_chosen), ("rejected", tp.ref_rejected)):
+    for side, col in tp.reference_columns().items():
         out[f"{name}/{side}"] = torch.cat([col[i] for i in idx]) if idx else torch.zeros(0)
         out[f"{name}/{side}_len"] = torch.tensor([len(col[i]) for i in idx], dtype=torch.int64)
     return out
@@ -907,7 +994,7 @@ def _unflatten(tp: TokenPairs, idx: list[int], saved: dict[str, Tensor], name: s
     """Inverse of :func:`_flatten` into ``tp``'s reference column."""
     if saved[f"{name}/index"].tolist() != idx:
         raise RuntimeError(f"{REFERENCE_FILE}: the saved {name} pairs are not this run's")
-    for side, col in (("chosen", tp.ref_chosen), ("rejected", tp.ref_rejected)):
+    for side, col in tp.reference_columns().items():
         parts = torch.split(saved[f"{name}/{side}"], saved[f"{name}/{side}_len"].tolist())
         for i, t in zip(idx, parts, strict=True):
             col[i] = t.clone()

@@ -264,6 +264,11 @@ def online_pref_config_problems(cfg: OnlinePrefTrainConfig) -> list[str]:
         ),
     )
     out += loss_problems(algo.loss)
+    if algo.needs("revision_logprobs"):
+        out.append(
+            "algo.loss needs revision-conditioned log-probs (needs_revision_logprobs), which only the offline "
+            "preference loop computes: train it on fixed pairs (anypo train srpo)"
+        )
     if algo.pairing not in ("two", "best_worst", "policy_vs_reference"):
         out.append(f"--algo.pairing is {algo.pairing!r}: use two, best_worst or policy_vs_reference")
     elif algo.pairing == "two" and algo.samples_per_prompt != 2:

@@ -226,6 +226,14 @@ def test_preference_loss_contract(name, dtype):
         batch.ref_chosen_logprobs = batch.ref_rejected_logprobs = None
     for key in getattr(cfg, "needs_pair_extras", ()):  # per-pair oracle values of the online losses (sppo, xpo)
         batch.extras[key] = torch.rand(batch.chosen_mask.shape[0], dtype=dtype)
+    if getattr(cfg, "needs_revision_logprobs", False):  # srpo: log-probs after the revision prompts
+        from anypo.losses.revision import SIDES, revision_key
+
+        for target in SIDES:
+            like = lp_c if target == "chosen" else lp_r
+            for given in SIDES:
+                batch.extras[revision_key(target, given)] = like.detach() * 0.9
+                batch.extras[revision_key(target, given, ref=True)] = like.detach() * 1.1
     out = fn(PolicyOutput(logprobs=lp_c), PolicyOutput(logprobs=lp_r), batch, cfg)
     assert isinstance(out, LossOutput)
     assert out.loss.dim() == 0 and out.loss.dtype == dtype and torch.isfinite(out.loss)

@@ -327,9 +327,9 @@ CASES = [
 def test_cases_cover_every_registered_loss():
     """Every offline loss is in CASES; the online loop's losses (SPPO's win-rate targets, XPO's
     reference-sample bonus need per-pair extras) have their own hand-derived and gradcheck tests in
-    test_preference_online.py."""
+    test_preference_online.py, and SRPO (revision-conditioned log-probs) in test_srpo.py."""
     online = {"sppo", "xpo"}
-    assert {n for n, _ in CASES} | {"weighted"} | online == set(names("preference_loss"))
+    assert {n for n, _ in CASES} | {"weighted", "srpo"} | online == set(names("preference_loss"))
 
 
 @pytest.mark.parametrize(("name", "cfg"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])

@@ -174,6 +174,21 @@ def test_preference_presets():
     assert losses["rpo"].sft_weight == pytest.approx(0.005 * 0.01)  # eta * beta, as the authors' code
 
 
+def test_srpo_preset():
+    """SRPO (reconstructed): the srpo loss with beta 0.1 and alpha 0.8 (TRL pull request #1772's values),
+    our revision template; it needs the reference and the revision-conditioned log-probs, which the
+    offline preference loop provides."""
+    from anypo.losses.revision import DEFAULT_REVISION_TEMPLATE
+    from anypo.registry import registry as reg
+
+    p = PRESETS["srpo"]
+    algo = p.build()
+    assert (p.kind, p.status, reg("preference_loss").name_of(algo.loss)) == ("preference", "reconstructed", "srpo")
+    assert (algo.loss.beta, algo.loss.alpha, algo.loss.revision_template) == (0.1, 0.8, DEFAULT_REVISION_TEMPLATE)
+    assert algo.needs("ref_logprobs") and algo.needs("revision_logprobs")
+    assert p.build(alpha=0.5).loss.alpha == 0.5
+
+
 def test_online_preference_presets():
     """online_dpo: 2 policy samples, fixed reference; iterative_dpo: best vs worst of K = 8 samples of
     pi_t against the fixed pi_1 (RLHFlow's run_loop.sh); sppo: best vs worst of K = 5 samples of pi_t

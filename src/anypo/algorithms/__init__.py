@@ -76,6 +76,7 @@ _MODULES = (
     "ipo",
     "cdpo",
     "rpo",
+    "srpo",
     # self-play preference optimisation in the online RL loop
     "spo",
     # DPO then PPO with the DPO policy's token rewards (online RL loop)

@@ -5,6 +5,7 @@ Registration is by the explicit imports below; ``grep 'register("gspo"'`` finds 
 """
 
 from anypo.losses import preference, preference_online  # noqa: F401  (register the preference_loss kind)
+from anypo.losses import srpo as _srpo  # noqa: F401  (registers the srpo preference_loss)
 from anypo.losses.common import PolicyLossConfig, RatioLossConfig
 from anypo.losses.cov import ClipCov, KLCov, clip_cov, kl_cov
 from anypo.losses.critic import SAFEValueLoss, TPPOValueLoss, safe_value, tppo_value
