@@ -157,6 +157,9 @@ class DistConfig:
     mixed_precision: bool = False
     """FSDP2 ``MixedPrecisionPolicy`` in the learners: bf16 parameters in forward and backward, float32 gradient
     reduction; the sharded weights and optimizer states stay float32."""
+    rollout_restarts: int = 3
+    """How many times Ray restarts a rollout actor that dies; the call it lost is generated again (the same
+    prompts, seed and weights), counted in ``dist/rollout_restarts``."""
     check_logprobs: bool = True
     """Each step, the learners score the batch and log the mean and max absolute difference between the
     engine's log-probs and theirs (``dist/engine_logprob_*``); one extra no-grad pass when not recomputed."""

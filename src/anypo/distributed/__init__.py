@@ -28,6 +28,8 @@ def dist_config_problems(cfg) -> list[str]:
         out.append(f"dist.backend must be 'none' or 'ray', got {d.backend!r}")
     if d.backend != "ray":
         return out
+    if d.rollout_restarts < 0:
+        out.append(f"dist.rollout-restarts must be >= 0, got {d.rollout_restarts}")
     if d.asynchronous and d.max_staleness < 1:
         out.append(f"dist.max-staleness must be >= 1 with dist.async, got {d.max_staleness}")
     for name in ("rollout_workers", "learners", "cpus_per_actor"):

@@ -82,13 +82,20 @@ class RolloutWorker:
         self.precision = cfg.precision
         self.model = models.load_model(cfg.model, seed=cfg.seed)
         self.engine = make_engine("hf", self.model, models.load_tokenizer(cfg.model.name))
+        self.version = -1  # no weights from the learners yet (also after Ray restarted this actor)
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None) -> Generation:
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None, version: int
+    ) -> Generation | None:
+        """The samples, or None when this actor does not hold weights ``version`` (it was restarted)."""
+        if version != self.version:
+            return None
         with _autocast(self.precision):
             return self.engine.generate(prompts, n, sampling, seed=seed)
 
-    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
         self.model.load_state_dict(state)
+        self.version = version
 
 
 @ray.remote
@@ -175,7 +182,12 @@ class Cluster:
             strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
             return {"num_cpus": d.cpus_per_actor, "scheduling_strategy": strategy}
 
-        self.workers = [RolloutWorker.options(**on(i)).remote(cfg, d.cpus_per_actor) for i in range(d.rollout_workers)]
+        # Ray restarts a rollout actor that dies (its __init__ again: initial weights, version -1); the
+        # engine notices, loads the current weights into it and generates the lost call again
+        self.workers = [
+            RolloutWorker.options(max_restarts=d.rollout_restarts, **on(i)).remote(cfg, d.cpus_per_actor)
+            for i in range(d.rollout_workers)
+        ]
         self.learners = [
             LearnerActor.options(**on(d.rollout_workers + r)).remote(d.cpus_per_actor) for r in range(d.learners)
         ]
@@ -191,10 +203,6 @@ class Cluster:
         refs = [lr.weights.remote() for lr in self.learners]
         _get(refs, self.timeout, "the learners' weight gather")
         return refs[0]
-
-    def load_weights(self, state_ref) -> None:
-        """Every rollout actor loads the weights behind ``state_ref`` (one object, read by each)."""
-        _get([w.load_weights.remote(state_ref) for w in self.workers], self.timeout, "the rollout actors' weight load")
 
     def shutdown(self) -> None:
         for lr in getattr(self, "learners", []):
@@ -216,31 +224,101 @@ class RayRolloutEngine:
     process draws; the call takes the slowest block's time instead of the sum).
     """
 
-    def __init__(self, workers: list, pad_id: int, timeout: float, split: bool = False):
+    def __init__(self, workers: list, pad_id: int, timeout: float, split: bool = False, max_restarts: int = 3):
         self.workers, self.pad_id, self.timeout, self.split = workers, pad_id, timeout, split
+        self.max_restarts = max_restarts
         self.calls = 0
+        self.state_ref, self.version = None, -1  # the weights every actor must hold, and their version
+        self.restarts = 0  # lost calls generated again after an actor restart (popped into the step's metrics)
+
+    def sync(self, state_ref, version: int) -> None:
+        """Every rollout actor loads the weights behind ``state_ref`` (one object, read by each) as ``version``."""
+        self.state_ref, self.version = state_ref, version
+        _get(
+            [w.load_weights.remote(state_ref, version) for w in self.workers],
+            self.timeout,
+            "the rollout actors' weight load",
+        )
+
+    def _on(self, i: int, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None) -> Generation:
+        """One call on actor ``i``. If the actor died during it, or was restarted by Ray since the last
+        weight sync (it then holds the initial weights and answers None), the current weights are loaded
+        into it once it is back and the call is made again: the same prompts, seed and weights, so the
+        same samples."""
+        for _ in range(self.max_restarts + 1):
+            try:
+                out = _get(
+                    self.workers[i].generate.remote(prompts, n, sampling, seed, self.version),
+                    self.timeout,
+                    f"rollout actor {i}",
+                )
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                out = None  # died during the call; Ray restarts it (max_restarts)
+            if out is not None:
+                return out
+            self.restarts += 1
+            self._revive(i)
+        raise TrainingError(
+            f"rollout actor {i} failed {self.max_restarts + 1} times in one call (dist.rollout-restarts = "
+            f"{self.max_restarts}); see the Ray logs (/tmp/ray/session_latest/logs) for why it died"
+        )
+
+    def _revive(self, i: int) -> None:
+        """Wait (at most ``timeout``) until Ray has restarted actor ``i``, then load the current weights into it."""
+        start = time.monotonic()
+        deadline = start + self.timeout
+        while True:
+            try:
+                ray.get(self.workers[i].load_weights.remote(self.state_ref, self.version), timeout=self.timeout)
+                return
+            except ray.exceptions.ActorDiedError as e:  # dead for good, unless Ray has not marked the restart yet
+                if time.monotonic() - start > 10.0:
+                    raise TrainingError(
+                        f"rollout actor {i} died and Ray did not restart it (dist.rollout-restarts = "
+                        f"{self.max_restarts}); see the Ray logs (/tmp/ray/session_latest/logs) for why"
+                    ) from e
+                time.sleep(0.5)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                if time.monotonic() > deadline:
+                    raise TrainingError(
+                        f"rollout actor {i} did not come back within dist.timeout-s = {self.timeout:g} s"
+                    ) from e
+                time.sleep(0.5)  # restarting: its __init__ loads torch and the model
 
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None
     ) -> Generation:
         if not self.split or len(prompts) < 2 or len(self.workers) < 2:
-            worker = self.workers[self.calls % len(self.workers)]
+            i = self.calls % len(self.workers)
             self.calls += 1
-            return _get(worker.generate.remote(prompts, n, sampling, seed), self.timeout, "a rollout actor")
+            return self._on(i, prompts, n, sampling, seed)
         from anypo.distributed.learner import rank_rows
 
         k = min(len(self.workers), len(prompts))
         blocks = [rank_rows(len(prompts), i, k).tolist() for i in range(k)]
+        seeds = [None if seed is None else seed * 1_000_003 + i for i in range(k)]
         refs = [
-            w.generate.remote([prompts[j] for j in b], n, sampling, None if seed is None else seed * 1_000_003 + i)
-            for i, (w, b) in enumerate(zip(self.workers, blocks, strict=False))
+            self.workers[i].generate.remote([prompts[j] for j in b], n, sampling, seeds[i], self.version)
+            for i, b in enumerate(blocks)
         ]
-        gens = _get(refs, self.timeout, "the rollout actors")
+        gens: list[Generation | None] = []
+        for ref in refs:
+            try:
+                gens.append(_get(ref, self.timeout, "the rollout actors"))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                gens.append(None)
+        gens = [
+            g if g is not None else self._on(i, [prompts[j] for j in blocks[i]], n, sampling, seeds[i])
+            for i, g in enumerate(gens)
+        ]
         return concat_generations(gens, [b[0] for b in blocks], self.pad_id)
 
+    def pop_restarts(self) -> float:
+        n, self.restarts = self.restarts, 0
+        return float(n)
+
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        ref = ray.put(state_dict)
-        _get([w.load_weights.remote(ref) for w in self.workers], self.timeout, "the rollout actors' weight load")
+        self.sync(ray.put(state_dict), self.version + 1)
 
 
 def concat_generations(gens: list[Generation], offsets: list[int], pad_id: int) -> Generation:
@@ -352,12 +430,12 @@ class DistContext(Context):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         local, self.engine = (
             self.engine,
-            RayRolloutEngine(cluster.workers, pad, cfg.dist.timeout_s, cfg.dist.split_calls),
+            RayRolloutEngine(cluster.workers, pad, cfg.dist.timeout_s, cfg.dist.split_calls, cfg.dist.rollout_restarts),
         )
         _replace_everywhere(self, local, self.engine)  # every handle on the driver's engine reaches the actors
         local.generate = _driver_does_not_generate  # and one this sweep missed fails instead of sampling stale weights
         self._state_ref = cluster.weights_ref()  # the learners' initial weights, to every rollout actor
-        cluster.load_weights(self._state_ref)
+        self.engine.sync(self._state_ref, 0)
         self._driver_current = False
         self.version = 0  # policy version: the learners' optimizer steps so far (the rollout actors' weights)
         self._updates_per_step = 1.0  # optimizer steps of the last step: how far ahead async may generate
@@ -382,14 +460,15 @@ class DistContext(Context):
         t_learn = time.perf_counter() - t1
         t2 = time.perf_counter()
         if m["train/optimizer_steps"] > 0:
+            self.version += int(m["train/optimizer_steps"])
             self._state_ref, self._driver_current = calls[0][1], False
-            cluster.load_weights(self._state_ref)
+            self.engine.sync(self._state_ref, self.version)
         t_sync = time.perf_counter() - t2
         n_tokens = float(batch.response_mask.sum())
         m.update({"time/learn_s": t_learn, "time/weight_sync_s": t_sync})
         m.update(step_metrics(t0, t_gen, n_tokens, n_tokens * self.algo.ppo_epochs, m.get("time/train_s", 0.0)))
         m.update({"dist/rollout_workers": float(d.rollout_workers), "dist/learners": float(d.learners)})
-        self.version += int(m["train/optimizer_steps"])
+        m["dist/rollout_restarts"] = self.engine.pop_restarts()
         return batch, m
 
     def _async_step(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
@@ -425,9 +504,9 @@ class DistContext(Context):
         t3 = time.perf_counter()
         updates = int(m["train/optimizer_steps"])
         if updates > 0:
-            self._state_ref, self._driver_current = calls[0][1], False
-            cluster.load_weights(self._state_ref)
             self.version += updates
+            self._state_ref, self._driver_current = calls[0][1], False
+            self.engine.sync(self._state_ref, self.version)
             self._updates_per_step = float(updates)
         t_sync = time.perf_counter() - t3
         n_tokens = float(batch.response_mask.sum())
@@ -447,6 +526,7 @@ class DistContext(Context):
                 "dist/ahead_batches": float(len(self.ahead)),
                 "dist/ahead_tokens": ahead_tokens,
                 "dist/policy_version": float(self.version),
+                "dist/rollout_restarts": self.engine.pop_restarts(),
                 "dist/rollout_workers": float(d.rollout_workers),
                 "dist/learners": float(d.learners),
             }
