@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from anypo.ops import entropy_from_logits, linear_logprobs, logprobs_from_logits
+from anypo.ops import entropy_from_logits, last_token_index, linear_logprobs, logprobs_from_logits
 from anypo.types import PolicyOutput, RolloutBatch
 
 
@@ -410,30 +410,59 @@ class Critic(torch.nn.Module):
     @torch.no_grad()
     def values(self, batch: RolloutBatch, micro: int) -> Tensor:
         """[N, T] values without grad, in trimmed micro-batches."""
+        return self.values_and_end(batch, micro)[0]
+
+    @torch.no_grad()
+    def values_and_end(self, batch: RolloutBatch, micro: int) -> tuple[Tensor, Tensor]:
+        """([N, T] values, [N] end values) without grad, in trimmed micro-batches, from one trunk pass.
+
+        The end value is ``V(s_l)``, the value of the state after each row's last response token (the
+        whole sequence so far), whatever ``CriticConfig.state``; 0 for an empty response."""
         out = torch.zeros(batch.response_mask.shape, dtype=batch.rewards.dtype)
+        end = torch.zeros(batch.num_seqs, dtype=batch.rewards.dtype)
         for idx, mb in micro_batches(batch, micro):
-            v = self(mb)
+            v, e = self._values(mb, end=True)
             out[idx, : v.shape[1]] = v.to(out.dtype)
-        return out
+            end[idx] = e.to(end.dtype)
+        return out, end
+
+    def _after_states(self, batch: RolloutBatch) -> tuple[Tensor, int]:
+        """[N, 1 + T, H] float hidden states: the last prompt position's, then each response token's."""
+        ids, attn, pos, T = _inputs(batch)
+        h = self.trunk(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+        return h[:, h.shape[1] - T - 1 :].float(), T
+
+    def _heads(self, h: Tensor) -> Tensor:
+        """[..., K] every head's value of the hidden states ``h`` [..., H]."""
+        if hasattr(self, "head"):
+            return self.head(h)
+        x = self.norm(h) if hasattr(self, "norm") else h
+        return torch.cat([head(x) for head in self.heads], dim=-1)
+
+    def _combine(self, v: Tensor) -> Tensor:
+        return v[..., 0] if v.shape[-1] == 1 else combine_heads(v, self.cfg.combine, self.cfg.alpha)
 
     def head_values(self, batch: RolloutBatch) -> Tensor:
         """[N, T, K] every head's value at each response token (``CriticConfig.state``), 0 on padding."""
-        ids, attn, pos, T = _inputs(batch)
-        h = self.trunk(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-        h = (h[:, -T - 1 : -1] if self.cfg.state == "before" else h[:, h.shape[1] - T :]).float()  # [N, T, H]
-        if hasattr(self, "head"):
-            v = self.head(h)  # [N, T, 1]
-        else:
-            x = self.norm(h) if hasattr(self, "norm") else h
-            v = torch.cat([head(x) for head in self.heads], dim=-1)  # [N, T, K]
+        h, _ = self._after_states(batch)
+        v = self._heads(h[:, :-1] if self.cfg.state == "before" else h[:, 1:])  # [N, T, K]
         return v * batch.response_mask.to(v.dtype)[..., None]
+
+    def _values(self, batch: RolloutBatch, end: bool) -> tuple[Tensor, Tensor | None]:
+        h, T = self._after_states(batch)
+        mask = batch.response_mask.to(h.dtype)
+        v = self._heads(h[:, :-1] if self.cfg.state == "before" else h[:, 1:]) * mask[..., None]  # [N, T, K]
+        values = self._combine(v) * mask
+        if not end:
+            return values, None
+        last = last_token_index(batch.response_mask)  # [N], -1 for an empty response
+        at = h[torch.arange(h.shape[0]), last.clamp_min(-1) + 1]  # [N, H]: after the last token (or the prompt)
+        e = self._combine(self._heads(at))  # [N]
+        return values, torch.where(last >= 0, e, torch.zeros_like(e))
 
     def forward(self, batch: RolloutBatch) -> Tensor:
         """[N, T] values of the states before (or after) each response token, 0 on padding: the heads' combination."""
-        v = self.head_values(batch)
-        if v.shape[-1] == 1:
-            return v[..., 0]
-        return combine_heads(v, self.cfg.combine, self.cfg.alpha) * batch.response_mask.to(v.dtype)
+        return self._values(batch, end=False)[0]
 
 
 def with_fields(batch: RolloutBatch, **kw) -> RolloutBatch:

@@ -36,7 +36,7 @@ __all__ = ["PROVIDED_NEEDS", "Context", "TrainingError", "train"]
 PROVIDED_NEEDS = frozenset(
     {"ref_logprobs", "values", "entropy", "logits", "rollout_logprobs", "greedy_rewards", "whole_minibatch"}
     | {"minibatch_prepare", "old_tempered_logprobs", "old_mean_logprobs", "old_proxy_logprobs", "old_full_logprobs"}
-    | {"recomputed_old_logprobs"}
+    | {"recomputed_old_logprobs", "bootstrap_values"}
 )
 ON_POLICY_NEEDS = frozenset({"old_tempered_logprobs", "old_proxy_logprobs", "old_full_logprobs"})
 
@@ -251,13 +251,16 @@ class Context:
 
     def fill_needs(self, batch: RolloutBatch, m: dict[str, float], behaviour: bool = True) -> None:
         """Fill what the parts declared they need: the behaviour log-probs (unless they were filled when
-        a stale batch was generated), reference log-probs, values."""
+        a stale batch was generated), reference log-probs, values (and, for ``needs_bootstrap_values``, the
+        critic's value after each response's last token, from the same pass)."""
         cfg, micro = self.cfg, self.cfg.micro_batch_size
         if behaviour:
             self.fill_behaviour(batch, m)
         if self.reference is not None:
             batch.ref_logprobs = self.reference.logprobs(batch, cfg.sampling.temperature, micro, cfg.pack_prompts)
-        if self.critic is not None:
+        if self.critic is not None and self.algo.needs("bootstrap_values"):  # V(s_l) after each response (EGAE)
+            batch.values, batch.extras["bootstrap_values"] = self.critic.values_and_end(batch, micro)
+        elif self.critic is not None:
             batch.values = self.critic.values(batch, micro)
 
     def fill_behaviour(self, batch: RolloutBatch, m: dict[str, float]) -> None:

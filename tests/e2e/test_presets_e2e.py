@@ -23,6 +23,10 @@ SMOKE_EXTRA = {
     # SDPO distils only rows with a successful sibling (reward >= 1 by default); the toy reward on the
     # random tiny model never reaches 1, so every sample counts as a success here
     "sdpo": ["--algo.rollout.success-threshold", "0"],
+    # T-PPO carries the responses its window cuts (all of them on the random tiny model, which never
+    # ends one in 8 tokens) and trains them only once a reward or a learned value arrives: one carry
+    # makes step 2's continuations final (cut at the cap, scored), so step 2 trains
+    "tppo": ["--algo.rollout.max-carries", "1"],
 }
 
 

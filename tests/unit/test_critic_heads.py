@@ -9,6 +9,7 @@ weights of the soft-min.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -164,3 +165,37 @@ def test_safe_preset_builds_the_double_critic():
     assert algo.critic == SAFE
     assert PRESETS["ppo"].build().critic == CriticConfig()
     assert from_jsonable(to_jsonable(algo)).critic == SAFE
+
+
+def test_end_value_is_the_state_after_the_last_token(tiny_model):
+    """``values_and_end`` gives, next to the [N, T] values, V(s_l): the value of the hidden state at
+    each row's last response token. A critic valuing the state after each token holds the same number
+    in its last column (row 0: column 2; row 1, two tokens: column 1), so a "before" critic's end value
+    equals an "after" critic's last-column value with the same weights (one linear head and SAFE's two
+    heads alike); its [N, T] values are the plain forward's. An empty response's end value is 0."""
+    b = _batch()
+    for cfg in (CriticConfig(), SAFE):
+        after = Critic(tiny_model, dataclasses.replace(cfg, state="after"), seed=5)
+        if cfg.heads == 1:  # give the zero head some weights
+            torch.nn.init.normal_(after.head.weight, std=0.1, generator=torch.Generator().manual_seed(0))
+        before = Critic(tiny_model, dataclasses.replace(cfg, state="before"), seed=0)
+        before.load_state_dict(after.state_dict())
+        with torch.no_grad():
+            va = after(b)
+            values, end = before.values_and_end(b, micro=1)
+            assert torch.allclose(values, before(b), atol=1e-6)
+        assert torch.allclose(end, torch.stack([va[0, 2], va[1, 1]]), atol=1e-5) and end.abs().sum() > 0
+    empty = RolloutBatch(**{**_batch().__dict__, "response_mask": torch.tensor([[1, 1, 1], [0, 0, 0]])})
+    with torch.no_grad():
+        assert before.values_and_end(empty, micro=2)[1][1].item() == 0.0
+
+
+def test_loop_fills_the_bootstrap_values_for_egae():
+    """EGAE declares needs_bootstrap_values, which the online loop lists as provided (the config check
+    accepts the tppo preset); the loop then fills extras["bootstrap_values"] from the critic's pass."""
+    from anypo.algorithms import PRESETS
+    from anypo.train import PROVIDED_NEEDS
+
+    algo = PRESETS["tppo"].build()
+    assert algo.needs("bootstrap_values") and "bootstrap_values" in PROVIDED_NEEDS
+    assert not PRESETS["ppo"].build().needs("bootstrap_values")

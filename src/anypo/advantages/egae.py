@@ -32,7 +32,7 @@ def unfinished_rows(batch: RolloutBatch, truncated_unfinished: bool) -> Tensor:
 
 BOOTSTRAP_VALUES = "bootstrap_values"
 """Key of ``RolloutBatch.extras``: [N] critic value of the state after each response's last token
-(``V(s_l)``). The online loop does not fill it yet (see :class:`EGAEAdvantage`)."""
+(``V(s_l)``), filled by the online loop for a part that declares ``needs_bootstrap_values``."""
 
 
 def egae_advantages(
@@ -92,8 +92,9 @@ class EGAEAdvantage(PartConfig):
     computation is decoupled between the actor and critic"); ``lam_critic = 1`` makes the value target
     of a finished response its reward. Advantages are whitened over the batch (verl, as ``gae``).
 
-    ``V_boot``: ``extras["bootstrap_values"]`` [N] when the loop provides it (the critic's value of the
-    state after the last token); until then the value before the last token ``V(s_{l-1})`` stands in
+    ``V_boot``: ``extras["bootstrap_values"]`` [N], the critic's value of the state after the last
+    token, which the online loop fills from the critic's pass (``needs_bootstrap_values``); a batch
+    without it (a hand-built one) uses the value before the last token ``V(s_{l-1})`` instead
     (``advantage/egae_bootstrap_standin`` logs 1): with gamma = 1 the last token's delta is then 0.
 
     Which responses are unfinished: ``extras["unfinished"]`` [N] bool, set by the rollout part that
@@ -136,6 +137,11 @@ class EGAEAdvantage(PartConfig):
     @property
     def needs_ref_logprobs(self) -> bool:
         return self.kl_coef != 0
+
+    @property
+    def needs_bootstrap_values(self) -> bool:
+        """The critic's value after each response's last token, ``extras["bootstrap_values"]`` [N]."""
+        return True
 
 
 @ADVANTAGES.register("egae", config=EGAEAdvantage)

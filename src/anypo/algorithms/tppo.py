@@ -31,8 +31,8 @@ def tppo(
       all (0: ``W * (max_carries + 1)``); every step trains ``prompts_per_step * samples_per_prompt``
       sequences, carried continuations and fresh samples together;
     * EGAE: gamma 1, actor lambda 0.95, critic lambda 1 (VC-PPO's decoupled GAE), whitened advantages;
-      an unfinished response gets no reward and bootstraps from the critic in the step it is cut in
-      (with ``V(s_{l-1})`` standing in for ``V(s_l)``: the loop gives no value after the last token);
+      an unfinished response gets no reward and bootstraps, in the step it is cut in, from the critic's
+      value of the state after its last token ``V(s_l)`` (the loop fills it: ``needs_bootstrap_values``);
     * PPO clip 0.2 / 0.28 (the DAPO/VAPO team's clip-higher), token mean, value clip 0.5 on finished
       responses only, 2 epochs.
 
