@@ -109,3 +109,33 @@ def load(ckpt: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]
     tensors = {p.stem: load_file(str(p)) for p in ckpt.glob("*.safetensors")}
     state = torch.load(ckpt / "trainer.pt", weights_only=False)
     return tensors, state
+
+
+def optimizer_state_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A torch optimizer state dict keyed by parameter position (``optimizer.state_dict()``) rewritten
+    with parameter names, the form ``torch.distributed.checkpoint.state_dict`` reads and writes for
+    any model, sharded or not. ``names``: the names of the optimizer's parameters, in its order."""
+    return {
+        "state": {names[i]: s for i, s in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
+
+
+def optimizer_state_by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The inverse of :func:`optimizer_state_by_name` for an optimizer over the parameters ``names`` (in
+    its order); a state already keyed by position is returned as it is."""
+    if all(isinstance(k, int) for k in state["state"]) and all(
+        isinstance(p, int) for g in state["param_groups"] for p in g["params"]
+    ):
+        return state
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for g in state["param_groups"] for n in g["params"] if n not in index]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint's optimizer state names parameters this model does not train: {missing[:3]} "
+            "(a different model or LoRA setting than the run's)"
+        )
+    return {
+        "state": {index[n]: s for n, s in state["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]],
+    }

@@ -197,8 +197,13 @@ def cmd_train(argv: list[str]) -> int:
     from anypo.config import from_jsonable
 
     if argv and argv[0] == "--resume":
-        if len(argv) != 2:
-            print("usage: anypo train --resume RUN_DIR", file=sys.stderr)
+        extra = argv[2:]
+        if len(argv) < 2 or any(a.startswith("--") and not a.startswith("--dist.") for a in extra):
+            print(
+                "usage: anypo train --resume RUN_DIR [--dist.* ...]  (only where the run executes may change on "
+                "resume, e.g. --dist.backend none or --dist.learners 2; what it computes stays as config.json says)",
+                file=sys.stderr,
+            )
             return 2
         run_dir = Path(argv[1])
         if not (run_dir / "config.json").exists():
@@ -209,6 +214,19 @@ def cmd_train(argv: list[str]) -> int:
         if kind is None:
             print(f"anypo: {run_dir}/config.json is not the config of a training run", file=sys.stderr)
             return 2
+        if extra:
+            import dataclasses
+
+            if not hasattr(cfg, "dist"):
+                print(f"anypo: {run_dir} is a {kind} run, which has no --dist.* options", file=sys.stderr)
+                return 2
+            dist = tyro.cli(
+                type(cfg.dist),
+                args=[a.replace("--dist.", "--", 1) if a.startswith("--dist.") else a for a in extra],
+                default=cfg.dist,
+                prog="anypo train --resume RUN_DIR",
+            )
+            cfg = dataclasses.replace(cfg, dist=dist)
         out = train_fn(cfg)(cfg, resume=run_dir)  # each loop checks its config before any model is loaded
     else:
         presets = {}

@@ -529,7 +529,9 @@ class Context:
         if self.critic is not None:
             self.critic.load_state_dict(tensors["critic"], strict=False)
             self.critic_opt.load_state_dict(state["critic_optimizer"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # a distributed run's checkpoint names the parameters (anypo.distributed): either form loads here
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer.load_state_dict(checkpoint.optimizer_state_by_index(state["optimizer"], names))
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.rollout_part.load_state_dict(state.get("rollout", {}))

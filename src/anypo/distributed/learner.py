@@ -48,8 +48,10 @@ __all__ = [
     "LearnerContext",
     "combine_metrics",
     "free_address",
+    "full_optimizer_state",
     "full_state_dict",
     "init_group",
+    "load_full_state",
     "rank_rows",
     "shard_policy",
 ]
@@ -104,6 +106,32 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         full = v.full_tensor() if hasattr(v, "full_tensor") else v
         out[k] = full.detach().clone()
     return out
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+    """The whole optimizer state keyed by parameter name (a collective: every rank must call it); rank 0
+    gets it, on the CPU, the others None. It is the form ``anypo.checkpoint.optimizer_state_by_index``
+    turns into a single process's optimizer state, and :func:`load_full_state` reads on any group."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return state if dist.get_rank() == 0 else None
+
+
+def load_full_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, torch.Tensor], optim_state: dict
+) -> None:
+    """Load whole weights and a name-keyed whole optimizer state into this rank's shards (every rank
+    calls it with the same arguments)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=options)
 
 
 def rank_rows(n: int, rank: int, world: int) -> torch.Tensor:
@@ -171,6 +199,25 @@ class LearnerContext(Context):
         self.engine = None  # generation runs in the rollout actors
         self.rollout_part = None
         return self
+
+    # ---- checkpoints: the whole state, readable by one process or any group (DESIGN: exact resume) ----
+    def portable_state(self) -> dict | None:
+        """Rank 0: the optimizer state keyed by parameter name (gathered from every rank's shards: a
+        collective), the LR schedule and the parts' state; the other ranks None."""
+        optim = full_optimizer_state(self.model, self.optimizer)
+        if self.rank != 0:
+            return None
+        return {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "part_states": self.part_states}
+
+    def load_portable_state(self, weights: dict[str, torch.Tensor], state: dict) -> None:
+        """Every rank: the whole weights, the name-keyed optimizer state, the schedule, the parts' state."""
+        load_full_state(self.model, self.optimizer, weights, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        saved = state.get("part_states", {})
+        self.part_states = {
+            slot: saved[slot] if slot in saved else part.init_state()
+            for slot, part in self.algo.stateful_parts().items()
+        }
 
     def fill_needs(self, batch: RolloutBatch, m: dict[str, float], behaviour: bool = True) -> None:
         """``Context.fill_needs``, then (``dist.check_logprobs``) the gap between the engine's and the

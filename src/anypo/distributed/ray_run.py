@@ -32,8 +32,10 @@ with the current weights and weighs by ``exp(old - behaviour)``, truncated or ma
 form of AReaL.
 
 Every ``ray.get`` has ``dist.timeout_s``, and so do the learners' collectives: a lost actor or a hang
-fails the run with a message instead of waiting forever. Fault recovery and resume of a distributed
-run are not implemented yet (``--resume`` refuses such a run).
+fails the run with a message instead of waiting forever. A rollout actor that dies is restarted by
+Ray and its call generated again (:class:`RayRolloutEngine`); a learner that dies stops the run with
+the last good checkpoint named. Checkpoints hold the learners' whole optimizer state keyed by
+parameter name, so they resume in one process or on a learner group of any size.
 """
 
 from __future__ import annotations
@@ -65,6 +67,21 @@ def _get(refs, timeout: float, what: str):
         return ray.get(refs, timeout=timeout)
     except ray.exceptions.GetTimeoutError as e:
         raise TrainingError(f"{what} did not answer within dist.timeout-s = {timeout:g} s") from e
+
+
+def _learners_get(refs, timeout: float, run_dir: Path, what: str):
+    """``_get`` on the learners: a learner that died stops the run with the last good checkpoint named."""
+    from anypo import checkpoint
+
+    try:
+        return _get(refs, timeout, what)
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+        last = checkpoint.latest(run_dir)
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingError(
+            f"a learner died during {what} ({type(e).__name__}); {where}. Continue with: anypo train --resume "
+            f"{run_dir} (add --dist.backend none to continue in one process)"
+        ) from e
 
 
 def _autocast(precision: str):
@@ -131,6 +148,18 @@ class LearnerActor:
             state = full if self.ctx.rank == 0 else None
             m["time/gather_weights_s"] = time.perf_counter() - t
         return m, state
+
+    def portable_state(self) -> dict | None:
+        """Rank 0: the name-keyed whole optimizer state, LR schedule and parts' state (None from the others);
+        every rank must be asked (a gather)."""
+        return self.ctx.portable_state()
+
+    def load_portable_state(self, weights: dict[str, torch.Tensor], state: dict) -> None:
+        self.ctx.load_portable_state(weights, state)
+
+    def part_states(self) -> dict:
+        """The parts' state (the same on every rank: they see the whole batch)."""
+        return self.ctx.part_states
 
     def weights(self) -> dict[str, torch.Tensor] | None:
         """The full weights from rank 0 (None from the others); every rank must be asked."""
@@ -455,7 +484,7 @@ class DistContext(Context):
         self.current_step = step
         batch_ref = ray.put(batch)
         calls = [lr.learn.remote(batch_ref, m, step) for lr in cluster.learners]
-        outs = _get([c[0] for c in calls], d.timeout_s, "the learner group's update")
+        outs = _learners_get([c[0] for c in calls], d.timeout_s, self.run_dir, f"step {step}'s update")
         m = outs[0]
         t_learn = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -498,7 +527,7 @@ class DistContext(Context):
             next_step += 1
         t_ahead = time.perf_counter() - t1
         t2 = time.perf_counter()
-        outs = _get([c[0] for c in calls], d.timeout_s, "the learner group's update")
+        outs = _learners_get([c[0] for c in calls], d.timeout_s, self.run_dir, f"step {step}'s update")
         t_wait_learn = time.perf_counter() - t2
         m = outs[0]
         t3 = time.perf_counter()
@@ -545,8 +574,55 @@ class DistContext(Context):
         return super().checkpoint_tensors()
 
     def checkpoint_state(self) -> dict:
-        # the optimizer states are sharded over the learners; a distributed run cannot be resumed yet
-        return {"optimizer": None, "scheduler": None, "critic_optimizer": None, "distributed": True}
+        """The learners' whole optimizer state keyed by parameter name (gathered from their shards), their
+        LR schedule: a checkpoint that one process or a learner group of any size resumes."""
+        states = _learners_get(
+            [lr.portable_state.remote() for lr in self.cluster.learners],
+            self.cfg.dist.timeout_s,
+            self.run_dir,
+            "the checkpoint's optimizer gather",
+        )
+        return {"optimizer": states[0]["optimizer"], "scheduler": states[0]["scheduler"], "critic_optimizer": None}
+
+    def step_state(self) -> dict:
+        """``Context.step_state`` with the parts' state of the learners (where the advantages and losses
+        run) and the policy version."""
+        state = super().step_state()
+        state["part_states"] = _learners_get(
+            self.cluster.learners[0].part_states.remote(), self.cfg.dist.timeout_s, self.run_dir, "the parts' state"
+        )
+        state["policy_version"] = self.version
+        if self.ahead is not None:  # the batches already drawn for the next steps: the sampler is past them
+            state["ahead"] = [(a.step, a.batch, a.metrics, a.version) for a in self.ahead.items]
+        return state
+
+    def load_checkpoint(self, tensors: dict, state: dict) -> None:
+        """Resume from a checkpoint of a distributed or a single-process run: the driver's copy and
+        per-step state as ``Context`` does, then the learners get the weights, the optimizer state (by
+        parameter name, whichever run wrote it), the schedule and the parts' state, and the rollout
+        actors the weights."""
+        super().load_checkpoint(tensors, state)
+        from anypo import checkpoint
+
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        by_index = checkpoint.optimizer_state_by_index(state["optimizer"], names)
+        portable = {
+            "optimizer": checkpoint.optimizer_state_by_name(by_index, names),
+            "scheduler": state["scheduler"],
+            "part_states": state.get("part_states", {}),
+        }
+        weights = ray.put({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        _learners_get(
+            [lr.load_portable_state.remote(weights, portable) for lr in self.cluster.learners],
+            self.cfg.dist.timeout_s,
+            self.run_dir,
+            "the learners' resume",
+        )
+        self.version = int(state.get("policy_version", state["step"]))
+        self._state_ref, self._driver_current = weights, True
+        self.engine.sync(weights, self.version)
+        if self.ahead is not None:  # async: the queued batches, so the next steps train on what they would have
+            self.ahead.items.extend(Ahead(*a) for a in state.get("ahead", []))
 
     def export(self, out: Path) -> None:
         self._current_weights()
@@ -571,8 +647,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
     from anypo.validate import train_config_problems
 
     problems = train_config_problems(cfg) + dist_config_problems(cfg)
-    if resume is not None:
-        problems.append("a distributed run cannot be resumed yet (its optimizer states stay in the learners)")
     if problems:
         raise UserError(problems)
     holder: dict[str, Cluster] = {}
