@@ -69,3 +69,36 @@ def test_jsonl_logs_ignore_a_line_cut_by_a_kill(tmp_path):
     assert read_jsonl(log) == [{"step": 1, "reward": 0.5}, {"step": 2, "reward": 0.25}]
     truncate_jsonl(log, 1)
     assert log.read_text() == '{"step": 1, "reward": 0.5}\n'
+
+
+def test_optimizer_state_by_name_round_trips_and_names_what_is_missing():
+    """AdamW over a 2-layer module after one step keys its state 0..3 (weight, bias of each layer, in
+    ``parameters()`` order). By name, the keys are the parameters' names in that order, each group's
+    params list becomes the names, and back by index gives the original dict (exp_avg tensors equal).
+    A name the model does not train is refused with a message naming it."""
+    import pytest
+    import torch
+
+    from anypo.checkpoint import CheckpointError, optimizer_state_by_index, optimizer_state_by_name
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    names = [n for n, _ in model.named_parameters()]
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    sd = opt.state_dict()
+    by_name = optimizer_state_by_name(sd, names)
+    assert list(by_name["state"]) == names
+    assert by_name["param_groups"][0]["params"] == names
+    back = optimizer_state_by_index(by_name, names)
+    assert list(back["state"]) == [0, 1, 2, 3] and back["param_groups"][0]["params"] == [0, 1, 2, 3]
+    for i in range(4):
+        assert torch.equal(back["state"][i]["exp_avg"], sd["state"][i]["exp_avg"])
+    assert optimizer_state_by_index(sd, names) is sd  # already by index
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    fresh.load_state_dict(back)
+    assert torch.equal(fresh.state_dict()["state"][3]["exp_avg_sq"], sd["state"][3]["exp_avg_sq"])
+    with pytest.raises(CheckpointError, match="2.weight"):
+        optimizer_state_by_index(optimizer_state_by_name(sd, ["0.weight", "0.bias", "2.weight", "1.bias"]), names)
