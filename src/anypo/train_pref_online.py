@@ -295,10 +295,12 @@ def online_pref_config_problems(cfg: OnlinePrefTrainConfig) -> list[str]:
     from anypo.tasks import TASKS
 
     kinds = {cfg.oracle.kind, cfg.eval_oracle.kind} - {"same"}
-    if not kinds <= {"judge", "reward_model"} and cfg.task.name not in TASKS:
+    text_only = {"judge", "reward_model", "vader", "profanity"}  # judge the texts, with no task verifier
+    if not kinds <= text_only and cfg.task.name not in TASKS:
         out.append(
-            f"--task.name is {cfg.task.name!r}: the {'/'.join(sorted(kinds - {'judge', 'reward_model'}))} oracle judges "
-            f"with a built-in task's verifier; use one of {', '.join(sorted(TASKS))} (or a judge / reward model oracle)"
+            f"--task.name is {cfg.task.name!r}: the {'/'.join(sorted(kinds - text_only))} oracle judges "
+            f"with a built-in task's verifier; use one of {', '.join(sorted(TASKS))} (or a judge / reward model / "
+            "lexical oracle)"
         )
     out += _model_problems(cfg.model)
     return out

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from anypo.errors import UserError
 from anypo.registry import REGISTRIES, registry
 from anypo.types import PartConfig, RewardResult, Sample
 
@@ -162,7 +163,9 @@ def combine(items: Sequence[RewardItem | tuple[RewardItem, float]]) -> RewardRun
 
 
 class RewardRunner:
-    """Evaluates weighted reward terms on samples; failures score 0 and are counted, never raised.
+    """Evaluates weighted reward terms on samples; failures score 0 and are counted, never raised
+    (except a :class:`~anypo.errors.UserError`, such as a judge whose optional package is missing: that
+    is a mistake in the run's set-up, which scoring every sample 0 would hide).
 
     Attributes:
         terms: the weighted terms, in order.
@@ -196,6 +199,8 @@ class RewardRunner:
         """The term's score (0.0 on failure) and its full result when it returned one."""
         try:
             out = term.fn(sample)
+        except UserError:  # a mistake in what was asked for (an optional package missing), not this sample's
+            raise
         except Exception as e:  # a reward never stops the run
             self._fail(term, f"{type(e).__name__}: {e}")
             return 0.0, None

@@ -23,6 +23,7 @@ from anypo.tasks.base import (
     TaskConfig,
     format_prompt,
 )
+from anypo.tasks.continuation import PositiveContinuationTask
 from anypo.tasks.countdown import CountdownTask
 from anypo.tasks.data import DataError, FileTask, iter_rows, looks_like_path
 from anypo.tasks.graded import GradedArithmeticTask, GradedCountdownTask, GradedTask, Level
@@ -45,6 +46,7 @@ __all__ = [
     "GradedTask",
     "Level",
     "MultiplicationTask",
+    "PositiveContinuationTask",
     "ProceduralTask",
     "ReasoningGymTask",
     "Task",
@@ -64,6 +66,7 @@ TASKS: dict[str, type[Task]] = {
     "graded_arithmetic": GradedArithmeticTask,
     "graded_countdown": GradedCountdownTask,
     "addition_proxy": AdditionProxyTask,
+    "positive_continuation": PositiveContinuationTask,
 }
 """Built-in procedural tasks by name; add your own ``Task`` subclass here to make it a name."""
 RG_PREFIXES = ("rg:", "reasoning_gym:")
