@@ -332,3 +332,21 @@ def test_revision_messages_rewrite_only_the_last_user_message():
     )
     with pytest.raises(ValueError, match="needs a user message"):
         revision_messages([{"role": "system", "content": "s"}], "y", DEFAULT_REVISION_TEMPLATE)
+
+
+def test_weighted_combination_forwards_the_need_and_the_template():
+    """weighted((SRPO, 1), (sft seq_sum, 0.1)) declares needs_revision_logprobs and SRPO's template, so
+    the loop supplies the revision inputs; on the toy pair its loss is 0.232 + 0.1 x 10 = 1.232 (the
+    chosen response's NLL is -(-2 - 1 - 3 - 4) = 10)."""
+    from anypo.losses.preference import ChosenNLL, WeightedPreference
+
+    tmpl = "{response} <- improve -> {prompt}"
+    cfg = WeightedPreference(terms=((SRPO(revision_template=tmpl), 1.0), (ChosenNLL(reduction="seq_sum"), 0.1)))
+    assert cfg.needs_revision_logprobs and cfg.revision_template == tmpl and cfg.needs_ref_logprobs
+    plain = WeightedPreference()
+    assert not plain.needs_revision_logprobs and plain.revision_template is None
+    batch, lp_c, lp_r, _ = toy()
+    fn, _ = get("preference_loss", "weighted")
+    out = fn(PolicyOutput(logprobs=lp_c), PolicyOutput(logprobs=lp_r), batch, cfg)
+    assert out.loss.item() == pytest.approx(1.232, abs=1e-12)
+    assert out.metrics["pref/loss_srpo"] == pytest.approx(0.232, abs=1e-12)

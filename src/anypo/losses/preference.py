@@ -668,6 +668,15 @@ class WeightedPreference(PartConfig):
     def needs_ref_logprobs(self) -> bool:
         return any(cfg.needs_ref_logprobs for cfg, _ in self.terms)
 
+    @property
+    def needs_revision_logprobs(self) -> bool:
+        return any(getattr(cfg, "needs_revision_logprobs", False) for cfg, _ in self.terms)
+
+    @property
+    def revision_template(self) -> str | None:
+        """The revision prompt of the first term that needs one (the loop builds one set per pair)."""
+        return next((c.revision_template for c, _ in self.terms if getattr(c, "needs_revision_logprobs", False)), None)
+
 
 @PREFERENCE_LOSSES.register("weighted", config=WeightedPreference)
 def weighted(
