@@ -85,7 +85,7 @@ def test_async_without_ray_is_refused_with_the_fix():
     assert any("dist.async needs dist.backend ray" in p for p in train_config_problems(cfg))
 
 
-def test_async_run_trains_one_version_behind_with_the_correction_seeing_the_mismatch(tmp_path):
+def test_async_run_trains_one_version_behind_with_the_correction_seeing_the_mismatch(tmp_path, ray_cluster):
     """3 steps, k = 1, one optimizer step per step (2 prompts x 4 samples, one mini-batch).
 
     Expected, by the schedule: step 1's batch is generated at the start (version 0) and trained by
@@ -128,7 +128,7 @@ def test_async_run_trains_one_version_behind_with_the_correction_seeing_the_mism
         assert r["time/generate_wait_s"] < r["time/step_s"]
 
 
-def test_a_killed_rollout_actor_is_restarted_and_its_call_generated_again(tmp_path, monkeypatch):
+def test_a_killed_rollout_actor_is_restarted_and_its_call_generated_again(tmp_path, monkeypatch, ray_cluster):
     """Synchronous mode, 1 rollout actor, 2 steps; the actor is killed (Ray restarts it: its __init__
     again, initial weights, version -1) just before step 2's rollout.
 

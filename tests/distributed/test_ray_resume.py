@@ -55,7 +55,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_single_to_ray_to_single_with_a_learner_killed(tmp_path, monkeypatch):
+def test_single_to_ray_to_single_with_a_learner_killed(tmp_path, monkeypatch, ray_cluster):
     import ray
 
     from anypo import checkpoint

@@ -33,7 +33,7 @@ pytest.importorskip("ray", reason="the ray extra is not installed (pip install '
 pytestmark = pytest.mark.distributed
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dist_helpers import tiny_config  # noqa: E402
+from dist_helpers import CLUSTER_CPUS, tiny_config  # noqa: E402
 
 from anypo.config import DistConfig  # noqa: E402
 
@@ -51,7 +51,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_two_rollout_actors_and_two_learners_equal_the_single_process(tmp_path):
+def test_two_rollout_actors_and_two_learners_equal_the_single_process(tmp_path, ray_cluster):
     from anypo.distributed import train as dist_train
     from anypo.train import train
 
@@ -96,18 +96,12 @@ def _initial(cfg) -> dict[str, torch.Tensor]:
     return dict(load_model(cfg.model, seed=cfg.seed).state_dict())
 
 
-def test_a_cluster_without_room_for_the_actors_fails_within_the_timeout(tmp_path):
-    """A running 1-CPU cluster cannot place 1 rollout + 1 learner actor of 1 CPU each: the placement
+def test_a_cluster_without_room_for_the_actors_fails_within_the_timeout(tmp_path, ray_cluster):
+    """The running 4-CPU cluster cannot place 3 rollout + 2 learner actors of 1 CPU each: the placement
     group would wait forever; the run stops after dist.timeout-s with a message naming the CPUs."""
-    import ray
-
     from anypo.distributed.ray_run import Cluster
     from anypo.run import TrainingError
 
-    cfg = tiny_config(tmp_path, dist=DistConfig(backend="ray", timeout_s=3, object_store_mb=128))
-    ray.init(num_cpus=1, object_store_memory=128 * 2**20, include_dashboard=False)
-    try:
-        with pytest.raises(TrainingError, match=r"could not place 2 actors .* the cluster has 1 CPUs"):
-            Cluster(cfg, tmp_path)
-    finally:
-        ray.shutdown()
+    dist = DistConfig(backend="ray", rollout_workers=3, learners=2, timeout_s=3, object_store_mb=128)
+    with pytest.raises(TrainingError, match=rf"could not place 5 actors .* the cluster has {CLUSTER_CPUS} CPUs"):
+        Cluster(tiny_config(tmp_path, dist=dist), tmp_path)
