@@ -368,8 +368,25 @@ def curves_of(groups: dict[str, list[Run]]) -> dict[str, str]:
     return out
 
 
+def seed_points(run: Run, key: str, x: str) -> tuple[list[float], list[float]]:
+    """One seed's raw values of ``key`` against the step (``x="step"``) or the tokens generated so far."""
+    xs_all = [float(r["step"]) for r in run.rows] if x == "step" else token_axis(run.rows)
+    pts = [
+        (t, v) for r, t in zip(run.rows, xs_all, strict=True) if t is not None and (v := _num(r.get(key))) is not None
+    ]
+    pts.sort()
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
 def plot_curves(groups: dict[str, list[Run]], plot_dir: Path) -> list[tuple[Path, str]]:
-    """One PNG per logged metric of CURVES: against step (left) and against tokens generated (right)."""
+    """One PNG per logged metric of CURVES: against step (left) and against tokens generated (right).
+
+    Per method: each seed's own values as a thin line (points where it has few), and, where every seed
+    of the method has a value, their mean as a thick line with the 95% band. Runs stop at different
+    steps (a token budget), so a mean over the seeds that happen to remain would jump where one ends;
+    it is not drawn there. The y range is that of the seeds' values: with 2 seeds the band
+    (t(0.975, 1) = 12.7) may leave the plot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -384,18 +401,31 @@ def plot_curves(groups: dict[str, list[Run]], plot_dir: Path) -> list[tuple[Path
             continue
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         any_tokens = False
+        seen: list[float] = []
         for i, (label, rs) in enumerate(groups.items()):
             color = colors[i % len(colors)]
             style = ("-", "--", "-.", ":")[i % 4]  # coinciding curves of two methods stay visible
-            panels = [(axes[0], curve_by_step(rs, key)), (axes[1], curve_by_tokens(rs, key))]
-            for ax, curve in panels:
+            panels = [(axes[0], "step", curve_by_step(rs, key)), (axes[1], "tokens", curve_by_tokens(rs, key))]
+            for ax, x, curve in panels:
                 if curve is None or not curve[0]:
                     continue
                 any_tokens |= ax is axes[1]
-                xs, (mean, lo, hi, _) = curve
-                marker = "o" if len(xs) <= 12 else None
-                ax.plot(xs, mean, color=color, ls=style, marker=marker, ms=4, label=f"{label} (n={len(rs)})")
-                ax.fill_between(xs, lo, hi, color=color, alpha=0.18, linewidth=0)
+                for run in rs:
+                    px, py = seed_points(run, key, x)
+                    seen += py
+                    few = len(px) <= 12
+                    ax.plot(px, py, color=color, lw=0.8, alpha=0.35, marker="o" if few else None, ms=3)
+                xs, (mean, lo, hi, ns) = curve
+                full = max(ns)  # the seeds of this method that logged the metric
+                at = [j for j, n in enumerate(ns) if n == full]
+                if not at or full < 2:
+                    ax.plot([], [], color=color, ls=style, label=f"{label} (n={len(rs)})")
+                    continue
+                keep = set(at)
+                mean, lo, hi = ([v if j in keep else math.nan for j, v in enumerate(col)] for col in (mean, lo, hi))
+                marker = "o" if len(at) <= 12 else None
+                ax.plot(xs, mean, color=color, ls=style, lw=2, marker=marker, ms=4, label=f"{label} (n={len(rs)})")
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
         axes[0].set_xlabel("training step")
         axes[1].set_xlabel("response tokens generated (all draws)")
         if not any_tokens:
@@ -409,12 +439,20 @@ def plot_curves(groups: dict[str, list[Run]], plot_dir: Path) -> list[tuple[Path
                 color="0.4",
             )
         axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        if seen:
+            low, high = min(seen), max(seen)
+            pad = 0.05 * (high - low) if high > low else 0.5
+            for ax in axes:
+                ax.set_ylim(low - pad, high + pad)
         for ax in axes:
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.ticklabel_format(axis="y", useOffset=False)  # plain values, not "+1.079e1" offsets
         axes[0].legend(fontsize=8, loc="best")
-        fig.suptitle(f"{key}: mean across seeds, band = 95% t-interval (n >= 2)", fontsize=10)
+        fig.suptitle(
+            f"{key}: thin = each seed; thick = mean where every seed has a value, band = 95% t-interval",
+            fontsize=10,
+        )
         fig.tight_layout()
         path = plot_dir / f"{key.replace('/', '_').replace('@', '_at_')}.png"
         fig.savefig(path, dpi=100)
@@ -583,7 +621,9 @@ def _results(doc: Doc, data: dict[str, Any] | None, runs: list[Run], out: Path) 
     doc.add("h2", "Curves")
     doc.add(
         "p",
-        "Mean across seeds, band: 95% t-interval across seeds (where at least 2 seeds have a value). Against "
+        "Thin lines: each seed's values. Thick line: the mean across seeds where every seed of the method has a "
+        "value, band: its 95% t-interval (runs that stop at different steps leave the mean out where some have "
+        "ended; the y range is that of the seeds' values). Against "
         "tokens generated, each seed is interpolated linearly onto a common grid within its own range.",
     )
     for path, alt in plot_curves(groups, out / "plots"):
