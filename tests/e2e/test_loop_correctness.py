@@ -266,8 +266,8 @@ def test_non_finite_critic_gradient_skips_the_update(make_cfg, monkeypatch):
     import anypo.train as loop
 
     class PoisonedCritic(loop.Critic):
-        def __init__(self, policy):
-            super().__init__(policy)
+        def __init__(self, policy, *args, **kwargs):
+            super().__init__(policy, *args, **kwargs)
             self.head.weight.register_hook(lambda g: g * float("nan"))
 
     monkeypatch.setattr(loop, "Critic", PoisonedCritic)
