@@ -1,4 +1,5 @@
-"""One local Ray instance for every Ray test of this folder (starting one costs seconds per test).
+"""One local Ray instance per Ray test module of this folder (starting one costs seconds per run);
+shut down when the module is done, so no later test finds Ray running.
 
 ``Cluster`` joins a Ray instance that is already running and leaves it running, so each run still
 places, uses and removes its own actors and placement group.
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dist_helpers import CLUSTER_CPUS  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'anypo[ray]')")
     import logging
