@@ -474,24 +474,17 @@ class DistContext(Context):
     def step(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         if self.ahead is not None:
             return self._async_step(step)
-        d, cluster = self.cfg.dist, self.cluster
+        d = self.cfg.dist
         t0 = time.perf_counter()
         with self.autocast():
             batch, m = self.rollout(step)
         t_gen = time.perf_counter() - t0
         t1 = time.perf_counter()
-        self.mid_update = True
-        self.current_step = step
-        batch_ref = ray.put(batch)
-        calls = [lr.learn.remote(batch_ref, m, step) for lr in cluster.learners]
-        outs = _learners_get([c[0] for c in calls], d.timeout_s, self.run_dir, f"step {step}'s update")
-        m = outs[0]
+        calls = self._start_learn(batch, m, step)
+        m = _learners_get([c[0] for c in calls], d.timeout_s, self.run_dir, f"step {step}'s update")[0]
         t_learn = time.perf_counter() - t1
         t2 = time.perf_counter()
-        if m["train/optimizer_steps"] > 0:
-            self.version += int(m["train/optimizer_steps"])
-            self._state_ref, self._driver_current = calls[0][1], False
-            self.engine.sync(self._state_ref, self.version)
+        self._sync_weights(calls, m)
         t_sync = time.perf_counter() - t2
         n_tokens = float(batch.response_mask.sum())
         m.update({"time/learn_s": t_learn, "time/weight_sync_s": t_sync})
@@ -500,9 +493,26 @@ class DistContext(Context):
         m["dist/rollout_restarts"] = self.engine.pop_restarts()
         return batch, m
 
+    def _start_learn(self, batch: RolloutBatch, m: dict[str, float], step: int) -> list:
+        """Send the step's batch to every learner (one object in the store) without waiting; their calls."""
+        self.mid_update = True
+        self.current_step = step
+        batch_ref = ray.put(batch)
+        return [lr.learn.remote(batch_ref, m, step) for lr in self.cluster.learners]
+
+    def _sync_weights(self, calls: list, m: dict[str, float]) -> None:
+        """After an update that changed the weights: the new policy version, rank 0's gathered weights to
+        every rollout actor, and how many optimizer steps the step took (how far async may generate ahead)."""
+        updates = int(m["train/optimizer_steps"])
+        if updates > 0:
+            self.version += updates
+            self._state_ref, self._driver_current = calls[0][1], False
+            self.engine.sync(self._state_ref, self.version)
+            self._updates_per_step = float(updates)
+
     def _async_step(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         """Train on step ``step``'s batch (generated ahead, or now) while generating the next ones."""
-        d, cluster = self.cfg.dist, self.cluster
+        d = self.cfg.dist
         t0 = time.perf_counter()
         item, dropped = self.ahead.pop(step, self.version)
         if item is None:  # the first step, or its ahead batch was too stale: generate it now
@@ -512,9 +522,7 @@ class DistContext(Context):
         t_wait_gen = time.perf_counter() - t0
         batch, m = item.batch, dict(item.metrics)
         staleness = self.version - item.version
-        self.mid_update = True
-        self.current_step = step
-        calls = [lr.learn.remote(ray.put(batch), m, step) for lr in cluster.learners]
+        calls = self._start_learn(batch, m, step)
         # ---- while the learners train: the next steps' batches, with the weights of version self.version ----
         t1 = time.perf_counter()
         ahead_tokens = 0.0
@@ -531,12 +539,7 @@ class DistContext(Context):
         t_wait_learn = time.perf_counter() - t2
         m = outs[0]
         t3 = time.perf_counter()
-        updates = int(m["train/optimizer_steps"])
-        if updates > 0:
-            self.version += updates
-            self._state_ref, self._driver_current = calls[0][1], False
-            self.engine.sync(self._state_ref, self.version)
-            self._updates_per_step = float(updates)
+        self._sync_weights(calls, m)
         t_sync = time.perf_counter() - t3
         n_tokens = float(batch.response_mask.sum())
         m.update(
