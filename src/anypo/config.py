@@ -174,7 +174,70 @@ class DistConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class RunOptions:
+    """The options every loop's run shares: its name and directory, length and budget, optimizer,
+    precision, seed, checkpoints and logging. Each loop's config (:class:`TrainConfig`,
+    ``PrefTrainConfig``, ``OnlinePrefTrainConfig``, ``RMTrainConfig``) extends it with its method, data
+    and batch shape, and redeclares a field only where its default or meaning differs; the flags stay
+    flat (``--lr``, ``--seed``, ...)."""
+
+    name: str = "run"
+    """Run name; the run directory is <out_dir>/<name>-<timestamp>."""
+    preset: str = ""
+    """The preset `algo` was built from (informational; `anypo train <preset>` sets it)."""
+    out_dir: str = "runs"
+    """Where run directories are created."""
+    steps: int = 30
+    """Optimizer steps; the upper bound when a budget is set."""
+    budget_tokens: int = 0
+    """Stop once this many response tokens have been generated (online loops: every draw counts, kept or
+    dropped, so methods that sample more pay for it) or trained on (offline loops); 0: no token budget."""
+    budget_seconds: float = 0.0
+    """Stop after the first step that ends past this much training wall time (evaluations excluded); 0: none."""
+    micro_batch_size: int = 8
+    """Sequences (online RL) or pairs (preference loops) per forward/backward pass (memory knob; results do
+    not depend on it)."""
+    lr: float = 1e-6
+    """Peak learning rate of AdamW."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear learning-rate warm-up."""
+    lr_schedule: str = "constant"
+    """After warm-up: constant, linear or cosine."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    max_prompt_tokens: int = 512
+    """Prompts longer than this (chat template applied) are skipped and counted, never truncated."""
+    precision: str = "fp32"
+    """fp32, or bf16: the training passes run under bfloat16 autocast (weights, gradients and optimizer
+    states stay float32)."""
+    seed: int = 0
+    """Seed of everything: data order, sampling, initialisation (tiny model)."""
+    threads: int = 2
+    """torch CPU threads."""
+    eval_every: int = 10
+    """Evaluate on the held-out split every this many steps (and before and after); 0 = never."""
+    save_every: int = 10
+    """Checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+    max_bad_updates: int = 3
+    """Stop after this many updates in a row with a non-finite loss or gradient."""
+    log_samples: int = 2
+    """Samples (completions or pairs) written to samples.jsonl per step."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs the tracking extra)."""
+    wandb_project: str | None = None
+    """Also log to this wandb project (needs the tracking extra)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunOptions):
     """One online RL experiment. ``anypo train <preset>`` fills ``algo`` from the preset."""
 
     algo: AlgoConfig = field(default_factory=lambda: _default_algo())
@@ -190,35 +253,12 @@ class TrainConfig:
     each optionally `=weight` (e.g. `math_answer=1 format=0.1`). Empty: the task's default reward."""
     name: str = "grpo"
     """Run name; the run directory is <out_dir>/<name>-<timestamp>."""
-    preset: str = ""
-    """The preset `algo` was built from (informational; `anypo train <preset>` sets it)."""
-    out_dir: str = "runs"
-    """Where run directories are created."""
     steps: int = 30
     """Training steps (one rollout batch and its updates each); the upper bound when a budget is set."""
-    budget_tokens: int = 0
-    """Stop once this many response tokens have been generated for training (every draw counts, kept or
-    dropped), so methods that sample more pay for it; 0: no token budget."""
-    budget_seconds: float = 0.0
-    """Stop after the first step that ends past this much training wall time (evaluations excluded); 0: none."""
     prompts_per_step: int = 4
     """B: prompts per step (counts prompts, not sequences)."""
     samples_per_prompt: int = 8
     """G: completions sampled per prompt (the group size)."""
-    micro_batch_size: int = 8
-    """Sequences per forward/backward pass (memory knob; results do not depend on it)."""
-    lr: float = 1e-6
-    """Peak learning rate of AdamW."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Optimizer steps of linear learning-rate warm-up."""
-    lr_schedule: str = "constant"
-    """After warm-up: constant, linear or cosine."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm."""
     critic_lr: float = 1e-5
     """Learning rate of the critic (only when a part needs values)."""
     pack_prompts: bool = True
@@ -233,20 +273,12 @@ class TrainConfig:
     reward_error_warn_frac: float = 0.1
     """Warn (once per run) when the reward fails on more than this fraction of a step's samples. Failed
     samples are always dropped from training and counted as reward/error_samples."""
-    max_prompt_tokens: int = 512
-    """Prompts longer than this are skipped and counted, never truncated."""
     engine: str = "hf"
     """Generation engine: hf or vllm."""
     precision: str = "fp32"
     """fp32, or bf16: matmuls of generation and of the training passes run under bfloat16 autocast
     (weights, gradients and optimizer states stay float32). Faster where the CPU has bf16 units (see
     benchmarks/README.md for its speed and its effect on log-probabilities and learning)."""
-    seed: int = 0
-    """Seed of everything: data order, sampling, initialisation."""
-    threads: int = 2
-    """torch CPU threads."""
-    eval_every: int = 10
-    """Evaluate on the held-out split every this many steps (and before and after); 0 = never."""
     eval_at_start: bool = True
     """Evaluate before the first step too (step 0). ``--no-eval-at-start`` skips it, e.g. in a compare whose
     runs share a seed's initial policy: one run's step 0 is every method's."""
@@ -256,22 +288,10 @@ class TrainConfig:
     """Samples per held-out prompt (pass@k is reported for k = 1 and k = eval_samples)."""
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7))
     """Sampling for evaluation."""
-    save_every: int = 10
-    """Checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 2
-    """How many checkpoints to keep."""
-    max_bad_updates: int = 3
-    """Stop after this many updates in a row with a non-finite loss or gradient."""
     log_entropy: bool = True
     """Compute the policy entropy each micro-batch for the metrics (costs a softmax over the vocabulary)."""
     log_samples: int = 4
     """Completions written to samples.jsonl per step."""
-    progress: bool = True
-    """Show a progress bar."""
-    tensorboard: bool = False
-    """Also log to TensorBoard (needs the tracking extra)."""
-    wandb_project: str | None = None
-    """Also log to this wandb project (needs the tracking extra)."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Distributed execution (``--dist.backend ray``); the default runs in this process."""
 

@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from anypo import checkpoint, models, registry
+from anypo.config import RunOptions
 from anypo.engines.base import SamplingConfig
 from anypo.errors import UserError
 from anypo.losses.preference import DPO
@@ -114,7 +115,7 @@ class PrefAlgoConfig:
 
 
 @dataclass(frozen=True)
-class PrefTrainConfig:
+class PrefTrainConfig(RunOptions):
     """One offline preference-optimisation experiment. ``anypo train <preset>`` fills ``algo`` from a
     preset of kind ``preference`` (dpo, ipo, cdpo, rpo)."""
 
@@ -126,50 +127,18 @@ class PrefTrainConfig:
     """The preference pairs (built-in addition pairs, or a JSONL / parquet / HF dataset)."""
     name: str = "dpo"
     """Run name; the run directory is <out_dir>/<name>-<timestamp>."""
-    preset: str = ""
-    """The preset `algo` was built from (informational; `anypo train <preset>` sets it)."""
-    out_dir: str = "runs"
-    """Where run directories are created."""
     steps: int = 30
     """Optimizer steps (one per `pairs_per_step` pairs); training also ends after `epochs` passes."""
     epochs: int = 1
     """Passes over the training pairs (each in a fresh seeded order); training ends at whichever of
     `steps` and `epochs` comes first. The last step of the last epoch may have fewer pairs."""
-    budget_tokens: int = 0
-    """Stop once this many response tokens (chosen + rejected) have been trained on; 0: no budget."""
-    budget_seconds: float = 0.0
-    """Stop after the first step that ends past this much training wall time (evaluations excluded); 0: none."""
     pairs_per_step: int = 8
     """Preference pairs per optimizer step (TRL: per-device batch x gradient accumulation)."""
-    micro_batch_size: int = 8
-    """Pairs per forward/backward pass (memory knob; results do not depend on it)."""
-    lr: float = 1e-6
-    """Peak learning rate of AdamW (DPO App. B: 1e-6)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Optimizer steps of linear learning-rate warm-up."""
-    lr_schedule: str = "constant"
-    """After warm-up: constant, linear or cosine."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm."""
     pack_prompts: bool = True
     """A pair's prompt, chosen and rejected responses run as one packed sequence (the prompt once).
     False: one padded row per response (slower; the same function)."""
-    max_prompt_tokens: int = 512
-    """Pairs whose chat-templated prompt is longer are skipped and counted, never truncated."""
     max_response_tokens: int = 512
     """Pairs with a longer chosen or rejected response (end-of-turn token included) are skipped and counted."""
-    precision: str = "fp32"
-    """fp32, or bf16: the training passes run under bfloat16 autocast (weights and optimizer stay float32)."""
-    seed: int = 0
-    """Seed of the data order and the model initialisation (tiny model)."""
-    threads: int = 2
-    """torch CPU threads."""
-    eval_every: int = 10
-    """Evaluate every this many steps (and before and after); 0 = never."""
     eval_pairs: int = 32
     """Held-out pairs scored per evaluation (eval/loss, eval/accuracy, ...; at most data.num_heldout)."""
     eval_prompts: int = 50
@@ -178,20 +147,6 @@ class PrefTrainConfig:
     """Samples per held-out prompt (pass@k is reported for k = 1 and k = eval_samples)."""
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7))
     """Sampling for eval/pass@k."""
-    save_every: int = 10
-    """Checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 2
-    """How many checkpoints to keep."""
-    max_bad_updates: int = 3
-    """Stop after this many updates in a row with a non-finite loss or gradient."""
-    log_samples: int = 2
-    """Pairs written to samples.jsonl per step (texts and log-ratios)."""
-    progress: bool = True
-    """Show a progress bar."""
-    tensorboard: bool = False
-    """Also log to TensorBoard (needs the tracking extra)."""
-    wandb_project: str | None = None
-    """Also log to this wandb project (needs the tracking extra)."""
 
 
 def train(cfg: PrefTrainConfig, resume: str | Path | None = None) -> Path:

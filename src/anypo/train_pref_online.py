@@ -64,6 +64,7 @@ import torch
 from torch import Tensor
 
 from anypo import registry
+from anypo.config import RunOptions
 from anypo.engines.base import SamplingConfig
 from anypo.errors import UserError
 from anypo.losses.preference import DPO
@@ -145,7 +146,7 @@ class OnlinePrefAlgoConfig:
 
 
 @dataclass(frozen=True)
-class OnlinePrefTrainConfig:
+class OnlinePrefTrainConfig(RunOptions):
     """One online / iterative preference-optimisation experiment. ``anypo train <preset>`` fills
     ``algo`` from a preset of kind ``preference_online``."""
 
@@ -165,64 +166,18 @@ class OnlinePrefTrainConfig:
     """How training responses are sampled (TRL online DPO: temperature 0.9, 64 new tokens)."""
     name: str = "online_dpo"
     """Run name; the run directory is <out_dir>/<name>-<timestamp>."""
-    preset: str = ""
-    """The preset `algo` was built from (informational)."""
-    out_dir: str = "runs"
-    """Where run directories are created."""
     steps: int = 30
     """Optimizer steps (one batch of prompts each)."""
-    budget_tokens: int = 0
-    """Stop once this many response tokens have been generated for training (policy and reference samples); 0: none."""
-    budget_seconds: float = 0.0
-    """Stop after the first step that ends past this much training wall time; 0: none."""
     prompts_per_step: int = 8
     """Prompts per step (at most one pair each)."""
-    micro_batch_size: int = 8
-    """Pairs per forward/backward pass (memory knob; results do not depend on it)."""
-    lr: float = 1e-6
-    """Peak learning rate of AdamW."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Optimizer steps of linear learning-rate warm-up."""
-    lr_schedule: str = "constant"
-    """After warm-up: constant, linear or cosine."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm."""
     pack_prompts: bool = True
     """A pair's prompt and both responses run as one packed sequence (the prompt once)."""
-    max_prompt_tokens: int = 512
-    """Prompts longer than this are skipped (never truncated)."""
-    precision: str = "fp32"
-    """fp32, or bf16 autocast for the training passes."""
-    seed: int = 0
-    """Seed of the prompt order, the sampling and the model initialisation (tiny model)."""
-    threads: int = 2
-    """torch CPU threads."""
-    eval_every: int = 10
-    """Evaluate every this many steps (and before and after); 0 = never."""
     eval_prompts: int = 32
     """Held-out prompts per evaluation (at most task.num_heldout)."""
     eval_candidates: int = 4
     """Samples of the initial policy per held-out prompt forming the finite game of eval/exploitability; 0: none."""
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=64))
     """Sampling of the evaluation responses (temperature 1: eval/kl_ref estimates the KL of the policy itself)."""
-    save_every: int = 10
-    """Checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 2
-    """How many checkpoints to keep."""
-    max_bad_updates: int = 3
-    """Stop after this many updates in a row with a non-finite loss or gradient."""
-    log_samples: int = 2
-    """Pairs written to samples.jsonl per step."""
-    progress: bool = True
-    """Show a progress bar."""
-    tensorboard: bool = False
-    """Also log to TensorBoard (needs the tracking extra)."""
-    wandb_project: str | None = None
-    """Also log to this wandb project (needs the tracking extra)."""
 
 
 def train(cfg: OnlinePrefTrainConfig, resume: str | Path | None = None) -> Path:

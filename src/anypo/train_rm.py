@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anypo import models
+from anypo.config import RunOptions
 from anypo.errors import UserError
 from anypo.metrics import MetricAccumulator
 from anypo.models import ModelConfig
@@ -56,7 +57,7 @@ class RMAlgoConfig:
 
 
 @dataclass(frozen=True)
-class RMTrainConfig:
+class RMTrainConfig(RunOptions):
     """One reward-model training run. ``anypo train reward_model`` fills ``algo`` from the preset."""
 
     algo: RMAlgoConfig = field(default_factory=RMAlgoConfig)
@@ -67,62 +68,20 @@ class RMTrainConfig:
     """The preference pairs (built-in addition pairs, or a JSONL / parquet / HF dataset)."""
     name: str = "reward_model"
     """Run name; the run directory is <out_dir>/<name>-<timestamp>."""
-    preset: str = ""
-    """The preset `algo` was built from (informational)."""
-    out_dir: str = "runs"
-    """Where run directories are created."""
     steps: int = 30
     """Optimizer steps (one per `pairs_per_step` pairs); training also ends after `epochs` passes."""
     epochs: int = 1
     """Passes over the training pairs (TRL's default: 1)."""
-    budget_tokens: int = 0
-    """Stop once this many response tokens have been trained on; 0: none."""
-    budget_seconds: float = 0.0
-    """Stop after the first step that ends past this much training wall time; 0: none."""
     pairs_per_step: int = 8
     """Preference pairs per optimizer step."""
-    micro_batch_size: int = 8
-    """Pairs per forward/backward pass (memory knob; results do not depend on it)."""
     lr: float = 1e-5
     """Peak learning rate of AdamW."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Optimizer steps of linear learning-rate warm-up."""
-    lr_schedule: str = "constant"
-    """After warm-up: constant, linear or cosine."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm."""
-    max_prompt_tokens: int = 512
-    """Pairs whose templated prompt is longer are skipped and counted."""
     max_response_tokens: int = 512
     """Pairs with a longer response are skipped and counted."""
-    precision: str = "fp32"
-    """fp32, or bf16 autocast for the forward passes."""
-    seed: int = 0
-    """Seed of the data order, the head initialisation and the tiny model."""
-    threads: int = 2
-    """torch CPU threads."""
-    eval_every: int = 10
-    """Evaluate on held-out pairs every this many steps (and before and after); 0 = never."""
     eval_pairs: int = 32
     """Held-out pairs per evaluation."""
-    save_every: int = 10
-    """Checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 2
-    """How many checkpoints to keep."""
-    max_bad_updates: int = 3
-    """Stop after this many non-finite updates in a row."""
     log_samples: int = 2
     """Pairs written to samples.jsonl per step (with their rewards)."""
-    progress: bool = True
-    """Show a progress bar."""
-    tensorboard: bool = False
-    """Also log to TensorBoard (needs the tracking extra)."""
-    wandb_project: str | None = None
-    """Also log to this wandb project (needs the tracking extra)."""
 
 
 def train(cfg: RMTrainConfig, resume: str | Path | None = None) -> Path:
