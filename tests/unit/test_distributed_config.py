@@ -57,6 +57,30 @@ def test_parts_the_distributed_loop_does_not_run_yet_are_refused():
     assert any("needs_values" in p for p in dist_config_problems(cfg))
 
 
+def test_the_vllm_engine_in_the_rollout_actors_needs_vllm_installed(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    cfg = TrainConfig(engine="vllm", dist=DistConfig(backend="ray"))
+    (problem,) = [p for p in dist_config_problems(cfg) if "vllm" in p]
+    assert problem.startswith("engine vllm in the rollout actors needs vLLM installed")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    assert not [p for p in dist_config_problems(cfg) if "vllm" in p]
+
+
+def test_the_learners_recompute_old_logprobs_exactly_where_the_actors_engine_is_not_exact():
+    """A learner holds no engine; ``ActorsEngine`` answers ``logprobs_exact`` for the actors' one, by the
+    rule of each engine (docs/engines.md): hf always; vLLM's processed log-probs are the contract's only
+    when nothing is truncated (top_k 0 and top_p 1), at any temperature."""
+    from anypo.distributed.learner import ActorsEngine
+    from anypo.engines.base import SamplingConfig
+
+    plain, top_p, top_k = SamplingConfig(temperature=0.7), SamplingConfig(top_p=0.9), SamplingConfig(top_k=20)
+    assert [ActorsEngine("hf").logprobs_exact(s) for s in (plain, top_p, top_k)] == [True, True, True]
+    assert [ActorsEngine("vllm").logprobs_exact(s) for s in (plain, top_p, top_k)] == [True, False, False]
+
+
 def test_the_single_process_path_does_not_import_ray():
     code = "import sys, anypo.cli, anypo.train, anypo.config, anypo.distributed; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,6 +12,7 @@ ray when called. See docs/distributed.md.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 __all__ = ["dist_config_problems", "train"]
@@ -41,8 +42,11 @@ def dist_config_problems(cfg) -> list[str]:
         out.append(f"dist.timeout-s must be > 0, got {d.timeout_s}")
     if d.object_store_mb < 100:
         out.append(f"dist.object-store-mb must be >= 100 (Ray's minimum is about 75 MB), got {d.object_store_mb}")
-    if cfg.engine != "hf":
-        out.append(f"dist.backend ray runs the hf engine in its rollout actors for now; got engine {cfg.engine!r}")
+    if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        out.append(
+            "engine vllm in the rollout actors needs vLLM installed where they run (docs/engines.md: "
+            "pip install -e '.[vllm]' on a CPU machine); or use --engine hf"
+        )
     if cfg.model.lora_rank > 0:
         out.append("dist.backend ray shards full fine-tuning only for now: set model.lora-rank 0")
     unsupported = {

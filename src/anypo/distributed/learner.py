@@ -38,6 +38,8 @@ import torch
 import torch.distributed as dist
 
 from anypo.config import TrainConfig
+from anypo.engines import logprobs_exact
+from anypo.engines.base import SamplingConfig
 from anypo.metrics import MetricAccumulator
 from anypo.ops import masked_mean
 from anypo.policy import batched_logprobs
@@ -167,6 +169,17 @@ def _all_max(x: float) -> float:
     return float(t)
 
 
+class ActorsEngine:
+    """What a learner knows of the rollout actors' engine: whether its log-probs are the contract's (else
+    ``fill_behaviour`` recomputes the old log-probs, as in one process). It generates nothing."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def logprobs_exact(self, sampling: SamplingConfig) -> bool:
+        return logprobs_exact(self.name, sampling)
+
+
 class LearnerContext(Context):
     """One rank of the learner group: the online loop's ``Context`` with the policy sharded by FSDP2 and a
     mini-batch step that trains on this rank's share of each mini-batch (see the module docstring).
@@ -196,7 +209,7 @@ class LearnerContext(Context):
             params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
         )  # over this rank's shards; AdamW is element-wise, so it matches the whole-model optimizer
         self.scheduler = make_scheduler(self.optimizer, cfg)
-        self.engine = None  # generation runs in the rollout actors
+        self.engine = ActorsEngine(cfg.engine)  # generation runs in the rollout actors
         self.rollout_part = None
         return self
 

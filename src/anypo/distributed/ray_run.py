@@ -53,6 +53,7 @@ import torch
 
 from anypo import models
 from anypo.config import TrainConfig
+from anypo.engines import logprobs_exact
 from anypo.engines.base import Generation, SamplingConfig
 from anypo.run import TrainingError, run_loop
 from anypo.train import Context, step_metrics
@@ -90,7 +91,8 @@ def _autocast(precision: str):
 
 @ray.remote
 class RolloutWorker:
-    """A rollout actor: the policy's tokenizer and weights, and the ``hf`` engine sampling from them."""
+    """A rollout actor: the policy's tokenizer and weights, and the engine ``cfg.engine`` sampling from them
+    (``hf`` samples from the actor's policy module; ``vllm`` from its own copy, synced with it)."""
 
     def __init__(self, cfg: TrainConfig, threads: int):
         from anypo.engines import make_engine
@@ -98,7 +100,7 @@ class RolloutWorker:
         torch.set_num_threads(threads)
         self.precision = cfg.precision
         self.model = models.load_model(cfg.model, seed=cfg.seed)
-        self.engine = make_engine("hf", self.model, models.load_tokenizer(cfg.model.name))
+        self.engine = make_engine(cfg.engine, self.model, models.load_tokenizer(cfg.model.name))
         self.version = -1  # no weights from the learners yet (also after Ray restarted this actor)
 
     def generate(
@@ -112,6 +114,7 @@ class RolloutWorker:
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
         self.model.load_state_dict(state)
+        self.engine.load_weights(state)  # hf: nothing to copy; vllm: into its copy of the weights
         self.version = version
 
 
@@ -253,12 +256,25 @@ class RayRolloutEngine:
     process draws; the call takes the slowest block's time instead of the sum).
     """
 
-    def __init__(self, workers: list, pad_id: int, timeout: float, split: bool = False, max_restarts: int = 3):
+    def __init__(
+        self,
+        workers: list,
+        pad_id: int,
+        timeout: float,
+        split: bool = False,
+        max_restarts: int = 3,
+        engine: str = "hf",
+    ):
         self.workers, self.pad_id, self.timeout, self.split = workers, pad_id, timeout, split
+        self.engine = engine  # the actors' engine: hf or vllm
         self.max_restarts = max_restarts
         self.calls = 0
         self.state_ref, self.version = None, -1  # the weights every actor must hold, and their version
         self.restarts = 0  # lost calls generated again after an actor restart (popped into the step's metrics)
+
+    def logprobs_exact(self, sampling: SamplingConfig) -> bool:
+        """The actors' engine's ``logprobs_exact`` (vLLM's are not the contract's with top-k / top-p)."""
+        return logprobs_exact(self.engine, sampling)
 
     def sync(self, state_ref, version: int) -> None:
         """Every rollout actor loads the weights behind ``state_ref`` (one object, read by each) as ``version``."""
@@ -459,7 +475,9 @@ class DistContext(Context):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         local, self.engine = (
             self.engine,
-            RayRolloutEngine(cluster.workers, pad, cfg.dist.timeout_s, cfg.dist.split_calls, cfg.dist.rollout_restarts),
+            RayRolloutEngine(
+                cluster.workers, pad, cfg.dist.timeout_s, cfg.dist.split_calls, cfg.dist.rollout_restarts, cfg.engine
+            ),
         )
         _replace_everywhere(self, local, self.engine)  # every handle on the driver's engine reaches the actors
         local.generate = _driver_does_not_generate  # and one this sweep missed fails instead of sampling stale weights

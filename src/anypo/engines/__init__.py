@@ -2,7 +2,7 @@
 
 from anypo.engines.base import Engine, Generation, SamplingConfig
 
-__all__ = ["Engine", "Generation", "SamplingConfig", "make_engine"]
+__all__ = ["Engine", "Generation", "SamplingConfig", "logprobs_exact", "make_engine"]
 
 
 def make_engine(name: str, model, tokenizer) -> Engine:
@@ -16,3 +16,14 @@ def make_engine(name: str, model, tokenizer) -> Engine:
 
         return VLLMEngine(model, tokenizer)
     raise ValueError(f"unknown engine {name!r}; choose 'hf' or 'vllm'")
+
+
+def logprobs_exact(name: str, sampling: SamplingConfig) -> bool:
+    """Whether the engine ``name``, in the policy's dtype, returns the contract's log-probs under
+    ``sampling`` (``Engine.logprobs_exact`` of an engine that is not in this process: the rollout actors'
+    of a distributed run). hf: always; vllm: without top-k and top-p."""
+    if name == "vllm":
+        from anypo.engines.vllm import untruncated  # imports no vLLM
+
+        return untruncated(sampling)
+    return True

@@ -52,6 +52,13 @@ def _import_vllm() -> Any:
     return vllm
 
 
+def untruncated(sampling: SamplingConfig) -> bool:
+    """Whether vLLM's ``processed_logprobs`` are the contract's log-probs under ``sampling`` (no top-k and
+    no top-p: nothing is cut and renormalised). Needs no vLLM: a process without it (the learners of a
+    distributed run) decides with it whether the old log-probs must be recomputed."""
+    return sampling.top_k <= 0 and sampling.top_p >= 1.0
+
+
 class VLLMEngine:
     """Samples with vLLM from a copy of the policy's weights, kept current by ``load_weights``.
 
@@ -166,7 +173,7 @@ class VLLMEngine:
         top-p, where vLLM returns those of the truncated, renormalised distribution, and not when vLLM
         computes in another dtype than the policy's parameters (a bf16 copy of an fp32 policy); the
         trainer then recomputes the old log-probs and keeps vLLM's as ``rollout_logprobs``."""
-        return self.same_dtype and sampling.top_k <= 0 and sampling.top_p >= 1.0
+        return self.same_dtype and untruncated(sampling)
 
     @torch.no_grad()
     def generate(
