@@ -461,6 +461,61 @@ def plot_curves(groups: dict[str, list[Run]], plot_dir: Path) -> list[tuple[Path
     return written
 
 
+FINALS = (("pass@1", "held-out pass@1"), ("pass@k", "held-out pass@k"), ("reward", f"reward (last {LAST_N} steps)"))
+"""The end-of-run numbers drawn per seed by ``plot_finals`` (keys of ``run_summary``)."""
+
+
+def plot_finals(groups: dict[str, list[Run]], summaries: dict[Path, dict], plot_dir: Path) -> list[tuple[Path, str]]:
+    """One PNG, ``final.png``: a panel per end-of-run number of FINALS that some run has. Per method, each
+    seed's value as a dot (labelled with its seed where there are few), the mean as a bar and its 95%
+    t-interval as a vertical line (none for one seed). What the methods table says, seen at a glance: a
+    mean carried by one outlying seed shows as such."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (k, t) for k, t in FINALS if any(summaries[r.path].get(k) is not None for rs in groups.values() for r in rs)
+    ]
+    if not panels:
+        return []
+    ks = {int(k) for rs in groups.values() for r in rs if (k := summaries[r.path].get("k")) and k > 1}
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    colors = plt.get_cmap("tab10").colors
+    labels = list(groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.5, 0.65 * len(labels) + 1.2) * len(panels), 4.0))
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, rs in enumerate(groups.values()):
+            color = colors[i % len(colors)]
+            vals = [(r.seed, v) for r in rs if (v := summaries[r.path].get(key)) is not None]
+            if not vals:
+                continue
+            offsets = [0.0] if len(vals) == 1 else [-0.15 + 0.3 * j / (len(vals) - 1) for j in range(len(vals))]
+            for off, (seed, v) in zip(offsets, sorted(vals, key=lambda sv: sv[1]), strict=True):
+                ax.plot(i + off, v, "o", color=color, alpha=0.6, ms=5)
+                if len(vals) <= 5:
+                    ax.annotate(f"s{seed}", (i + off, v), xytext=(4, 0), textcoords="offset points", fontsize=7,
+                                va="center", color="0.35")  # fmt: skip
+            summ = stats.mean_ci([v for _, v in vals])
+            ax.hlines(summ.mean, i - 0.3, i + 0.3, color=color, lw=2.5)
+            if summ.lo is not None and summ.hi is not None:
+                ax.vlines(i, summ.lo, summ.hi, color=color, lw=1.2)
+        ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 5 else 0, fontsize=9)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        ax.set_ylabel(title.replace("pass@k", f"pass@{ks.pop()}") if key == "pass@k" and len(ks) == 1 else title)
+        ax.grid(axis="y", alpha=0.3)
+        if key.startswith("pass@"):
+            ax.set_ylim(-0.03, 1.03)
+    fig.suptitle("end of each run: dots = seeds, bar = mean, line = 95% t-interval (2+ seeds)", fontsize=10)
+    fig.tight_layout()
+    path = plot_dir / "final.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [(path, "end-of-run numbers per method: each seed, the mean and its 95% interval")]
+
+
 # ---- the report ----
 WORKLOAD = {
     "task.name": "task",
@@ -592,6 +647,8 @@ def _results(doc: Doc, data: dict[str, Any] | None, runs: list[Run], out: Path) 
         f"no interval. Held-out pass@k: the last evaluation of each run. Reward, response length (tokens), entropy "
         f"and KL: the mean of the last {LAST_N} training steps of each run (all of them if fewer).",
     )
+    for path, alt in plot_finals(groups, summaries, out / "plots"):
+        doc.add("img", path, alt)
     doc.add("h2", "Cost per method")
     doc.add("table", *methods_table(groups, summaries, COST_COLUMNS))
     doc.add(

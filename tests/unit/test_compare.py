@@ -477,7 +477,8 @@ def test_report_lists_runs_reproduce_commands_and_plots(rendered):
     out, md, _ = rendered
     assert "anypo compare grpo dr_grpo sapo --seeds 0 1 2" in md
     assert md.count("anypo train grpo --seed") == 3
-    for key in ("reward_mean", "eval_pass_at_1", "eval_pass_at_4", "policy_entropy", "response_length_mean", "kl_ref"):
+    keys = ("final", "reward_mean", "eval_pass_at_1", "eval_pass_at_4", "policy_entropy", "response_length_mean")
+    for key in (*keys, "kl_ref"):
         assert (out / "plots" / f"{key}.png").stat().st_size > 1000
         assert f"(plots/{key}.png)" in md
     assert "Workload of every run: task `addition`, model `tiny`" in md
@@ -485,7 +486,8 @@ def test_report_lists_runs_reproduce_commands_and_plots(rendered):
 
 def test_html_is_self_contained(rendered):
     html = rendered[2]
-    assert html.count('src="data:image/png;base64,') == 6  # the 5 fixed curves + held-out pass@4
+    # the end-of-run dots (final.png), the 5 fixed curves and held-out pass@4
+    assert html.count('src="data:image/png;base64,') == 7
     assert "<script" not in html and not re.search(r"(src|href)=\"(https?:)?//", html) and "@import" not in html
     assert "<th>held-out pass@1</th>" in html and "<code>grpo</code>" in html
 
@@ -600,3 +602,23 @@ def test_curves_add_the_largest_pass_at_k_after_pass_at_1():
     assert keys == ["reward/mean", "eval/pass@1", "eval/pass@8", "policy/entropy", "response/length_mean", "kl/ref"]
     only1 = [{"step": 0, "eval/pass@1": 0.1}]
     assert list(curves_of({"a": [Run(Path("a"), "a", 0, {}, only1)]})) == list(CURVES)
+
+
+def test_plot_finals_draws_each_seed_and_only_what_some_run_logged(tmp_path):
+    """Two methods x two seeds with a final pass@1 and reward but no pass@k > 1: one PNG with two panels
+    (the image's width grows with the panel count: 2 panels of max(3.5, 0.65 x 2 + 1.2) = 3.5 in at 100 dpi);
+    runs without any of the end-of-run numbers draw nothing."""
+    from PIL import Image
+
+    def run(label, seed, p1):
+        rows = [{"step": 1, "reward/mean": p1 / 2}, {"step": 1, "eval/pass@1": p1}]
+        return report.Run(tmp_path / f"{label}{seed}", label, seed, {}, rows)
+
+    groups = {"a": [run("a", 0, 0.2), run("a", 1, 0.4)], "b": [run("b", 0, 0.5), run("b", 1, 0.7)]}
+    summaries = {r.path: report.run_summary(r) for rs in groups.values() for r in rs}
+    assert summaries[tmp_path / "a1"]["pass@1"] == 0.4 and summaries[tmp_path / "a1"]["pass@k"] is None
+    ((path, _alt),) = report.plot_finals(groups, summaries, tmp_path / "plots")
+    assert path == tmp_path / "plots" / "final.png"
+    assert Image.open(path).size[0] == 700
+    empty = {"a": [report.Run(tmp_path / "e", "a", 0, {}, [{"step": 1, "loss/total": 1.0}])]}
+    assert report.plot_finals(empty, {tmp_path / "e": report.run_summary(empty["a"][0])}, tmp_path / "p2") == []
