@@ -52,6 +52,8 @@ def command(name: str, args) -> str:
         mb += f" --seed {args.seed}"
     if args.eval_samples > 1:
         mb += f" --eval-samples {args.eval_samples}"
+    if not getattr(args, "eval_at_start", True):
+        mb += " --no-eval-at-start"
     return (
         f"anypo train {name} --steps {args.steps} --prompts-per-step {args.prompts} --samples-per-prompt {args.samples} "
         f"--lr {args.lr} --sampling.max-new-tokens {args.max_new_tokens} --eval-every {args.eval_every or args.steps} --eval-prompts {args.eval_prompts}"
@@ -154,6 +156,12 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
     updates = train_rows[0].get("train/optimizer_steps", 1.0)
     seed = getattr(args, "seed", 0)
     wall_text = f"{wall / 60:.1f} min" + (f" of {wall_what}" if wall_what else "")
+    nan = float("nan")
+    if 0 in evals:
+        when, first_step = "before", 0
+    else:  # --no-eval-at-start: the first evaluation comes after some training
+        first_step = min(evals, default=args.steps)
+        when = f"at step {first_step}"
     mb_text = (
         f"mini-batches of {args.minibatch_prompts} prompt(s), {updates:.0f} optimizer steps per rollout"
         if args.minibatch_prompts
@@ -165,10 +173,10 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
         f"Embedded SmolLM2-135M-Instruct, 2-digit addition, {args.steps} steps of {args.prompts} prompts x "
         f"{args.samples} samples, lr {args.lr}, at most {args.max_new_tokens} new tokens, seed {seed}, on a 2-core CPU "
         f"({wall_text}). Held-out pass@1 ({args.eval_prompts} prompts, temperature 0.7): "
-        f"{evals.get(0, float('nan')):.2f} before, {evals.get(args.steps, float('nan')):.2f} after"
+        f"{evals.get(first_step, nan):.2f} {when}, {evals.get(args.steps, nan):.2f} after"
         + (
-            f"; pass@{k} ({k} samples per prompt): {evals_k.get(0, float('nan')):.2f} before, "
-            f"{evals_k.get(args.steps, float('nan')):.2f} after"
+            f"; pass@{k} ({k} samples per prompt): {evals_k.get(first_step, nan):.2f} {when}, "
+            f"{evals_k.get(args.steps, nan):.2f} after"
             if k > 1
             else ""
         )
@@ -179,7 +187,6 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
         + "".join(f"{label} | " for _, label in mech),
         "|---|---|---|---|---|" + ("---|" if has_kl else "") + "---|" * len(mech),
     ]
-    nan = float("nan")
     for r in picked:
         kl = f" {r['kl/ref']:.4f} |" if has_kl else ""
         extra = "".join(f" {r.get(k, nan):.4f} |" for k, _ in mech)
@@ -251,10 +258,11 @@ def args_of_run(run: Path) -> argparse.Namespace:
         eval_samples=cfg["eval_samples"],
         minibatch_prompts=cfg["algo"].get("minibatch_prompts"),
         seed=cfg["seed"],
+        eval_at_start=cfg.get("eval_at_start", True),
     )
 
 
-def from_runs(runs: list[Path]) -> None:
+def from_runs(runs: list[Path], note: str = "") -> None:
     """Write the Result section of each finished run's preset (wall time: the sum of its step times and
     evaluations are not in it, so it is given as training time)."""
     summary_path = DOCS / "results.json"
@@ -267,7 +275,8 @@ def from_runs(runs: list[Path]) -> None:
             raise SystemExit(f"{run}: not finished (no held-out evaluation at step {args.steps})")
         wall = sum(r.get("time/step_s", 0.0) for r in rows)
         results[name] = rows
-        write_section(name, result_section(name, rows, args, wall, wall_what="training time, evaluations excluded"))
+        section = result_section(name, rows, args, wall, wall_what="training time, evaluations excluded")
+        write_section(name, section.replace("\n\n", f"\n\n{note}\n\n", 1) if note else section)
         print(f"{name}: section written from {run}", flush=True)
     summary_path.write_text(json.dumps(results))
     plot(results)
@@ -293,9 +302,10 @@ def main() -> None:
     ap.add_argument(
         "--from-runs", nargs="+", type=Path, help="finished run directories: write their sections, train nothing"
     )
+    ap.add_argument("--note", default="", help="with --from-runs: a paragraph put first in each section written")
     args = ap.parse_args()
     if args.from_runs:
-        from_runs(args.from_runs)
+        from_runs(args.from_runs, args.note)
         return
     summary_path = DOCS / "results.json"
     results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
