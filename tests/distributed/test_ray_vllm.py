@@ -19,8 +19,6 @@ actor and one learner. Expected:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -32,21 +30,14 @@ pytest.importorskip("vllm", reason="vLLM is not installed (docs/engines.md: the 
 pytestmark = [pytest.mark.distributed, pytest.mark.vllm]
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dist_helpers import tiny_config  # noqa: E402
+from dist_helpers import rows, single_and_ray, tiny_config  # noqa: E402
 
 from anypo.config import DistConfig  # noqa: E402
 from anypo.engines.base import SamplingConfig  # noqa: E402
 from anypo.models import ModelConfig  # noqa: E402
 
 
-def rows(run_dir: Path, name: str) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
-
-
 def test_a_vllm_rollout_actor_samples_what_vllm_samples_in_one_process(tmp_path, ray_cluster):
-    from anypo.distributed import train as dist_train
-    from anypo.train import train
-
     cfg = tiny_config(
         tmp_path / "single",
         model=ModelConfig(),
@@ -56,18 +47,8 @@ def test_a_vllm_rollout_actor_samples_what_vllm_samples_in_one_process(tmp_path,
         log_samples=8,
         save_every=2,
     )
-    single = train(cfg)
-    dcfg = dataclasses.replace(
-        cfg,
-        out_dir=str(tmp_path / "dist"),
-        dist=DistConfig(backend="ray", rollout_workers=1, learners=1, timeout_s=600, object_store_mb=1024),
-    )
-    dist = dist_train(dcfg)
-
-    s_samples, d_samples = rows(single, "samples.jsonl"), rows(dist, "samples.jsonl")
-    assert len(s_samples) == len(d_samples) == 16
-    for a, b in zip(s_samples, d_samples, strict=True):
-        assert (a["step"], a["completion"], a["reward"]) == (b["step"], b["completion"], b["reward"])
+    dist_cfg = DistConfig(backend="ray", rollout_workers=1, learners=1, timeout_s=600, object_store_mb=1024)
+    single, dist = single_and_ray(cfg, tmp_path, dist_cfg)  # the same 16 completions and rewards
     s_rows, d_rows = rows(single, "metrics.jsonl"), rows(dist, "metrics.jsonl")
     for a, b in zip(s_rows, d_rows, strict=True):
         assert a["reward/mean"] == b["reward/mean"]
