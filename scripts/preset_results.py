@@ -74,6 +74,9 @@ MECHANISM = [
 EXTRA = {
     "bnpo": [("advantage/abs_mean", "mean abs advantage"), ("train/grad_norm", "grad norm")],
     "drpo": [("drpo/penalty_frac", "KL hinge active")],
+    "epo": [("epo/out_of_band_frac", "out of entropy band"), ("epo/phase_weight", "phase weight")],
+    "llds": [("llds/penalized_frac", "LLDS hinge active"), ("llds/loss", "LLDS loss")],
+    "lp_reg": [("lp_reg/regularized_frac", "Lp-Reg active"), ("lp_reg/loss", "Lp-Reg loss")],
     "grpo": [("advantage/abs_mean", "mean abs advantage"), ("train/grad_norm", "grad norm")],
 }
 
