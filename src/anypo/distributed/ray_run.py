@@ -53,7 +53,6 @@ import torch
 
 from anypo import models
 from anypo.config import TrainConfig
-from anypo.engines import logprobs_exact
 from anypo.engines.base import Generation, SamplingConfig
 from anypo.run import TrainingError, run_loop
 from anypo.train import Context, step_metrics
@@ -256,25 +255,12 @@ class RayRolloutEngine:
     process draws; the call takes the slowest block's time instead of the sum).
     """
 
-    def __init__(
-        self,
-        workers: list,
-        pad_id: int,
-        timeout: float,
-        split: bool = False,
-        max_restarts: int = 3,
-        engine: str = "hf",
-    ):
+    def __init__(self, workers: list, pad_id: int, timeout: float, split: bool = False, max_restarts: int = 3):
         self.workers, self.pad_id, self.timeout, self.split = workers, pad_id, timeout, split
-        self.engine = engine  # the actors' engine: hf or vllm
         self.max_restarts = max_restarts
         self.calls = 0
         self.state_ref, self.version = None, -1  # the weights every actor must hold, and their version
         self.restarts = 0  # lost calls generated again after an actor restart (popped into the step's metrics)
-
-    def logprobs_exact(self, sampling: SamplingConfig) -> bool:
-        """The actors' engine's ``logprobs_exact`` (vLLM's are not the contract's with top-k / top-p)."""
-        return logprobs_exact(self.engine, sampling)
 
     def sync(self, state_ref, version: int) -> None:
         """Every rollout actor loads the weights behind ``state_ref`` (one object, read by each) as ``version``."""
@@ -475,9 +461,7 @@ class DistContext(Context):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         local, self.engine = (
             self.engine,
-            RayRolloutEngine(
-                cluster.workers, pad, cfg.dist.timeout_s, cfg.dist.split_calls, cfg.dist.rollout_restarts, cfg.engine
-            ),
+            RayRolloutEngine(cluster.workers, pad, cfg.dist.timeout_s, cfg.dist.split_calls, cfg.dist.rollout_restarts),
         )
         _replace_everywhere(self, local, self.engine)  # every handle on the driver's engine reaches the actors
         local.generate = _driver_does_not_generate  # and one this sweep missed fails instead of sampling stale weights
