@@ -179,15 +179,18 @@ def group_runs(runs: list[Run], order: list[str] | None = None) -> dict[str, lis
     return {k: sorted(v, key=lambda r: (r.seed is None, r.seed or 0, r.path.name)) for k, v in groups.items() if v}
 
 
+def titled(key: str, title: str, groups: dict[str, list[Run]], summaries: dict[Path, dict]) -> str:
+    """``title``, with "pass@k" named by its k (pass@4) when every run that logged one used the same k."""
+    ks = {int(k) for rs in groups.values() for r in rs if (k := summaries[r.path].get("k")) and k > 1}
+    return title.replace("pass@k", f"pass@{ks.pop()}") if key == "pass@k" and len(ks) == 1 else title
+
+
 def methods_table(
     groups: dict[str, list[Run]], summaries: dict[Path, dict], columns: list[Column]
 ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a per-method table (mean [95% interval] across seeds) of the logged ``columns``."""
     cols = [c for c in columns if any(summaries[r.path].get(c.key) is not None for rs in groups.values() for r in rs)]
-    ks = {int(k) for rs in groups.values() for r in rs if (k := summaries[r.path].get("k")) and k > 1}
-    header = ["method", "seeds"] + [
-        c.title.replace("pass@k", f"pass@{ks.pop()}") if c.key == "pass@k" and len(ks) == 1 else c.title for c in cols
-    ]
+    header = ["method", "seeds"] + [titled(c.key, c.title, groups, summaries) for c in cols]
     rows = []
     for label, rs in groups.items():
         seeds = ", ".join(str(r.seed) for r in rs)
@@ -480,7 +483,6 @@ def plot_finals(groups: dict[str, list[Run]], summaries: dict[Path, dict], plot_
     ]
     if not panels:
         return []
-    ks = {int(k) for rs in groups.values() for r in rs if (k := summaries[r.path].get("k")) and k > 1}
     plot_dir.mkdir(parents=True, exist_ok=True)
     colors = plt.get_cmap("tab10").colors
     labels = list(groups)
@@ -504,7 +506,7 @@ def plot_finals(groups: dict[str, list[Run]], summaries: dict[Path, dict], plot_
                 ax.vlines(i, summ.lo, summ.hi, color=color, lw=1.2)
         ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 5 else 0, fontsize=9)
         ax.set_xlim(-0.6, len(labels) - 0.4)
-        ax.set_ylabel(title.replace("pass@k", f"pass@{ks.pop()}") if key == "pass@k" and len(ks) == 1 else title)
+        ax.set_ylabel(titled(key, title, groups, summaries))
         ax.grid(axis="y", alpha=0.3)
         if key.startswith("pass@"):
             ax.set_ylim(-0.03, 1.03)
