@@ -10,9 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def rows_of(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+from anypo.runs import read_jsonl
 
 
 def main() -> None:
@@ -28,13 +26,12 @@ def main() -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    runs = sorted(args.runs, key=lambda r: (json.loads((r / "config.json").read_text())["preset"] != "grpo", r.name))
-    ks = sorted({int(k.split("@")[1]) for r in runs for row in rows_of(r) for k in row if k.startswith("eval/pass@")})
-    k = max(ks)
+    # (preset, metrics rows) of each run, GRPO first
+    runs = [(json.loads((r / "config.json").read_text())["preset"], read_jsonl(r / "metrics.jsonl")) for r in args.runs]
+    runs.sort(key=lambda pr: pr[0] != "grpo")
+    k = max(int(key.split("@")[1]) for _, rows in runs for row in rows for key in row if key.startswith("eval/pass@"))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for i, run in enumerate(runs):
-        label = json.loads((run / "config.json").read_text())["preset"]
-        rows = rows_of(run)
+    for i, (label, rows) in enumerate(runs):
         style = {"color": f"C{i % 10}", "lw": 2.2 if label == "grpo" else 1.4, "ls": "-" if label == "grpo" else "--"}
         ent = [(r["step"], r["policy/entropy"]) for r in rows if "policy/entropy" in r]
         n = args.smooth
