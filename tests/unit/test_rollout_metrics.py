@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anypo.rollout.stats import advantage_metrics, length_by_correctness
+from anypo.rollout.stats import _mixed_correct, advantage_metrics, length_by_correctness
 from anypo.types import RolloutBatch
 
 
@@ -35,3 +35,14 @@ def test_advantage_metrics_over_response_tokens_only():
     m = advantage_metrics(batch)
     assert m["advantage/abs_mean"] == pytest.approx(3.5 / 3)
     assert m["advantage/abs_max"] == 2.0
+
+
+def test_mixed_correct_group_frac_by_hand():
+    """Groups 0: (1, 0) mixed; 1: (0, 0) all wrong; 2: (1, 1, 1) all right; 3: (0, 1, 0) mixed: 2 of 4
+    groups carry a correctness signal. No correctness term, a NaN, or a length mismatch: nothing."""
+    ids = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3, 3, 3])
+    correct = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+    assert _mixed_correct(ids, correct) == {"rollout/mixed_correct_group_frac": 0.5}
+    assert _mixed_correct(ids, []) == {}
+    assert _mixed_correct(ids, correct[:-1] + [float("nan")]) == {}
+    assert _mixed_correct(ids[:3], correct) == {}

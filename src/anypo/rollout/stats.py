@@ -45,6 +45,7 @@ def rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) ->
     ]
     correct = generated.extras.get("correct", [])
     return {
+        **_mixed_correct(generated.group_ids, correct),
         "reward/mean": float(r.mean()),
         "reward/std": float(r.std()) if len(r) > 1 else 0.0,
         **({"reward/accuracy": sum(correct) / len(correct)} if correct and all(c == c for c in correct) else {}),
@@ -56,6 +57,18 @@ def rollout_metrics(batch: RolloutBatch, generated: RolloutBatch, draws: int) ->
         "response/truncated_frac": float(generated.truncated.float().mean()),
         **length_by_correctness(lengths, correct),
     }
+
+
+def _mixed_correct(group_ids: torch.Tensor, correct: list) -> dict[str, float]:
+    """``rollout/mixed_correct_group_frac``: the share of groups with both a correct and a wrong sample,
+    the groups whose advantage carries a correctness signal (a format bonus alone also makes rewards
+    differ). Absent when the reward has no correctness term (or a sample's is NaN)."""
+    if not correct or len(correct) != len(group_ids) or any(c != c for c in correct):
+        return {}
+    by_group: dict[int, set[bool]] = {}
+    for g, c in zip(group_ids.tolist(), correct, strict=True):
+        by_group.setdefault(g, set()).add(bool(c))
+    return {"rollout/mixed_correct_group_frac": sum(len(v) == 2 for v in by_group.values()) / len(by_group)}
 
 
 def advantage_metrics(batch: RolloutBatch) -> dict[str, float]:
