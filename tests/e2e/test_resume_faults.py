@@ -46,11 +46,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, make_cfg):
     """Run A: 4 steps straight. Run B: killed with SIGKILL once its step-2 checkpoint exists, then
     resumed. Steps after the resume point must have the same rewards and losses, and the final
     weights must be identical (same seed, CPU, one thread)."""
+    # A and B run side by side (one thread each): they are independent processes
     cfg = make_cfg(steps=4, out_dir=str(tmp_path / "a"))
     a = _run_cli(["train", "grpo", *_cli_args(cfg)])
-    assert a.wait(timeout=600) == 0, a.stderr.read().decode()[-3000:]
-    run_a = next((tmp_path / "a").iterdir())
-
     cfg_b = make_cfg(steps=4, out_dir=str(tmp_path / "b"))
     b = _run_cli(["train", "grpo", *_cli_args(cfg_b)])
     deadline = time.time() + 600
@@ -67,6 +65,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, make_cfg):
     killed_at = int(checkpoint.latest(run_b).name.split("_")[1])
     assert killed_at < 4, "run B was not interrupted"
     r = _run_cli(["train", "--resume", str(run_b)])
+    assert a.wait(timeout=600) == 0, a.stderr.read().decode()[-3000:]
+    run_a = next((tmp_path / "a").iterdir())
     assert r.wait(timeout=600) == 0, r.stderr.read().decode()[-3000:]
 
     rows_a, rows_b = _rows(run_a), _rows(run_b)

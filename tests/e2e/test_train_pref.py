@@ -258,9 +258,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
             "--eval-every", "0", "--save-every", "1", "--no-progress", "--threads", "1", "--out-dir", str(out),
         ]  # fmt: skip
 
-    a = _cli(args(tmp_path / "a"))
-    assert a.wait(timeout=600) == 0, a.stderr.read().decode()[-3000:]
-    run_a = next((tmp_path / "a").iterdir())
+    a = _cli(args(tmp_path / "a"))  # A and B side by side (one thread each): independent processes
     b = _cli(args(tmp_path / "b"))
     deadline, run_b = time.time() + 600, None
     while time.time() < deadline:
@@ -275,6 +273,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     killed_at = int(checkpoint.latest(run_b).name.split("_")[1])
     assert killed_at < 4, "run B was not interrupted"
     r = _cli(["train", "--resume", str(run_b)])
+    assert a.wait(timeout=600) == 0, a.stderr.read().decode()[-3000:]
+    run_a = next((tmp_path / "a").iterdir())
     assert r.wait(timeout=600) == 0, r.stderr.read().decode()[-3000:]
     rows_a, rows_b = metric_rows(run_a), metric_rows(run_b)
     assert sorted(rows_b) == [1, 2, 3, 4]
