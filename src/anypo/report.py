@@ -36,6 +36,7 @@ CURVES = {
     "policy/entropy": "policy entropy (nats/token)",
     "response/length_mean": "response length (tokens)",
     "kl/ref": "KL to reference",
+    "rollout/mixed_correct_group_frac": "groups with right and wrong samples",
 }
 """Metrics drawn as curves (when any run logs them), with their axis labels."""
 

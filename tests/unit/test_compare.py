@@ -594,12 +594,20 @@ def test_report_of_run_directories_from_any_loop(tmp_path):
 
 def test_curves_add_the_largest_pass_at_k_after_pass_at_1():
     """Runs logging pass@1, pass@2 and pass@8 get a pass@8 curve (the largest k), drawn right after
-    pass@1; runs that log only pass@1 keep the five fixed curves."""
+    pass@1; runs that log only pass@1 keep the six fixed curves."""
     from anypo.report import CURVES, Run, curves_of
 
     rows = [{"step": 0, "eval/pass@1": 0.1, "eval/pass@2": 0.2}, {"step": 10, "eval/pass@8": 0.5}]
     keys = list(curves_of({"a": [Run(Path("a"), "a", 0, {}, rows)]}))
-    assert keys == ["reward/mean", "eval/pass@1", "eval/pass@8", "policy/entropy", "response/length_mean", "kl/ref"]
+    assert keys == [
+        "reward/mean",
+        "eval/pass@1",
+        "eval/pass@8",
+        "policy/entropy",
+        "response/length_mean",
+        "kl/ref",
+        "rollout/mixed_correct_group_frac",
+    ]
     only1 = [{"step": 0, "eval/pass@1": 0.1}]
     assert list(curves_of({"a": [Run(Path("a"), "a", 0, {}, only1)]})) == list(CURVES)
 
