@@ -184,6 +184,12 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
     else:  # --no-eval-at-start: the first evaluation comes after some training
         first_step = min(evals, default=args.steps)
         when = f"at step {first_step}"
+
+    def before_after(ev: dict[int, float]) -> str:
+        if first_step == args.steps:  # one evaluation, at the end
+            return f"{ev.get(args.steps, nan):.2f} after step {args.steps}"
+        return f"{ev.get(first_step, nan):.2f} {when}, {ev.get(args.steps, nan):.2f} after"
+
     mb_text = (
         f"mini-batches of {args.minibatch_prompts} prompt(s), {updates:.0f} optimizer steps per rollout"
         if args.minibatch_prompts
@@ -201,14 +207,8 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
         )
         + f" of {args.prompts} prompts x "
         f"{args.samples} samples, lr {args.lr}, at most {args.max_new_tokens} new tokens, seed {seed}, on a 2-core CPU "
-        f"({wall_text}). Held-out pass@1 ({args.eval_prompts} prompts, temperature 0.7): "
-        f"{evals.get(first_step, nan):.2f} {when}, {evals.get(args.steps, nan):.2f} after"
-        + (
-            f"; pass@{k} ({k} samples per prompt): {evals_k.get(first_step, nan):.2f} {when}, "
-            f"{evals_k.get(args.steps, nan):.2f} after"
-            if k > 1
-            else ""
-        )
+        f"({wall_text}). Held-out pass@1 ({args.eval_prompts} prompts, temperature 0.7): {before_after(evals)}"
+        + (f"; pass@{k} ({k} samples per prompt): {before_after(evals_k)}" if k > 1 else "")
         + f"; {mb_text}."
         + levels_text(rows, args.steps),
         "",
@@ -219,7 +219,7 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
     ]
     for r in picked:
         kl = f" {r['kl/ref']:.4f} |" if has_kl else ""
-        extra = "".join(f" {r.get(k, nan):.4f} |" for k, _ in mech)
+        extra = "".join(f" {_cell(r.get(k, nan))} |" for k, _ in mech)
         lines.append(
             f"| {r['step']} | {r['reward/mean']:.3f} | {r.get('reward/accuracy', nan):.3f} | "
             f"{r['response/length_mean']:.1f} | {r.get('policy/entropy', nan):.3f} |{kl}{extra}"
@@ -232,10 +232,17 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
         command(name, args),
         "```",
         "",
-        "![rewards of every preset](presets_reward.png)",
+        "![rewards of every preset](presets_reward.png)"
+        if task == "addition"
+        else "The figure of every method of this family on this workload: [curricula.md](../curricula.md).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _cell(v: float) -> str:
+    """Four decimals, or a whole number for counts (tokens so far)."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.4f}"
 
 
 def levels_text(rows: list[dict], step: int) -> str:
@@ -321,7 +328,8 @@ def from_runs(runs: list[Path], note: str = "") -> None:
         if not any(r.get("step") == args.steps and "eval/pass@1" in r for r in rows):
             raise SystemExit(f"{run}: not finished (no held-out evaluation at step {args.steps})")
         wall = sum(r.get("time/step_s", 0.0) for r in rows)
-        results[name] = rows
+        if args.task == "addition":  # presets_reward.png puts the addition runs side by side
+            results[name] = rows
         section = result_section(name, rows, args, wall, wall_what="training time, evaluations excluded")
         write_section(name, section.replace("\n\n", f"\n\n{note}\n\n", 1) if note else section)
         print(f"{name}: section written from {run}", flush=True)
