@@ -175,7 +175,7 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
     task = getattr(args, "task", "addition")
     own = EXTRA.get(name, []) + (GRADED if task.startswith("graded") else [])
     mech = [(k, label) for k, label in MECHANISM + own if any(k in r for r in train_rows)]
-    updates = train_rows[0].get("train/optimizer_steps", 1.0)
+    updates = max(r.get("train/optimizer_steps", 1.0) for r in train_rows)  # a step without signal has 0
     seed = getattr(args, "seed", 0)
     wall_text = f"{wall / 60:.1f} min" + (f" of {wall_what}" if wall_what else "")
     nan = float("nan")
