@@ -59,7 +59,11 @@ def main() -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1]})
     for i, (label, rows) in enumerate(runs):
-        style = {"color": "black" if label == "grpo" else f"C{i % 10}", "lw": 2.4 if label == "grpo" else 1.2}
+        style = {
+            "color": "black" if label == "grpo" else f"C{i % 10}",
+            "lw": 2.4 if label == "grpo" else 1.2,
+            "ls": "-" if i < 10 else "--",  # past 10 colours the next style: no two runs look alike
+        }
         pts = [
             (r["rollout/generated_tokens_total"], r["rollout/mixed_correct_group_frac"])
             for r in rows
