@@ -15,10 +15,7 @@ import json
 from pathlib import Path
 
 from anypo.runs import read_jsonl
-
-
-def _moving_mean(xs: list[float], n: int) -> list[float]:
-    return [sum(xs[max(0, j - n + 1) : j + 1]) / len(xs[max(0, j - n + 1) : j + 1]) for j in range(len(xs))]
+from anypo.stats import trailing_mean
 
 
 def summary(rows: list[dict]) -> dict:
@@ -70,7 +67,7 @@ def main() -> None:
             if "rollout/mixed_correct_group_frac" in r
         ]
         if pts:
-            axes[0].plot([t for t, _ in pts], _moving_mean([v for _, v in pts], args.smooth), label=label, **style)
+            axes[0].plot([t for t, _ in pts], trailing_mean([v for _, v in pts], args.smooth), label=label, **style)
     axes[0].set_xlabel("generated tokens (every draw, re-scoring and hinted pass counts)")
     axes[0].set_ylabel(f"groups with right and wrong samples ({args.smooth}-step mean)")
     axes[0].legend(fontsize=7, ncol=2)

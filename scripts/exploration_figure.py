@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from anypo.runs import read_jsonl
+from anypo.stats import trailing_mean
 
 
 def main() -> None:
@@ -34,12 +35,7 @@ def main() -> None:
     for i, (label, rows) in enumerate(runs):
         style = {"color": f"C{i % 10}", "lw": 2.2 if label == "grpo" else 1.4, "ls": "-" if label == "grpo" else "--"}
         ent = [(r["step"], r["policy/entropy"]) for r in rows if "policy/entropy" in r]
-        n = args.smooth
-        ys = [
-            sum(v for _, v in ent[max(0, j - n + 1) : j + 1]) / len(ent[max(0, j - n + 1) : j + 1])
-            for j in range(len(ent))
-        ]
-        axes[0].plot([s for s, _ in ent], ys, label=label, **style)
+        axes[0].plot([s for s, _ in ent], trailing_mean([v for _, v in ent], args.smooth), label=label, **style)
         for ax, key in ((axes[1], "eval/pass@1"), (axes[2], f"eval/pass@{k}")):
             pts = [(r["step"], r[key]) for r in rows if key in r]
             ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", ms=4, label=label, **style)

@@ -25,6 +25,7 @@ from anypo.algorithms import PRESETS
 from anypo.config import TrainConfig
 from anypo.engines.base import SamplingConfig
 from anypo.runs import read_jsonl
+from anypo.stats import trailing_mean
 from anypo.train import train
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "algorithms"
@@ -275,8 +276,7 @@ def plot(results: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (name, rows) in enumerate(sorted(results.items())):
         pts = [(r["step"], r["reward/mean"]) for r in rows if "reward/mean" in r]
-        # 5-step moving average: 4 x 8 samples per step are noisy
-        ys = [sum(y for _, y in pts[max(0, i - 4) : i + 1]) / len(pts[max(0, i - 4) : i + 1]) for i in range(len(pts))]
+        ys = trailing_mean([y for _, y in pts], 5)  # 4 x 8 samples per step are noisy
         # 10 colours, then the next line style: no two presets share colour and style
         ax.plot([p[0] for p in pts], ys, label=name, color=f"C{i % 10}", linestyle=["-", "--", ":"][i // 10 % 3])
     ax.set_xlabel("step")
@@ -287,15 +287,16 @@ def plot(results: dict) -> None:
     fig.savefig(DOCS / "presets_reward.png", dpi=110)
 
 
-def args_of_run(run: Path) -> argparse.Namespace:
-    """The settings of a finished online run, read from its config.json, in the shape of this script's args."""
+def args_of_run(run: Path, rows: list[dict]) -> argparse.Namespace:
+    """The settings of a finished online run (its config.json; ``rows``, its metrics, give the last step
+    of a run a token budget ended), in the shape of this script's args."""
     cfg = json.loads((run / "config.json").read_text())
     task = cfg.get("task", {}).get("name", "addition")
     if task not in TASK_TEXT:
         raise SystemExit(f"{run}: no Result text for task {task!r}; add it to TASK_TEXT")
     steps = cfg["steps"]
     if cfg.get("budget_tokens"):  # the budget ends the run: its last trained step
-        steps = max(r["step"] for r in read_jsonl(run / "metrics.jsonl") if "reward/mean" in r)
+        steps = max(r["step"] for r in rows if "reward/mean" in r)
     return argparse.Namespace(
         steps=steps,
         max_steps=cfg["steps"],
@@ -324,7 +325,7 @@ def from_runs(runs: list[Path], note: str = "") -> None:
     for run in runs:
         name = json.loads((run / "config.json").read_text())["preset"]
         rows = read_jsonl(run / "metrics.jsonl")
-        args = args_of_run(run)
+        args = args_of_run(run, rows)
         if not any(r.get("step") == args.steps and "eval/pass@1" in r for r in rows):
             raise SystemExit(f"{run}: not finished (no held-out evaluation at step {args.steps})")
         wall = sum(r.get("time/step_s", 0.0) for r in rows)

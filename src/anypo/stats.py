@@ -151,3 +151,9 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Welch:
     t = abs(diff) / se
     p = betainc(df / 2.0, 0.5, df / (df + t * t))  # = 2 * P(T_df > t), without the cancellation of 1 - cdf
     return Welch(sa.n, sb.n, diff, diff - half, diff + half, min(max(p, 0.0), 1.0), df, "")
+
+
+def trailing_mean(xs: Sequence[float], n: int) -> list[float]:
+    """Moving mean of each value and the ``n - 1`` before it (fewer at the start): the smoothing of the
+    curves in docs figures (one step of a few samples is noisy)."""
+    return [sum(xs[max(0, j - n + 1) : j + 1]) / len(xs[max(0, j - n + 1) : j + 1]) for j in range(len(xs))]

@@ -73,6 +73,13 @@ def test_mean_ci_by_hand():
     assert stats.mean_ci([]).n == 0
 
 
+def test_trailing_mean_by_hand():
+    """Window 3 over 1, 2, 6, 3: 1/1, (1+2)/2 = 1.5, (1+2+6)/3 = 3, (2+6+3)/3 = 11/3; window 1 is the identity."""
+    assert stats.trailing_mean([1.0, 2.0, 6.0, 3.0], 3) == pytest.approx([1.0, 1.5, 3.0, 11 / 3])
+    assert stats.trailing_mean([4.0, 5.0], 1) == [4.0, 5.0]
+    assert stats.trailing_mean([], 3) == []
+
+
 def test_welch_by_hand():
     """a = [1, 2, 3], b = [4, 5, 6]: means 2 and 5, variances 1 and 1, se^2 = 1/3 + 1/3, se = 0.816497;
     df = (2/3)^2 / ((1/3)^2/2 + (1/3)^2/2) = 4; interval 3 +- 2.776445 * 0.816497 = [0.733042, 5.266958];
