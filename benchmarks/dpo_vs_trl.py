@@ -19,9 +19,9 @@ and appends its EOS (``<|im_end|>``) to each response, which is exactly anypo's 
 worker checks token for token that its tokenized pairs equal anypo's before it starts.
 
 The driver starts two persistent workers (this file with ``--worker anypo|trl``, under the bench
-venv's python), waits until both have loaded their model and precomputed their reference
-log-probs, then alternates single training steps (anypo, TRL, anypo, ...): ``--warmup`` steps each,
-excluded from the statistics, then ``--steps``. A worker gets ``step`` on stdin, runs one optimizer
+venv's python), one after the other, each up to the point where it has loaded its model and
+precomputed its reference log-probs, then alternates single training steps (anypo, TRL, anypo, ...):
+``--warmup`` steps each, excluded from the statistics, then ``--steps``. A worker gets ``step`` on stdin, runs one optimizer
 step and answers one JSON line with per-phase seconds, the step's loss and mean log-probs; ``quit``
 ends it. Only one worker computes at a time.
 
@@ -449,11 +449,13 @@ def run(args: argparse.Namespace, python: str, log_dir: Path) -> dict:
     data = Path(tmp.name) / "w2_pairs.jsonl"
     n = args.pairs_per_step * (args.warmup + args.steps)
     write_pairs(data, make_pairs(n, args.seed, W2["numbers_per_prompt"]))
-    workers = {
-        lib: start_worker(lib, python, args, data, log_dir / f"dpo_vs_trl.{lib}.log", Path(tmp.name)) for lib in LIBS
-    }
+    # one worker at a time up to "ready": loading and the reference precompute of two workers at once
+    # would share the 2 cores (each precompute then takes minutes and its time means nothing)
+    workers, ready = {}, {}
     try:
-        ready = {lib: w.read("ready") for lib, w in workers.items()}
+        for lib in LIBS:
+            workers[lib] = start_worker(lib, python, args, data, log_dir / f"dpo_vs_trl.{lib}.log", Path(tmp.name))
+            ready[lib] = workers[lib].read("ready")
         for lib, r in ready.items():
             print(
                 f"  {lib} ready after {r['load_s']:.1f} s (reference precompute {r['reference_s']:.1f} s): "

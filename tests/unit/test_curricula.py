@@ -498,6 +498,23 @@ def test_dataset_reset_forces_a_masked_prefix_of_the_solution():
     assert t.response_ids.shape[1] == last and torch.equal(t.response_mask, b.response_mask[:, :last])
 
 
+def test_dataset_reset_cap_bounds_the_rollin():
+    """max_rollin_tokens=3 on the 41-character solution: the draw is the code's draw on a reference of
+    4 tokens, so every h is in {1, 2, 3} (uniform on min(L - 1, cap) values); over 40 samples all
+    three values occur. A negative cap is refused."""
+    from anypo.rollout import DatasetReset, DatasetResetConfig
+    from anypo.rollout.reset import rollin_lengths
+
+    groups, _ = make_groups(lambda text, k: "Z", EX, G=40)
+    b = DatasetReset(DatasetResetConfig(max_rollin_tokens=3), groups).collect([Request(0, 40)], seed=4, step=1)
+    h = b.extras["rollin_tokens"]
+    assert set(h) == {1, 2, 3}
+    # the same draws as the uncapped code on a 4-token reference (the part's rng is seeded [seed, 59])
+    assert h == rollin_lengths([4] * 40, 1.0, np.random.default_rng([4, 59]))
+    with pytest.raises(ValueError, match="max_rollin_tokens"):
+        DatasetResetConfig(max_rollin_tokens=-1)
+
+
 # ---- iGRPO drafts and refinements ----
 def test_draft_refine_conditions_on_the_best_draft():
     """Spec section 13: draft rewards [0, 1, 0, 1] -> the best is draft 1 (ties to the first maximum);

@@ -34,15 +34,23 @@ class DatasetResetConfig(PartConfig):
     ``solution`` field; prompts without one are generated from scratch. Deviations: the
     continuation gets the full ``max_new_tokens`` (the code fixes the total response length); the
     code also scores the KL penalty on the roll-in tokens and trains the value head there, here both
-    act on the generated tokens only (the masked tokens are not the policy's actions).
+    act on the generated tokens only (the masked tokens are not the policy's actions). With
+    ``max_rollin_tokens`` set, the draw is uniform on ``{1, ..., min(L_ref - 1, max_rollin_tokens)}``
+    (the paper's TL;DR references are short; a worked math solution of 300+ tokens makes every
+    sample a 300-token context that the training pass must run with gradient).
     """
 
     beta: float = 1.0
     """Probability that a sample is reset into the reference (code ``beta=1.0``: every sample)."""
+    max_rollin_tokens: int = 0
+    """Longest roll-in in tokens (the reference is cut to its first ``max_rollin_tokens + 1`` tokens
+    before the draw); 0: no cap, as in the code."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        if self.max_rollin_tokens < 0:
+            raise ValueError(f"max_rollin_tokens must be >= 0 (0: no cap), got {self.max_rollin_tokens}")
 
 
 def rollin_lengths(ref_lengths: Sequence[int], beta: float, rng: np.random.Generator) -> list[int]:
@@ -78,6 +86,8 @@ class DatasetReset(RolloutPart):
         rows, owner = [], []
         for k, r in enumerate(requests):
             ref = self.reference(r.index)
+            if self.cfg.max_rollin_tokens:
+                ref = ref[: self.cfg.max_rollin_tokens + 1]  # h <= L - 1 = the cap
             for h in rollin_lengths([len(ref)] * r.n, self.cfg.beta, rng):
                 rows.append(Request(r.index, 1, r.insert, ref[:h]))
                 owner.append(k)
