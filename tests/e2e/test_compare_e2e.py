@@ -52,7 +52,7 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory) -> dict:
     """Run the compare, SIGKILL it once its first run has finished and its second has a checkpoint but no
-    final/, check that the second run died with it, then `anypo compare --resume` it."""
+    final/, check that the second run died with it, then `anypo compare --resume --parallel 2` it."""
     out = tmp_path_factory.mktemp("compare")
     log = open(out / "compare.log", "w")  # noqa: SIM115
     args = ["compare", *PRESETS, "--seeds", *map(str, SEEDS), "--smoke", "--threads", "1", "--name", "e2e",
@@ -83,7 +83,8 @@ def compare_dir(tmp_path_factory) -> dict:
         "second_dir": d / _runs(d)[1]["run_dir"],
         "statuses": [r["status"] for r in _runs(d)],
     }
-    resume = _anypo("compare", "--resume", str(d), stdout=log, stderr=subprocess.STDOUT)
+    # the resume runs two at a time (one thread each): the interrupted run next to the third
+    resume = _anypo("compare", "--resume", str(d), "--parallel", "2", stdout=log, stderr=subprocess.STDOUT)
     assert resume.wait(timeout=600) == 0, (out / "compare.log").read_text()[-3000:]
     log.close()
     return {"dir": d, "orphan_died": orphan_died, **killed}
