@@ -165,6 +165,90 @@ def pref_result_section(name: str, rows: list[dict], args, wall: float) -> str:
     return "\n".join(lines)
 
 
+ORACLE_TEXT = {
+    "intransitive": "the intransitive oracle (majority of three graded criteria: correct, within the length "
+    "budget, answer format; it has Condorcet cycles)",
+    "verifier_bt": "the verifier Bradley-Terry oracle (sigmoid of the reward difference)",
+}
+PREF_ONLINE_EVAL = [
+    ("eval/win_rate_vs_init", "win rate vs initial"),
+    ("eval/gold", "gold"),
+    ("eval/kl_ref", "KL to initial"),
+    ("eval/exploitability", "exploitability"),
+    ("eval/nash_tv", "TV to Nash"),
+]
+PREF_ONLINE_TRAIN = [
+    ("data/pairs", "pairs"),
+    ("pref/loss", "loss"),
+    ("pref/accuracy", "accuracy"),
+    ("pref/reward_margin", "reward margin"),
+    ("data/gold", "gold of samples"),
+]
+
+
+def run_command(run: Path) -> str | None:
+    """``anypo train ...`` of a run made by ``anypo compare`` (its compare.json), without --out-dir."""
+    compare_json = run.parent.parent / "compare.json"
+    if not compare_json.exists():
+        return None
+    for r in json.loads(compare_json.read_text())["runs"]:
+        if r.get("run_dir") and (run.parent.parent / r["run_dir"]).resolve() == run.resolve():
+            args = list(r["args"])
+            if "--out-dir" in args:
+                i = args.index("--out-dir")
+                del args[i : i + 2]
+            return "anypo train " + " ".join(args)
+    return None
+
+
+def pref_online_section(name: str, run: Path, rows: list[dict]) -> str:
+    """Result of an online preference run (kind ``preference_online``): the held-out oracle evaluation at
+    every evaluation step and the training pairs' metrics, from the run's own files."""
+    cfg = json.loads((run / "config.json").read_text())
+    algo, oracle = cfg["algo"], cfg.get("oracle", {}).get("kind", "verifier_bt")
+    train_rows = [r for r in rows if "pref/loss" in r or "data/pairs" in r]
+    evals = [r for r in rows if "eval/win_rate_vs_init" in r]
+    if not evals or evals[-1]["step"] != cfg["steps"]:
+        raise SystemExit(f"{run}: not finished (no held-out evaluation at step {cfg['steps']})")
+    wall = sum(r.get("time/step_s", 0.0) for r in train_rows)
+    nan = float("nan")
+    ecols = [(k, label) for k, label in PREF_ONLINE_EVAL if any(k in r for r in evals)]
+    tcols = [(k, label) for k, label in PREF_ONLINE_TRAIN if any(k in r for r in train_rows)]
+    every = max(len(train_rows) // 6, 1)
+    picked = [r for i, r in enumerate(train_rows) if i % every == 0 or i == len(train_rows) - 1]
+    first, last = evals[0], evals[-1]
+    lines = [
+        "## Result",
+        "",
+        f"Embedded SmolLM2-135M-Instruct, {TASK_TEXT.get(cfg['task']['name'], cfg['task']['name'])}, judged by "
+        f"{ORACLE_TEXT.get(oracle, oracle)}; {cfg['steps']} steps of {cfg['prompts_per_step']} prompts x "
+        f"{algo['samples_per_prompt']} samples (pairing `{algo['pairing']}`), lr {cfg['lr']}, at most "
+        f"{cfg['sampling']['max_new_tokens']} new tokens, seed {cfg['seed']}, {cfg.get('threads') or 2} thread(s) "
+        f"on a 2-core CPU ({wall / 60:.1f} min of training steps, evaluations excluded). Held-out "
+        f"({cfg['eval_prompts']} prompts, {cfg['eval_candidates']} fixed candidates of the initial policy per "
+        f"prompt for the Nash): win rate against the initial policy {first.get('eval/win_rate_vs_init', nan):.3f} "
+        f"at step {first['step']}, {last.get('eval/win_rate_vs_init', nan):.3f} after step {last['step']}; "
+        f"exploitability {first.get('eval/exploitability', nan):.3f} -> {last.get('eval/exploitability', nan):.3f}.",
+        "",
+        "Held-out evaluations:",
+        "",
+        "| step | " + "".join(f"{label} | " for _, label in ecols),
+        "|---|" + "---|" * len(ecols),
+    ]
+    for r in evals:
+        lines.append(f"| {r['step']} |" + "".join(f" {r.get(k, nan):.3f} |" for k, _ in ecols))
+    lines += ["", "Training pairs:", "", "| step | " + "".join(f"{label} | " for _, label in tcols)]
+    lines.append("|---|" + "---|" * len(tcols))
+    for r in picked:
+        cells = (f"{r.get(k, nan):.0f}" if k == "data/pairs" else _cell(r.get(k, nan)) for k, _ in tcols)
+        lines.append(f"| {r['step']} |" + "".join(f" {c} |" for c in cells))
+    cmd = run_command(run)
+    if cmd:
+        lines += ["", "Reproduce:", "", "```bash", cmd, "```"]
+    lines += ["", "The figure of the online preference methods side by side: [preference.md](../preference.md).", ""]
+    return "\n".join(lines)
+
+
 def result_section(name: str, rows: list[dict], args, wall: float, wall_what: str = "") -> str:
     train_rows = [r for r in rows if "reward/mean" in r]
     evals = {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
@@ -325,6 +409,10 @@ def from_runs(runs: list[Path], note: str = "") -> None:
     for run in runs:
         name = json.loads((run / "config.json").read_text())["preset"]
         rows = read_jsonl(run / "metrics.jsonl")
+        if PRESETS[name].kind == "preference_online":
+            write_section(name, pref_online_section(name, run, rows))
+            print(f"{name}: section written from {run}", flush=True)
+            continue
         args = args_of_run(run, rows)
         if not any(r.get("step") == args.steps and "eval/pass@1" in r for r in rows):
             raise SystemExit(f"{run}: not finished (no held-out evaluation at step {args.steps})")
