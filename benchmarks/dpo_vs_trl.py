@@ -21,9 +21,9 @@ worker checks token for token that its tokenized pairs equal anypo's before it s
 The driver starts two persistent workers (this file with ``--worker anypo|trl``, under the bench
 venv's python), one after the other, each up to the point where it has loaded its model and
 precomputed its reference log-probs, then alternates single training steps (anypo, TRL, anypo, ...):
-``--warmup`` steps each, excluded from the statistics, then ``--steps``. A worker gets ``step`` on stdin, runs one optimizer
-step and answers one JSON line with per-phase seconds, the step's loss and mean log-probs; ``quit``
-ends it. Only one worker computes at a time.
+``--warmup`` steps each, excluded from the statistics, then ``--steps``. A worker gets ``step`` on
+stdin, runs one optimizer step and answers one JSON line with per-phase seconds, the step's loss and
+mean log-probs; ``quit`` ends it. Only one worker computes at a time.
 
     bash benchmarks/setup_bench.sh                                  # once: benchmarks/.venv-bench
     benchmarks/.venv-bench/bin/python benchmarks/dpo_vs_trl.py      # W2: 1 warm-up + 3 measured steps

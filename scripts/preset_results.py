@@ -187,21 +187,18 @@ PREF_ONLINE_TRAIN = [
 
 
 def run_command(run: Path) -> str | None:
-    """``anypo train ...`` of a run made by ``anypo compare`` (its compare.json), without --out-dir."""
+    """``anypo train ...`` of a run made by ``anypo compare`` (its compare.json keeps each run's arguments
+    without --out-dir, which the launcher adds)."""
     compare_json = run.parent.parent / "compare.json"
     if not compare_json.exists():
         return None
     for r in json.loads(compare_json.read_text())["runs"]:
         if r.get("run_dir") and (run.parent.parent / r["run_dir"]).resolve() == run.resolve():
-            args = list(r["args"])
-            if "--out-dir" in args:
-                i = args.index("--out-dir")
-                del args[i : i + 2]
-            return "anypo train " + " ".join(args)
+            return "anypo train " + " ".join(r["args"])
     return None
 
 
-def pref_online_section(name: str, run: Path, rows: list[dict]) -> str:
+def pref_online_section(run: Path, rows: list[dict]) -> str:
     """Result of an online preference run (kind ``preference_online``): the held-out oracle evaluation at
     every evaluation step and the training pairs' metrics, from the run's own files."""
     cfg = json.loads((run / "config.json").read_text())
@@ -410,7 +407,7 @@ def from_runs(runs: list[Path], note: str = "") -> None:
         name = json.loads((run / "config.json").read_text())["preset"]
         rows = read_jsonl(run / "metrics.jsonl")
         if PRESETS[name].kind == "preference_online":
-            write_section(name, pref_online_section(name, run, rows))
+            write_section(name, pref_online_section(run, rows))
             print(f"{name}: section written from {run}", flush=True)
             continue
         args = args_of_run(run, rows)

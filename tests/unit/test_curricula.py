@@ -446,7 +446,7 @@ def test_difficulty_aug_reissues_all_equal_groups():
 
 
 # ---- DR-PO dataset reset ----
-def _spec_rollin(seed: int, beta: float, lens: list[int], seq_len: int = 12) -> list[int]:
+def _spec_rollin(seed: int | list[int], beta: float, lens: list[int], seq_len: int = 12) -> list[int]:
     """The spec's (section 14) numpy reproduction of the code's RollinProcessor draws: roll-in length
     = the number of leading ones of each row."""
     rng = np.random.default_rng(seed)
@@ -500,17 +500,16 @@ def test_dataset_reset_forces_a_masked_prefix_of_the_solution():
 
 def test_dataset_reset_cap_bounds_the_rollin():
     """max_rollin_tokens=3 on the 41-character solution: the draw is the code's draw on a reference of
-    4 tokens, so every h is in {1, 2, 3} (uniform on min(L - 1, cap) values); over 40 samples all
-    three values occur. A negative cap is refused."""
+    4 tokens (the spec's reproduction above, on the part's stream seeded [seed, 59]), so every h is in
+    {1, 2, 3} (uniform on min(L - 1, cap) values); over 40 samples all three values occur. A negative
+    cap is refused."""
     from anypo.rollout import DatasetReset, DatasetResetConfig
-    from anypo.rollout.reset import rollin_lengths
 
     groups, _ = make_groups(lambda text, k: "Z", EX, G=40)
     b = DatasetReset(DatasetResetConfig(max_rollin_tokens=3), groups).collect([Request(0, 40)], seed=4, step=1)
     h = b.extras["rollin_tokens"]
     assert set(h) == {1, 2, 3}
-    # the same draws as the uncapped code on a 4-token reference (the part's rng is seeded [seed, 59])
-    assert h == rollin_lengths([4] * 40, 1.0, np.random.default_rng([4, 59]))
+    assert h == _spec_rollin([4, 59], 1.0, [4] * 40)
     with pytest.raises(ValueError, match="max_rollin_tokens"):
         DatasetResetConfig(max_rollin_tokens=-1)
 
