@@ -77,3 +77,47 @@ def test_use_onednn_keeps_the_model_function_and_state(tiny_model):
     torch.testing.assert_close(out[0][0], out[1][0], atol=1e-5, rtol=1e-4)
     for a, b in zip(out[0][1], out[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_weights_give_the_same_products_and_leave_nothing_behind():
+    """Inside ``packed_weights`` a routed layer multiplies by its blocked copy: same values as a float64
+    F.linear to float32 precision, for row counts other than the one packed for; autograd still takes
+    the plain weight (a gradient reaches W); on exit the copies are gone. A layer not routed by
+    ``use_onednn`` is not packed."""
+    g = torch.Generator().manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3, bias=False), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    onednn.use_onednn(model[:2])  # the last layer stays on F.linear
+    x = torch.randn(9, 6, generator=g)
+    want = F.linear(F.linear(x.double(), model[0].weight.double(), model[0].bias.double()), model[1].weight.double())
+    with onednn.packed_weights(model, rows=4) as n:
+        assert n == 2
+        assert all(m.__dict__["_anypo_onednn_packed"].is_mkldnn for m in model[:2])
+        assert "_anypo_onednn_packed" not in model[2].__dict__
+        for rows in (1, 4, 9):
+            with torch.no_grad():
+                got = model[1](model[0](x[:rows]))
+            torch.testing.assert_close(got.double(), want[:rows], atol=1e-5, rtol=1e-5)
+        model[1](x[:, :5]).sum().backward()  # grad enabled: the plain weight, so W gets a gradient
+        torch.testing.assert_close(model[1].weight.grad, x[:, :5].sum(0).expand(3, 5), atol=1e-5, rtol=1e-5)
+    assert all("_anypo_onednn_packed" not in m.__dict__ for m in model)
+
+
+def test_generation_is_the_same_with_and_without_packed_weights(tiny_model, tokenizer, monkeypatch):
+    """The engine's packing changes no token and no log-prob: the same seed gives the same sample with
+    the packing replaced by a no-op context."""
+    import contextlib
+
+    from anypo.engines.base import SamplingConfig
+    from anypo.engines.hf import HFEngine
+
+    onednn.use_onednn(tiny_model)
+    engine = HFEngine(tiny_model, tokenizer)
+    prompts, s = [[5, 6, 7], [8, 9, 10, 11, 12]], SamplingConfig(temperature=1.0, max_new_tokens=12)
+    packed = engine.generate(prompts, 3, s, seed=7)
+    monkeypatch.setattr(onednn, "packed_weights", lambda model, rows: contextlib.nullcontext(0))
+    plain = engine.generate(prompts, 3, s, seed=7)
+    assert torch.equal(packed.response_ids, plain.response_ids)
+    torch.testing.assert_close(packed.logprobs, plain.logprobs, atol=1e-5, rtol=0)

@@ -3,7 +3,9 @@
 Unlike ``model.generate`` this loop (1) runs the prompt once per prompt, not once per sample: the
 prompt's KV cache is computed for B prompts and then repeated for their n samples; (2) drops finished
 sequences from the batch so late steps cost only what is still being written; (3) returns the
-log-probability of every sampled token without keeping [N, T, V] scores.
+log-probability of every sampled token without keeping [N, T, V] scores; (4) multiplies by weights
+packed once per call into oneDNN's layout (``anypo.onednn.packed_weights``) instead of on every layer
+of every decode step.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from anypo import onednn
 from anypo.engines.base import Generation, SamplingConfig
 
 
@@ -42,7 +45,7 @@ class HFEngine:
         self.model.eval()
         try:
             # inference mode skips autograd's view and version tracking on every op of the decode loop
-            with torch.inference_mode():
+            with torch.inference_mode(), onednn.packed_weights(self.model, len(prompts) * n):
                 out = self._generate(prompts, n, sampling, gen)
         finally:
             self.model.train(was_training)
