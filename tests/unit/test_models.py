@@ -214,3 +214,17 @@ def test_a_cached_hub_model_resolves_offline(tmp_path, monkeypatch):
     from anypo.config import TrainConfig
 
     assert train_config_problems(TrainConfig(model=models.ModelConfig(name="someone/cached-model"))) == []
+
+
+def test_load_tokenizer_returns_independent_copies_that_encode_alike():
+    """The second load of a tokenizer is a copy of the first parsed one: same ids for the same text,
+    left padding, and a change made by one caller (padding side, pad token) does not reach another."""
+    a = models.load_tokenizer(models.TINY)
+    b = models.load_tokenizer(models.EMBEDDED)  # tiny uses the embedded model's tokenizer
+    assert a is not b
+    text = "What is 12 + 30? <answer>42</answer>"
+    assert a(text)["input_ids"] == b(text)["input_ids"]
+    assert a.padding_side == b.padding_side == "left" and a.pad_token is not None
+    a.padding_side, a.pad_token = "right", a.bos_token or "<|endoftext|>"
+    c = models.load_tokenizer(models.EMBEDDED)
+    assert c.padding_side == "left" and c.pad_token == b.pad_token
