@@ -17,9 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anypo import onednn
-from anypo.engines import static_decode
 from anypo.engines.base import Generation, SamplingConfig
-from anypo.engines.static_decode import StaticDecoder
 
 
 class HFEngine:
@@ -62,14 +60,24 @@ class HFEngine:
             ids[b, P - len(p) :] = torch.tensor(p)
             attn[b, P - len(p) :] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=attn.to(self.device),
+            position_ids=pos.to(self.device),
+            use_cache=True,
+            logits_to_keep=1,  # only the last prompt position predicts: no [B, P, V] logits
+        )
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...]: the prompt is processed once
         N, T = B * n, s.max_new_tokens
-        decoder = StaticDecoder(self.model) if static_decode.supports(self.model) else _CacheDecoder(self.model)
-        logits = decoder.prefill(ids.to(self.device), attn.to(self.device), pos.to(self.device), n, T)  # [N, V]
+        logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # [N, V]
+        attn = attn.repeat_interleave(n, 0).to(self.device)
+        next_pos = pos[:, -1:].repeat_interleave(n, 0).to(self.device) + 1  # [N, 1]
         resp = torch.full((N, T), self.pad_id, dtype=torch.long)
         lps = torch.zeros((N, T))
         lengths = torch.zeros(N, dtype=torch.long)
         stopped = torch.zeros(N, dtype=torch.bool)
-        active = torch.arange(N)  # rows of the full batch still being written, in decoder order
+        active = torch.arange(N)  # rows of the full batch still being written, in cache order
         eos = self.eos_ids.to(self.device)
         for t in range(T):
             tok, lp = _sample(logits, s, gen)  # [A], [A]
@@ -84,10 +92,24 @@ class HFEngine:
             if t == T - 1 or bool(done.all()):
                 break
             keep = (~done).nonzero().flatten()
-            if len(keep) < len(rows):  # finished rows cost nothing (or little) from now on
-                decoder.select(keep.to(self.device))
-                tok, active = tok[keep.to(self.device)], rows[keep]
-            logits = decoder.step(tok)
+            if len(keep) < len(rows):  # shrink the batch: finished rows cost nothing from now on
+                cache.batch_select_indices(keep.to(self.device))
+                attn, next_pos, tok = (
+                    attn[keep.to(self.device)],
+                    next_pos[keep.to(self.device)],
+                    tok[keep.to(self.device)],
+                )
+                active = rows[keep]
+            attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=1)
+            out = self.model(
+                input_ids=tok[:, None],
+                attention_mask=attn,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache, next_pos = out.past_key_values, next_pos + 1
+            logits = out.logits[:, -1].float()
         Tn = int(lengths.max()) if N else 0
         mask = (torch.arange(Tn)[None, :] < lengths[:, None]).long()
         return Generation(
@@ -105,44 +127,6 @@ class HFEngine:
             tail = self.tokenizer.decode(resp[i, max(0, int(lengths[i]) - 8) : int(lengths[i])])
             hit[i] = any(stop in tail for stop in stops)
         return hit
-
-
-class _CacheDecoder:
-    """Decoding through the model's own forward and a Hugging Face ``DynamicCache`` (any causal LM):
-    the interface of ``static_decode.StaticDecoder``."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def prefill(self, ids: Tensor, attn: Tensor, pos: Tensor, n: int, capacity: int) -> Tensor:
-        out = self.model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=pos,
-            use_cache=True,
-            logits_to_keep=1,  # only the last prompt position predicts: no [B, P, V] logits
-        )
-        self.cache = out.past_key_values
-        self.cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...]: the prompt is processed once
-        self.attn = attn.repeat_interleave(n, 0)
-        self.next_pos = pos[:, -1:].repeat_interleave(n, 0) + 1  # [N, 1]
-        return out.logits[:, -1].float().repeat_interleave(n, 0)
-
-    def select(self, keep: Tensor) -> None:
-        self.cache.batch_select_indices(keep)
-        self.attn, self.next_pos = self.attn[keep], self.next_pos[keep]
-
-    def step(self, tokens: Tensor) -> Tensor:
-        self.attn = torch.cat([self.attn, self.attn.new_ones((len(tokens), 1))], dim=1)
-        out = self.model(
-            input_ids=tokens[:, None],
-            attention_mask=self.attn,
-            position_ids=self.next_pos,
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        self.cache, self.next_pos = out.past_key_values, self.next_pos + 1
-        return out.logits[:, -1].float()
 
 
 def _sample(logits: Tensor, s: SamplingConfig, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
