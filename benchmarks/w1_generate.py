@@ -1,4 +1,4 @@
-"""W1's generation phase alone: the hf engine's decode paths side by side, in one process.
+"""W1's generation phase alone: the hf engine with and without its packed weights, in one process.
 
 One W1 generation call (4 addition prompts x 8 samples, up to 64 new tokens, temperature 1, the
 embedded SmolLM2-135M-Instruct in float32, 2 threads) per repeat and variant, the variants
@@ -6,8 +6,12 @@ alternating so that a slow minute of the machine hits all of them:
 
 - ``cache``: the model's own forward with a Hugging Face ``DynamicCache``, weights reordered by
   oneDNN on every call (the engine before this benchmark was written);
-- ``cache+packed``: the same with the weights packed once per call (``anypo.onednn.packed_weights``);
-- ``static+packed``: the preallocated-buffer decode loop (``anypo.engines.static_decode``), packed.
+- ``cache+packed``: the same with the weights packed once per call (``anypo.onednn.packed_weights``),
+  what the engine does now.
+
+A third variant, a decode loop over preallocated key/value buffers with two-matmul attention, was
+measured with this script at commit a21f759 (``static+packed``) and gained nothing measurable
+(benchmarks/README.md), so it was removed.
 
 For each variant it also reports the engine/learner log-prob difference: the largest and mean
 |engine log-prob - log-prob of the model's full forward pass on the finished sequence| over every
@@ -33,24 +37,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bf16_decode import cpu_flags  # noqa: E402
 from grpo_vs_trl import MAX_PROMPT_TOKENS, W1  # noqa: E402
 
-VARIANTS = ("cache", "cache+packed", "static+packed")
+VARIANTS = ("cache", "cache+packed")
 
 
 @contextlib.contextmanager
 def variant(name: str):
-    """Switch the engine's decode path and weight packing for the block."""
+    """Switch the engine's weight packing off for the block where ``name`` says so."""
     from anypo import onednn
-    from anypo.engines import static_decode
 
-    supports, packed = static_decode.supports, onednn.packed_weights
-    if not name.startswith("static"):
-        static_decode.supports = lambda model: False
+    packed = onednn.packed_weights
     if not name.endswith("packed"):
         onednn.packed_weights = lambda model, rows: contextlib.nullcontext(0)
     try:
         yield
     finally:
-        static_decode.supports, onednn.packed_weights = supports, packed
+        onednn.packed_weights = packed
 
 
 @torch.no_grad()
@@ -72,6 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--threads", type=int, default=W1["threads"], help="torch threads (W1: 2)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -81,7 +83,7 @@ def main() -> None:
     from anypo.tasks import get_task
     from anypo.trainer_setup import tokenize_prompts
 
-    torch.set_num_threads(W1["threads"])
+    torch.set_num_threads(args.threads)
     tok = models.load_tokenizer()
     model = models.load_model(models.EMBEDDED)
     _, prompt_ids, _ = tokenize_prompts(get_task(W1["task"]).train_examples(), tok, MAX_PROMPT_TOKENS)
@@ -114,7 +116,7 @@ def main() -> None:
     if args.out:
         cpu, flags = cpu_flags()
         out = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "cpu_flags": flags, "python": platform.python_version(), "torch": torch.__version__, "w1": W1,
-               "repeats": args.repeats, "records": records, "summary": summary}  # fmt: skip
+               "threads": args.threads, "repeats": args.repeats, "records": records, "summary": summary}  # fmt: skip
         Path(args.out).write_text(json.dumps(out, indent=1))
 
 
