@@ -407,7 +407,8 @@ def from_runs(runs: list[Path], note: str = "") -> None:
         name = json.loads((run / "config.json").read_text())["preset"]
         rows = read_jsonl(run / "metrics.jsonl")
         if PRESETS[name].kind == "preference_online":
-            write_section(name, pref_online_section(run, rows))
+            section = pref_online_section(run, rows)
+            write_section(name, section.replace("\n\n", f"\n\n{note}\n\n", 1) if note else section)
             print(f"{name}: section written from {run}", flush=True)
             continue
         args = args_of_run(run, rows)
