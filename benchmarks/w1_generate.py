@@ -55,7 +55,7 @@ def variant(name: str):
 
 
 @torch.no_grad()
-def learner_gap(model, prompts: list[list[int]], g, pad_id: int) -> tuple[float, float]:
+def learner_gap(model, prompts: list[list[int]], g) -> tuple[float, float]:
     """max and mean |engine log-prob - full-forward log-prob| over the sampled tokens."""
     diffs = []
     for r in range(g.response_ids.shape[0]):
@@ -102,7 +102,7 @@ def main() -> None:
                 g = engine.generate(prompts, W1["samples_per_prompt"], sampling, seed=rep)
                 dt = time.perf_counter() - t0
             tokens = int(g.response_mask.sum())
-            gap_max, gap_mean = learner_gap(model, prompts, g, engine.pad_id)
+            gap_max, gap_mean = learner_gap(model, prompts, g)
             records[v].append({"seconds": dt, "tokens": tokens, "gap_max": gap_max, "gap_mean": gap_mean})
             print(f"repeat {rep} {v:>14}: {dt:6.2f} s, {tokens} tokens, {tokens / dt:6.1f} tokens/s, "
                   f"engine/learner |dlogp| max {gap_max:.1e} mean {gap_mean:.1e}", flush=True)  # fmt: skip

@@ -398,6 +398,11 @@ def args_of_run(run: Path, rows: list[dict]) -> argparse.Namespace:
     )
 
 
+def with_note(section: str, note: str) -> str:
+    """``section`` with the paragraph ``note`` put after its heading (unchanged when ``note`` is empty)."""
+    return section.replace("\n\n", f"\n\n{note}\n\n", 1) if note else section
+
+
 def from_runs(runs: list[Path], note: str = "") -> None:
     """Write the Result section of each finished run's preset (wall time: the sum of its step times and
     evaluations are not in it, so it is given as training time)."""
@@ -408,7 +413,7 @@ def from_runs(runs: list[Path], note: str = "") -> None:
         rows = read_jsonl(run / "metrics.jsonl")
         if PRESETS[name].kind == "preference_online":
             section = pref_online_section(run, rows)
-            write_section(name, section.replace("\n\n", f"\n\n{note}\n\n", 1) if note else section)
+            write_section(name, with_note(section, note))
             print(f"{name}: section written from {run}", flush=True)
             continue
         args = args_of_run(run, rows)
@@ -418,7 +423,7 @@ def from_runs(runs: list[Path], note: str = "") -> None:
         if args.task == "addition":  # presets_reward.png puts the addition runs side by side
             results[name] = rows
         section = result_section(name, rows, args, wall, wall_what="training time, evaluations excluded")
-        write_section(name, section.replace("\n\n", f"\n\n{note}\n\n", 1) if note else section)
+        write_section(name, with_note(section, note))
         print(f"{name}: section written from {run}", flush=True)
     summary_path.write_text(json.dumps(results))
     plot(results)

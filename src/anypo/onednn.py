@@ -102,17 +102,11 @@ def mm_nt(a: Tensor, b: Tensor) -> Tensor:
 def _forward(self: torch.nn.Linear, x: Tensor) -> Tensor:
     packed = self.__dict__.get(_PACKED)
     if packed is not None and not torch.is_grad_enabled() and _eligible(x, self.weight):
-        y = _mm_nt_packed(x.reshape(-1, x.shape[-1]), packed, self.bias)
-        return y.view(*x.shape[:-1], self.weight.shape[0])
+        return _linear_nograd(x, packed, self.bias)  # a packed weight keeps its logical [out, in] shape
     return linear(x, self.weight, self.bias)
 
 
 _PACKED = "_anypo_onednn_packed"  # instance attribute holding the reordered weight inside ``packed_weights``
-
-
-def _mm_nt_packed(a: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
-    """a W^T + b with W already in oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``)."""
-    return torch.ops.mkldnn._linear_pointwise(a, packed, bias, "none", [], "")
 
 
 @contextlib.contextmanager
@@ -123,7 +117,8 @@ def packed_weights(model: torch.nn.Module, rows: int) -> Iterator[int]:
     Each oneDNN call on a plain weight first reorders the whole weight into that layout; a decode
     step, which multiplies a few rows by every weight of the model, pays it on every layer of every
     step. Packing once per ``generate`` call removes it (W1 generation on the AVX2 machine of
-    benchmarks/README.md: 21-25 s -> 16.6-19.9 s, the same tokens and log-probs bit for bit). ``rows``
+    benchmarks/README.md: median 15.6 -> 11.6 s, the same tokens and log-probs bit for bit;
+    ``benchmarks/w1_generate.py``). ``rows``
     is the batch size oneDNN picks the layout for; other row counts run on the same copy.
 
     Only for inference: the copies do not follow the weights (the block must not change them) and are
@@ -131,23 +126,17 @@ def packed_weights(model: torch.nn.Module, rows: int) -> Iterator[int]:
     on exit. A no-op where oneDNN is unavailable or a layer is not a float32 CPU ``nn.Linear`` routed
     by ``use_onednn``.
     """
-    layers = []
-    if available():
-        for module in model.modules():
-            forward = module.__dict__.get("forward")
-            weight = getattr(module, "weight", None)
-            if (
-                type(module) is torch.nn.Linear
-                and getattr(forward, "__func__", None) is _forward
-                and weight is not None
-                and weight.dtype == torch.float32
-                and weight.device.type == "cpu"
-            ):
-                layers.append(module)
+    layers = [
+        m
+        for m in (model.modules() if available() else ())
+        if type(m) is torch.nn.Linear
+        and getattr(m.__dict__.get("forward"), "__func__", None) is _forward
+        and m.weight.dtype == torch.float32
+        and m.weight.device.type == "cpu"
+    ]
     try:
-        with torch.no_grad():
-            for module in layers:
-                module.__dict__[_PACKED] = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows)
+        for module in layers:
+            module.__dict__[_PACKED] = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows)
         yield len(layers)
     finally:
         for module in layers:
