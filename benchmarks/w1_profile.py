@@ -13,6 +13,7 @@ phase is measured against: the matmul FLOPs it must do at the fp32 matmul rate o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -100,6 +101,7 @@ def main() -> None:
     ap.add_argument("--micro-batch-size", type=int, default=W1["micro_batch_size"])
     ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward")
     ap.add_argument("--no-onednn", action="store_true", help="keep PyTorch's default (MKL) float32 linear")
+    ap.add_argument("--optimizer", default="adamw", help="the policy's optimizer: adamw, adamw8bit or adafactor")
     ap.add_argument("--out", default=None, help="write the per-step records here (JSON)")
     args = ap.parse_args()
 
@@ -120,6 +122,7 @@ def main() -> None:
         out_dir=tmp,
         model=ModelConfig(onednn_linear=not args.no_onednn, gradient_checkpointing=args.gradient_checkpointing),
     )
+    cfg = dataclasses.replace(cfg, optimizer=args.optimizer)
     torch.manual_seed(cfg.seed)
     with sampler.label("build"):
         ctx = Context.build(cfg, Path(tmp))
@@ -164,7 +167,7 @@ def main() -> None:
     measured = records[args.warmup :]
     med = {k: statistics.median(r[k] for r in measured) for k in measured[0] if isinstance(measured[0][k], float)}
     print(
-        f"\nW1 anypo, KL {args.kl}, {args.precision}, micro-batch {args.micro_batch_size}: median of {len(measured)} steps"
+        f"\nW1 anypo, KL {args.kl}, {args.precision}, micro-batch {args.micro_batch_size}, {args.optimizer}: median of {len(measured)} steps"
     )
     for k in ("generate_s", "prepare_s", "forward_s", "backward_s", "optimizer_s", "step_s", "wall_s"):
         if k in med:

@@ -198,11 +198,19 @@ class RunOptions:
     """Sequences (online RL) or pairs (preference loops) per forward/backward pass (memory knob; results do
     not depend on it)."""
     lr: float = 1e-6
-    """Peak learning rate of AdamW."""
+    """Peak learning rate of the optimizer (AdamW's by default; see ``optimizer``)."""
     betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
+    """AdamW betas (adamw and adamw8bit; adafactor has none)."""
     weight_decay: float = 0.0
-    """AdamW weight decay."""
+    """Decoupled weight decay: each step multiplies the weights by 1 - lr * weight_decay."""
+    optimizer: str = "adamw"
+    """The policy's optimizer. ``adamw``: torch AdamW, two float32 states (8 bytes per parameter).
+    ``adamw8bit``: ``anypo.optim.AdamW8bit``, the same update with both moments stored in 8 bits per
+    element (block-wise, ~2 bytes per parameter: a quarter of the state memory; docs/training.md,
+    "Optimizer"). ``adafactor``: ``torch.optim.Adafactor``, a factored second moment and no first moment
+    (a row and a column vector per matrix). Its lr is used as given: torch's Adafactor reads it as the cap
+    of its relative step size (a step moves a tensor's weights by at most lr x max(1e-3, their RMS), in
+    RMS), so it needs a far larger lr than AdamW (the paper's cap is 1e-2). A critic keeps AdamW."""
     warmup_steps: int = 0
     """Optimizer steps of linear learning-rate warm-up."""
     lr_schedule: str = "constant"

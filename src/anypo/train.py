@@ -57,7 +57,7 @@ class Context:
     @classmethod
     def build(cls, cfg: TrainConfig, run_dir: Path) -> Context:
         from anypo.tasks import get_task
-        from anypo.trainer_setup import make_reward, make_scheduler, make_verifier, tokenize_prompts
+        from anypo.trainer_setup import make_optimizer, make_reward, make_scheduler, make_verifier, tokenize_prompts
 
         self = cls()
         self.cfg, self.run_dir, self.algo = cfg, run_dir, cfg.algo
@@ -100,9 +100,8 @@ class Context:
         if self.algo.needs("ref_logprobs"):
             self.reference = Reference(self.model, run_dir / "reference.safetensors" if cfg.reference_offload else None)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
-        )  # fused: one kernel per parameter, no foreach temporaries
+        # cfg.optimizer (AdamW by default); fused: AdamW's one kernel per parameter, no foreach temporaries
+        self.optimizer = make_optimizer(params, cfg, fused=True)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.critic = self.critic_opt = None
         if self.algo.needs("values"):

@@ -567,16 +567,16 @@ class PrefLoop:
         self.order = PairOrder(len(self.train_pairs), cfg.seed, cfg.epochs)
 
     def make_optimizer(self, fused: bool = False) -> None:
-        """AdamW over the trainable parameters and the warm-up / decay schedule over ``cfg.steps`` steps.
+        """The optimizer of ``cfg.optimizer`` (AdamW by default) over the trainable parameters and the
+        warm-up / decay schedule over ``cfg.steps`` steps.
 
-        ``fused``: torch's fused AdamW kernel (the offline loop's; the others keep the default).
+        ``fused``: torch's fused AdamW kernel (the offline loop's; the others keep the default; adamw only).
         """
-        from anypo.trainer_setup import make_scheduler
+        from anypo.trainer_setup import make_optimizer, make_scheduler
 
         cfg = self.cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
-        kw = {"fused": True} if fused else {}
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **kw)
+        self.optimizer = make_optimizer(params, cfg, fused=fused)
         self.scheduler = make_scheduler(self.optimizer, cfg, total=cfg.steps)
 
     # ---- the reference column ----

@@ -75,7 +75,7 @@ class RMTrainConfig(RunOptions):
     pairs_per_step: int = 8
     """Preference pairs per optimizer step."""
     lr: float = 1e-5
-    """Peak learning rate of AdamW."""
+    """Peak learning rate of the optimizer (AdamW's by default; see ``optimizer``)."""
     max_response_tokens: int = 512
     """Pairs with a longer response are skipped and counted."""
     eval_pairs: int = 32

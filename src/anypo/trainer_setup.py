@@ -1,4 +1,4 @@
-"""Set-up helpers of the online loop: prompt tokenisation, rewards and verifier, LR schedule, final export.
+"""Set-up helpers of the online loop: prompt tokenisation, rewards and verifier, optimizer, LR schedule, final export.
 
 The scaffold every loop shares (run directory, checkpoints, logs, progress, trackers, plots, report)
 is ``anypo.run``.
@@ -75,6 +75,30 @@ def make_verifier(task):
         return runner(example.to_sample(text)).score
 
     return verify, name
+
+
+def make_optimizer(params, cfg, *, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` names (``RunOptions.optimizer``) over ``params``, with the run's lr,
+    betas and weight decay.
+
+    ``adamw``: ``torch.optim.AdamW`` (``fused``: torch's fused kernel, one per parameter and no foreach
+    temporaries); ``adamw8bit``: :class:`anypo.optim.AdamW8bit` (8-bit moments, the same update);
+    ``adafactor``: ``torch.optim.Adafactor`` with ``lr`` as given (its relative-step cap; no betas).
+    ``fused`` applies to adamw only.
+    """
+    params = list(params)
+    if cfg.optimizer == "adamw":
+        kw = {"fused": True} if fused else {}
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **kw)
+    if cfg.optimizer == "adamw8bit":
+        from anypo.optim import AdamW8bit
+
+        return AdamW8bit(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adafactor":
+        return torch.optim.Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from anypo.validate import OPTIMIZERS
+
+    raise ValueError(f"--optimizer is {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
 
 
 def make_scheduler(

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16")
 ENGINES = ("hf", "vllm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 DTYPES = ("float32", "bfloat16", "float16")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
@@ -56,6 +57,11 @@ def train_config_problems(cfg: Any) -> list[str]:
     out += _reward_problems(cfg.rewards)
     if cfg.dist.backend == "none" and cfg.dist.asynchronous:
         out.append("dist.async needs dist.backend ray (the rollout actors generate while the learners train)")
+    if cfg.dist.backend != "none" and cfg.optimizer != "adamw":
+        out.append(
+            f"--optimizer {cfg.optimizer} is not supported with --dist.backend {cfg.dist.backend}: the learners' "
+            "FSDP2 shards train with --optimizer adamw"
+        )
     return out
 
 
@@ -134,6 +140,8 @@ def scaffold_problems(cfg: Any) -> list[str]:
         out.append(f"--precision is {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
     if cfg.lr_schedule not in LR_SCHEDULES:
         out.append(f"--lr-schedule is {cfg.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    if cfg.optimizer not in OPTIMIZERS:
+        out.append(f"--optimizer is {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     if not cfg.weight_decay >= 0:
         out.append(f"--weight-decay is {cfg.weight_decay}: it must be >= 0 (e.g. --weight-decay 0.0)")
     if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):

@@ -108,6 +108,7 @@ CASES = [
     ("budget_seconds", {"budget_seconds": -1.0}, "--budget-seconds"),
     ("precision", {"precision": "fp16"}, "--precision"),
     ("lr_schedule", {"lr_schedule": "cosine_restarts"}, "--lr-schedule"),
+    ("optimizer", {"optimizer": "sgd"}, "--optimizer"),
     ("weight_decay", {"weight_decay": -0.1}, "--weight-decay"),
     ("betas", {"betas": (0.9, 1.0)}, "--betas"),
     ("engine", {"engine": "sglang"}, "--engine"),

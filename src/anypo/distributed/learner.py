@@ -194,8 +194,14 @@ class LearnerContext(Context):
 
     @classmethod
     def build(cls, cfg: TrainConfig, run_dir: Path) -> LearnerContext:
-        from anypo.trainer_setup import make_scheduler
+        from anypo.trainer_setup import make_optimizer, make_scheduler
 
+        if cfg.optimizer != "adamw":  # anypo.validate refuses it first; this guards a direct build
+            raise ValueError(
+                f"--optimizer {cfg.optimizer} is not supported by the FSDP2 learners: AdamW8bit's block codes and "
+                "Adafactor's factored state are not sharded like the parameters (their checkpoints could not be "
+                "gathered); use --optimizer adamw"
+            )
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         # the packed pass calls the model's body and head apart, around the root module's forward, where
         # FSDP2 gathers the root group's weights (embeddings, head): the learners run the padded pass,
@@ -205,9 +211,8 @@ class LearnerContext(Context):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         shard_policy(self.model, mixed_precision=cfg.dist.mixed_precision)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
-        )  # over this rank's shards; AdamW is element-wise, so it matches the whole-model optimizer
+        # over this rank's shards; AdamW is element-wise, so it matches the whole-model optimizer
+        self.optimizer = make_optimizer(params, cfg, fused=True)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.engine = ActorsEngine(cfg.engine)  # generation runs in the rollout actors
         self.rollout_part = None
