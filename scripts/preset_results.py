@@ -94,6 +94,8 @@ GRADED = [
 ]
 TASK_TEXT = {
     "addition": "2-digit addition",
+    "addition_proxy": "2-digit addition trained on a hackable proxy reward (`addition_proxy`: the sum anywhere in "
+    "the response; pass@k and the accuracy column use the strict true reward)",
     "graded_arithmetic": "the difficulty-graded arithmetic mix (`graded_arithmetic`: 2-digit addition up to "
     "three 5-digit operands with + and -, 4 levels)",
 }
@@ -133,7 +135,7 @@ PREF_COLUMNS = [
 ]
 
 
-def pref_result_section(name: str, rows: list[dict], args, wall: float) -> str:
+def pref_result_section(name: str, rows: list[dict], args, wall: float, wall_what: str = "") -> str:
     """Result of a preference preset: pair metrics over training, held-out pair accuracy and pass@1."""
     train_rows = [r for r in rows if "pref/loss" in r]
     every = max(len(train_rows) // 6, 1)
@@ -152,7 +154,7 @@ def pref_result_section(name: str, rows: list[dict], args, wall: float) -> str:
         "",
         f"Embedded SmolLM2-135M-Instruct, the built-in addition pairs (a correct worked answer against the same "
         f"answer with a wrong result), {args.steps} steps of {args.pairs} pairs, lr {args.pref_lr}, seed 0, on a "
-        f"2-core CPU ({wall / 60:.1f} min). Held-out pair accuracy (the implicit reward ranks chosen above "
+        f"2-core CPU ({wall / 60:.1f} min{', ' + wall_what if wall_what else ''}). Held-out pair accuracy (the implicit reward ranks chosen above "
         f"rejected): {pair('eval/accuracy')}; held-out pass@1 of sampled answers ({args.eval_prompts} prompts, "
         f"temperature 0.7): {pair('eval/pass@1')}" + (f"; pass@{k}: {pair(f'eval/pass@{k}')}" if k > 1 else "") + ".",
         "",
@@ -398,6 +400,18 @@ def args_of_run(run: Path, rows: list[dict]) -> argparse.Namespace:
     )
 
 
+def pref_args_of_run(run: Path) -> argparse.Namespace:
+    """The settings of a finished offline preference run (its config.json), in the shape of this script's args."""
+    cfg = json.loads((run / "config.json").read_text())
+    return argparse.Namespace(
+        steps=cfg["steps"],
+        pairs=cfg["pairs_per_step"],
+        pref_lr=cfg["lr"],
+        eval_prompts=cfg["eval_prompts"],
+        eval_samples=cfg["eval_samples"],
+    )
+
+
 def with_note(section: str, note: str) -> str:
     """``section`` with the paragraph ``note`` put after its heading (unchanged when ``note`` is empty)."""
     return section.replace("\n\n", f"\n\n{note}\n\n", 1) if note else section
@@ -413,6 +427,15 @@ def from_runs(runs: list[Path], note: str = "") -> None:
         rows = read_jsonl(run / "metrics.jsonl")
         if PRESETS[name].kind == "preference_online":
             section = pref_online_section(run, rows)
+            write_section(name, with_note(section, note))
+            print(f"{name}: section written from {run}", flush=True)
+            continue
+        if PRESETS[name].kind == "preference":
+            pargs = pref_args_of_run(run)
+            if not any(r.get("step") == pargs.steps and "eval/accuracy" in r for r in rows):
+                raise SystemExit(f"{run}: not finished (no held-out evaluation at step {pargs.steps})")
+            wall = sum(r.get("time/step_s", 0.0) for r in rows)
+            section = pref_result_section(name, rows, pargs, wall, wall_what="training time, evaluations excluded")
             write_section(name, with_note(section, note))
             print(f"{name}: section written from {run}", flush=True)
             continue
