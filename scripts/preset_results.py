@@ -407,7 +407,8 @@ def pref_args_of_run(run: Path) -> argparse.Namespace:
         steps=cfg["steps"],
         pairs=cfg["pairs_per_step"],
         pref_lr=cfg["lr"],
-        eval_prompts=cfg["eval_prompts"],
+        # the evaluation samples the held-out pairs' prompts: at most num_heldout of them
+        eval_prompts=min(cfg["eval_prompts"], cfg.get("data", {}).get("num_heldout") or cfg["eval_prompts"]),
         eval_samples=cfg["eval_samples"],
     )
 
