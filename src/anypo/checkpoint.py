@@ -59,13 +59,17 @@ def save(
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp-step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, sd in tensors.items():
-        save_file(sd, str(tmp / f"{name}.safetensors"))
-    torch.save(state, tmp / "trainer.pt")
-    manifest = {"step": step, "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())}}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        for name, sd in tensors.items():
+            save_file(sd, str(tmp / f"{name}.safetensors"))
+        torch.save(state, tmp / "trainer.pt")
+        manifest = {"step": step, "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        _fsync_dir(tmp)
+    except Exception as e:  # a full disk surfaces as OSError, a safetensors error or a torch.save RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint only holds disk space
+        raise CheckpointError(_write_failure(run_dir, root, step, e)) from e
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -75,6 +79,18 @@ def save(
     for old in sorted(root.glob("step_*"))[: -max(keep, 1)]:  # the newest (just written) always stays
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_failure(run_dir: Path, root: Path, step: int, err: Exception) -> str:
+    """One line: what failed, the free space of the disk, and that the previous checkpoint still resumes."""
+    free = shutil.disk_usage(root).free / 1e9
+    prev = latest(run_dir)
+    keep = (
+        f"the previous checkpoint {prev.name} is intact: free space, then `anypo train --resume {run_dir}`"
+        if prev is not None
+        else "no earlier checkpoint exists"
+    )
+    return f"could not write checkpoint step {step} to {root} ({err}; {free:.2f} GB free on that disk); {keep}"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -40,15 +40,17 @@ def test_incomplete_checkpoint_is_rejected(tmp_path):
 
 
 def test_interrupted_write_leaves_previous_valid(tmp_path, monkeypatch):
-    """A crash while writing step 2 (here: torch.save raising) leaves `latest` at step 1, loadable."""
+    """A crash while writing step 2 (here: torch.save raising) leaves `latest` at step 1, loadable; the
+    error comes back as one CheckpointError that keeps the cause."""
     _save(tmp_path, 1, 1.0)
 
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(checkpoint.CheckpointError, match="disk full") as err:
         _save(tmp_path, 2, 2.0)
+    assert isinstance(err.value.__cause__, OSError)
     ck = checkpoint.latest(tmp_path)
     assert ck.name == "step_000001"
     assert checkpoint.load(ck)[1]["step"] == 1
@@ -102,3 +104,24 @@ def test_optimizer_state_by_name_round_trips_and_names_what_is_missing():
     assert torch.equal(fresh.state_dict()["state"][3]["exp_avg_sq"], sd["state"][3]["exp_avg_sq"])
     with pytest.raises(CheckpointError, match="2.weight"):
         optimizer_state_by_index(optimizer_state_by_name(sd, ["0.weight", "0.bias", "2.weight", "1.bias"]), names)
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    """A disk that fills while step 2 is written (the safetensors writer raises ENOSPC): save raises one
+    CheckpointError naming the step, the error and the previous checkpoint, removes the partial directory,
+    and `latest` still points at step 1, which loads."""
+    _save(tmp_path, 1, 1.0)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        _save(tmp_path, 2, 2.0)
+    msg = str(err.value)
+    assert "step 2" in msg and "No space left on device" in msg and "step_000001 is intact" in msg
+    assert "GB free" in msg and "\n" not in msg
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    ck = checkpoint.latest(tmp_path)
+    assert ck.name == "step_000001"
+    assert torch.equal(checkpoint.load(ck)[0]["policy"]["w"], torch.full((3,), 1.0))
