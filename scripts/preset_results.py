@@ -135,6 +135,11 @@ PREF_COLUMNS = [
 ]
 
 
+def minutes_of(wall: float, wall_what: str = "") -> str:
+    """``wall`` seconds as the Results say it: "3.9 min", or "3.9 min of <what>" when what was timed is named."""
+    return f"{wall / 60:.1f} min" + (f" of {wall_what}" if wall_what else "")
+
+
 def pref_result_section(name: str, rows: list[dict], args, wall: float, wall_what: str = "") -> str:
     """Result of a preference preset: pair metrics over training, held-out pair accuracy and pass@1."""
     train_rows = [r for r in rows if "pref/loss" in r]
@@ -154,7 +159,7 @@ def pref_result_section(name: str, rows: list[dict], args, wall: float, wall_wha
         "",
         f"Embedded SmolLM2-135M-Instruct, the built-in addition pairs (a correct worked answer against the same "
         f"answer with a wrong result), {args.steps} steps of {args.pairs} pairs, lr {args.pref_lr}, seed 0, on a "
-        f"2-core CPU ({wall / 60:.1f} min{', ' + wall_what if wall_what else ''}). Held-out pair accuracy (the implicit reward ranks chosen above "
+        f"2-core CPU ({minutes_of(wall, wall_what)}). Held-out pair accuracy (the implicit reward ranks chosen above "
         f"rejected): {pair('eval/accuracy')}; held-out pass@1 of sampled answers ({args.eval_prompts} prompts, "
         f"temperature 0.7): {pair('eval/pass@1')}" + (f"; pass@{k}: {pair(f'eval/pass@{k}')}" if k > 1 else "") + ".",
         "",
@@ -261,7 +266,7 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
     mech = [(k, label) for k, label in MECHANISM + own if any(k in r for r in train_rows)]
     updates = max(r.get("train/optimizer_steps", 1.0) for r in train_rows)  # a step without signal has 0
     seed = getattr(args, "seed", 0)
-    wall_text = f"{wall / 60:.1f} min" + (f" of {wall_what}" if wall_what else "")
+    wall_text = minutes_of(wall, wall_what)
     nan = float("nan")
     if 0 in evals:
         when, first_step = "before", 0
