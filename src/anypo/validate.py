@@ -57,12 +57,20 @@ def train_config_problems(cfg: Any) -> list[str]:
     out += _reward_problems(cfg.rewards)
     if cfg.dist.backend == "none" and cfg.dist.asynchronous:
         out.append("dist.async needs dist.backend ray (the rollout actors generate while the learners train)")
-    if cfg.dist.backend != "none" and cfg.optimizer != "adamw":
-        out.append(
-            f"--optimizer {cfg.optimizer} is not supported with --dist.backend {cfg.dist.backend}: the learners' "
-            "FSDP2 shards train with --optimizer adamw"
-        )
+    if cfg.dist.backend != "none":
+        out += sharded_optimizer_problems(cfg.optimizer)
     return out
+
+
+def sharded_optimizer_problems(optimizer: str) -> list[str]:
+    """The optimizers the FSDP2 learners cannot shard: AdamW8bit's block codes and Adafactor's factored
+    state are not laid out like the parameters, so their checkpoints could not be gathered."""
+    if optimizer == "adamw":
+        return []
+    return [
+        f"--optimizer {optimizer} is not supported by the FSDP2 learners (--dist.backend ray): AdamW8bit's "
+        "block codes and Adafactor's factored state are not sharded like the parameters; use --optimizer adamw"
+    ]
 
 
 def flag(path: str) -> str:

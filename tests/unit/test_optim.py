@@ -419,7 +419,21 @@ def test_an_unknown_optimizer_is_one_clear_problem():
     assert problem == "--optimizer is 'adam': choose one of adamw, adamw8bit, adafactor"
     assert problem in rm_config_problems(RMTrainConfig(model=ModelConfig(name="tiny"), optimizer="adam"))
     ray = dataclasses.replace(cfg, optimizer="adamw8bit", dist=DistConfig(backend="ray"))
-    assert [p for p in train_config_problems(ray) if "--optimizer adamw8bit" in p and "--dist.backend ray" in p]
+    (sharded,) = [p for p in train_config_problems(ray) if "--optimizer adamw8bit" in p]
+    assert "--dist.backend ray" in sharded and "use --optimizer adamw" in sharded
+
+
+def test_the_fsdp2_learner_refuses_an_unsharded_optimizer_with_the_config_checks_words(tmp_path):
+    """A learner built directly (not through ``anypo train``) stops before making its run directory, with
+    the same sentence the config check gives."""
+    from anypo.distributed.learner import LearnerContext
+
+    cfg = TrainConfig(model=ModelConfig(name="tiny"), optimizer="adafactor", dist=DistConfig(backend="ray"))
+    (problem,) = [p for p in train_config_problems(cfg) if "--optimizer" in p]
+    with pytest.raises(ValueError) as err:
+        LearnerContext.build(cfg, tmp_path / "run")
+    assert str(err.value) == problem
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_rejects_an_unknown_optimizer_in_one_line(tmp_path, capsys):

@@ -195,13 +195,10 @@ class LearnerContext(Context):
     @classmethod
     def build(cls, cfg: TrainConfig, run_dir: Path) -> LearnerContext:
         from anypo.trainer_setup import make_optimizer, make_scheduler
+        from anypo.validate import sharded_optimizer_problems
 
-        if cfg.optimizer != "adamw":  # anypo.validate refuses it first; this guards a direct build
-            raise ValueError(
-                f"--optimizer {cfg.optimizer} is not supported by the FSDP2 learners: AdamW8bit's block codes and "
-                "Adafactor's factored state are not sharded like the parameters (their checkpoints could not be "
-                "gathered); use --optimizer adamw"
-            )
+        for problem in sharded_optimizer_problems(cfg.optimizer):  # validate refuses it first; a direct build too
+            raise ValueError(problem)
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         # the packed pass calls the model's body and head apart, around the root module's forward, where
         # FSDP2 gathers the root group's weights (embeddings, head): the learners run the padded pass,
