@@ -94,6 +94,35 @@ def test_spec_loss_with_is_weights():
     assert out.metrics["sdpo/is_weight_mean"] == pytest.approx((2.0 + math.exp(-0.1)) / 2, abs=1e-12)
 
 
+def test_support_entropies_by_hand():
+    """The spec's two rows over the whole vocabulary (top-4 of V = 4, renormalised: the full
+    distributions), computed with numpy: H = -sum p log p of softmax(ZS) and softmax(ZT) per row, the
+    metrics their means over the 2 distilled tokens. The teacher's rows are sharper here (a 2 and a 3
+    logit), so its entropy is the lower one."""
+    b = _batch(2, 1)
+    s, t = _lsm(ZS), _lsm(ZT)
+    ids = s.topk(4, -1).indices
+    b.extras |= {TOPK_IDS: ids[:, None], TEACHER_TOPK_LOGPROBS: t.gather(-1, ids)[:, None]}
+    b.extras[TEACHER_LOGPROBS] = torch.zeros(2, 1, dtype=torch.float64)
+    cfg = SDPO(topk=4, add_tail=False, alpha=0.5)
+    cfg.prepare_minibatch(b, None, 0)
+    lp = torch.tensor([[-0.5], [-0.3]], dtype=torch.float64)
+    out = sdpo(PolicyOutput(logprobs=lp, logits=torch.tensor(ZS, dtype=torch.float64)[:, None]), b, cfg)
+
+    def entropy(z):
+        p = np.exp(z) / np.exp(z).sum()
+        return float(-(p * np.log(p)).sum())
+
+    want_s = (entropy(np.array(ZS[0])) + entropy(np.array(ZS[1]))) / 2
+    want_t = (entropy(np.array(ZT[0])) + entropy(np.array(ZT[1]))) / 2
+    assert out.metrics["sdpo/student_support_entropy"] == pytest.approx(want_s, abs=1e-12)
+    assert out.metrics["sdpo/teacher_support_entropy"] == pytest.approx(want_t, abs=1e-12)
+    assert want_t < want_s
+    # the token-level form has no support: no such metric
+    tok = sdpo(PolicyOutput(logprobs=lp), b, SDPO())
+    assert "sdpo/teacher_support_entropy" not in tok.metrics
+
+
 def test_token_level_by_hand():
     """Token level (topk 0, alpha 1): loss_t = sg(lp - lt) lp, mean over distilled tokens. Rows: 0
     reprompted (lp [-1, -2], lt [-0.5, -3]), 1 not (excluded), 2 reprompted with one token (lp -0.2,

@@ -255,7 +255,10 @@ def sdpo(out: PolicyOutput, batch: RolloutBatch, cfg: SDPO) -> LossOutput:
     Returns:
         0-d loss and ``policy/loss``, ``sdpo/distilled_frac`` (share of the mini-batch's response
         tokens distilled), ``sdpo/teacher_gap`` (mean over distilled tokens of ``lt - lp``),
-        ``sdpo/is_weight_mean``.
+        ``sdpo/is_weight_mean``; with ``topk > 0`` also ``sdpo/student_support_entropy`` and
+        ``sdpo/teacher_support_entropy``: the mean over distilled tokens of each one's entropy over the
+        distilled support (the K buckets, + the tail), which says whether the teacher the student is
+        pulled toward is flatter or sharper than the student.
     """
     lp = out.logprobs
     N, T = lp.shape
@@ -279,8 +282,13 @@ def sdpo(out: PolicyOutput, batch: RolloutBatch, cfg: SDPO) -> LossOutput:
         keep = dm.bool()
         z = out.logits[keep].to(lp.dtype)  # [n, V], temperature-scaled
         s = z.gather(-1, ids[keep]) - torch.logsumexp(z, dim=-1, keepdim=True)  # [n, K]
-        div = distill_divergence(topk_with_tail(s, cfg.add_tail), topk_with_tail(tk[keep], cfg.add_tail), cfg.alpha)
+        s, t = topk_with_tail(s, cfg.add_tail), topk_with_tail(tk[keep], cfg.add_tail)
+        div = distill_divergence(s, t, cfg.alpha)
         per_tok = lp.new_zeros(N, T).masked_scatter(keep, div)
+        support_entropy = {  # sum over distilled tokens of the entropy over the K (+ tail) buckets
+            "sdpo/student_support_entropy": float(-(s.exp() * s).sum().detach()),
+            "sdpo/teacher_support_entropy": float(-(t.exp() * t).sum()),
+        }
     else:
         per_tok = (lp - lt).detach() * lp
     w = torch.ones_like(lp)
@@ -289,7 +297,8 @@ def sdpo(out: PolicyOutput, batch: RolloutBatch, cfg: SDPO) -> LossOutput:
         w = torch.exp((lp - old).detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).clamp(max=cfg.is_clip) * dm
     loss = (per_tok * w * dm).sum() / denom
     n_tok = max(batch.scale().num_tokens, 1.0)
-    metrics = {
+    metrics = {k: v / denom for k, v in support_entropy.items()} if cfg.topk > 0 else {}
+    metrics |= {
         "policy/loss": float(loss.detach()),
         "sdpo/distilled_frac": float(dm.sum()) / n_tok,
         "sdpo/teacher_gap": float(((lt - lp).detach() * dm).sum()) / denom,
