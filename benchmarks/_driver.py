@@ -60,6 +60,48 @@ def versions(packages: Sequence[str]) -> dict[str, str]:
     return out
 
 
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+"""The instruction-set flags that decide which kernels run (a run on an AVX2 machine and one on an
+AVX-512 machine of the same VM kind differ by about 3x in float32 matmul rate)."""
+
+_PROBE = """
+import time, torch
+a, b = torch.randn(400, 576), torch.randn(576, 1536)
+for _ in range(3):
+    a @ b
+n, t = 50, time.perf_counter()
+for _ in range(n):
+    a @ b
+print(n * 2 * 400 * 576 * 1536 / (time.perf_counter() - t) / 1e9)
+"""
+
+
+def machine_record(python: str, threads: int) -> dict:
+    """What the raw records need to compare runs across days: the date, the CPU model and the flags of
+    ``CPU_FLAGS`` it has, logical CPUs, memory, the kernel, and the float32 matmul rate (GFLOP/s of a
+    training-sized [400, 576] x [576, 1536] product in ``python`` with ``threads`` threads, measured now,
+    before the workers start)."""
+    import time
+
+    info: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "kernel": platform.release(), "cpus": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
+        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+        info |= {"cpu_model": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+        mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+        info["mem_gb"] = round(int(mem.split()[1]) / 1e6, 1)
+    except (OSError, StopIteration):
+        info["cpu_model"] = platform.processor() or "unknown"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    try:
+        probe = subprocess.run([python, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120)
+        info["matmul_gflops"] = round(float(probe.stdout.strip().splitlines()[-1]), 1)
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        info["matmul_gflops"] = None
+    return info
+
+
 # ---- worker side ----
 class Protocol:
     """JSON lines to the driver on the process's original stdout; everything else printed goes to stderr."""

@@ -64,6 +64,7 @@ from _driver import (  # noqa: E402
     cpu_s,
     cpu_shares,
     fmt,
+    machine_record,
     peak_rss_gb,
     phase_medians,
     prepare_driver,
@@ -544,6 +545,12 @@ def driver(args: argparse.Namespace) -> None:
         f"alternating; workers: {python}",
         flush=True,
     )
+    machine = machine_record(python, W2["threads"])
+    print(
+        f"machine: {machine.get('cpu_model')}, {' '.join(machine.get('cpu_flags', []))}; float32 matmul "
+        f"{machine['matmul_gflops']} GFLOP/s at {W2['threads']} threads",
+        flush=True,
+    )
     t0 = time.time()
     result = run(args, python, out.parent)
     s = summarize(result)
@@ -551,6 +558,7 @@ def driver(args: argparse.Namespace) -> None:
         "workload": W2 | {"pairs_per_step": args.pairs_per_step, "micro_batch_size": args.micro_batch_size},
         "args": vars(args),
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
+        "machine": machine,
         "wall_s": time.time() - t0,
         "result": result,
         "summary": s,

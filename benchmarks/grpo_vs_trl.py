@@ -46,6 +46,7 @@ from _driver import (  # noqa: E402
     cpu_s,
     cpu_shares,
     fmt,
+    machine_record,
     peak_rss_gb,
     phase_medians,
     prepare_driver,
@@ -607,6 +608,12 @@ def driver(args: argparse.Namespace) -> None:
         f"per library, alternating; workers: {python}",
         flush=True,
     )
+    machine = machine_record(python, W1["threads"])
+    print(
+        f"machine: {machine.get('cpu_model')}, {' '.join(machine.get('cpu_flags', []))}; float32 matmul "
+        f"{machine['matmul_gflops']} GFLOP/s at {W1['threads']} threads",
+        flush=True,
+    )
     t0 = time.time()
     variants, summaries = [], []
     for kl in args.kl:
@@ -624,6 +631,7 @@ def driver(args: argparse.Namespace) -> None:
             },
             "args": vars(args),
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
+            "machine": machine,
             "wall_s": time.time() - t0,
             "variants": variants,
         }
