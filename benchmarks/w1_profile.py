@@ -102,6 +102,12 @@ def main() -> None:
     ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward")
     ap.add_argument("--no-onednn", action="store_true", help="keep PyTorch's default (MKL) float32 linear")
     ap.add_argument("--optimizer", default="adamw", help="the policy's optimizer: adamw, adamw8bit or adafactor")
+    ap.add_argument(
+        "--engine-precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="the hf engine's decode matmuls (bf16: bfloat16 copies; the old log-probs are then recomputed)",
+    )
     ap.add_argument("--out", default=None, help="write the per-step records here (JSON)")
     args = ap.parse_args()
 
@@ -122,7 +128,7 @@ def main() -> None:
         out_dir=tmp,
         model=ModelConfig(onednn_linear=not args.no_onednn, gradient_checkpointing=args.gradient_checkpointing),
     )
-    cfg = dataclasses.replace(cfg, optimizer=args.optimizer)
+    cfg = dataclasses.replace(cfg, optimizer=args.optimizer, engine_precision=args.engine_precision)
     torch.manual_seed(cfg.seed)
     with sampler.label("build"):
         ctx = Context.build(cfg, Path(tmp))
@@ -167,7 +173,8 @@ def main() -> None:
     measured = records[args.warmup :]
     med = {k: statistics.median(r[k] for r in measured) for k in measured[0] if isinstance(measured[0][k], float)}
     print(
-        f"\nW1 anypo, KL {args.kl}, {args.precision}, micro-batch {args.micro_batch_size}, {args.optimizer}: median of {len(measured)} steps"
+        f"\nW1 anypo, KL {args.kl}, {args.precision}, engine {args.engine_precision}, micro-batch "
+        f"{args.micro_batch_size}, {args.optimizer}: median of {len(measured)} steps"
     )
     for k in ("generate_s", "prepare_s", "forward_s", "backward_s", "optimizer_s", "step_s", "wall_s"):
         if k in med:

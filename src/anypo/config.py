@@ -283,6 +283,11 @@ class TrainConfig(RunOptions):
     samples are always dropped from training and counted as reward/error_samples."""
     engine: str = "hf"
     """Generation engine: hf or vllm."""
+    engine_precision: str = "fp32"
+    """The hf engine's decode matmuls: fp32, or bf16 (bfloat16 copies of the linear weights for each
+    generation; activations, KV cache and sampling stay float32). bf16 pays on CPUs with AMX or AVX-512
+    BF16 and is slower elsewhere (benchmarks/README.md); its log-probs are not the policy's, so the
+    loop recomputes the old log-probs in float32 (one no-grad pass per step)."""
     precision: str = "fp32"
     """fp32, or bf16: matmuls of generation and of the training passes run under bfloat16 autocast
     (weights, gradients and optimizer states stay float32). Faster where the CPU has bf16 units (see

@@ -73,7 +73,7 @@ class Context:
         self.reward = make_reward(self.task, self.algo.reward_shaping, cfg.rewards)
         self.verify, _ = make_verifier(self.task)
         self.correct_name = self.reward.names[0]  # the first term is the correctness check (reward/accuracy)
-        self.engine = make_engine(cfg.engine, self.model, self.tokenizer)
+        self.engine = make_engine(cfg.engine, self.model, self.tokenizer, cfg.engine_precision)
         self.groups = GroupRollout(
             self.engine,
             self.tokenizer,

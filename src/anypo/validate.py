@@ -313,6 +313,19 @@ def _sampling_problems(s: Any, prefix: str) -> list[str]:
 def _engine_problems(cfg: Any) -> list[str]:
     if cfg.engine not in ENGINES:
         return [f"--engine is {cfg.engine!r}: choose one of {', '.join(ENGINES)}"]
+    ep = getattr(cfg, "engine_precision", "fp32")
+    if ep not in ("fp32", "bf16"):
+        return [f"--engine-precision is {ep!r}: choose fp32 or bf16"]
+    if ep == "bf16" and (cfg.engine != "hf" or cfg.dist.backend != "none"):
+        return [
+            "--engine-precision bf16 is for the in-process hf engine (--engine hf, --dist.backend none): vLLM and "
+            "the rollout actors have their own dtype"
+        ]
+    if ep == "bf16" and cfg.precision != "fp32":
+        return [
+            f"--engine-precision bf16 with --precision {cfg.precision}: bf16 autocast already runs generation in "
+            "bfloat16; use one of the two"
+        ]
     if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         return [
             "--engine is 'vllm', but vllm is not installed: install the vllm extra "

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from anypo.engines.base import SamplingConfig
@@ -81,3 +82,37 @@ def test_stop_string_ends_response(tiny_model, tokenizer):
         return
     g2 = eng.generate(_prompts(tokenizer)[:1], 1, SamplingConfig(max_new_tokens=10, stop=(first,)), seed=1)
     assert int(g2.response_mask.sum()) == 1 and not bool(g2.truncated[0])
+
+
+def test_bf16_engine_samples_with_bfloat16_matmuls_and_says_its_logprobs_are_not_exact(tiny_model, tokenizer):
+    """``precision="bf16"``: the same sampling loop over bfloat16 copies of the routed linears. Its
+    log-probs are those of the bfloat16 forward (so they differ from the float32 teacher-forced ones,
+    by more than the float32 engine's 1e-4 and, on this tiny model, by under 0.05 nats), it reports
+    ``logprobs_exact`` False so that the trainer recomputes them, and the weights it leaves behind are
+    the float32 ones, untouched (no packed copy remains)."""
+    from anypo import onednn
+
+    onednn.use_onednn(tiny_model)
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    eng = HFEngine(tiny_model, tokenizer, precision="bf16")
+    s = SamplingConfig(temperature=1.0, max_new_tokens=10)
+    assert eng.logprobs_exact(s) is False and HFEngine(tiny_model, tokenizer).logprobs_exact(s) is True
+    prompts = _prompts(tokenizer)
+    g = eng.generate(prompts, 2, s, seed=0)
+    diffs = []
+    for i in range(len(g.response_ids)):
+        L = int(g.response_mask[i].sum())
+        p = prompts[int(g.prompt_index[i])]
+        ids = torch.tensor([p + g.response_ids[i, :L].tolist()])
+        with torch.no_grad():
+            logits = tiny_model(ids).logits[0, len(p) - 1 : -1]
+        ref = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, len(p) :, None]).squeeze(-1)
+        diffs.append((g.logprobs[i, :L] - ref).abs())
+    d = torch.cat(diffs)
+    if onednn.available():
+        assert float(d.max()) > 1e-4  # the bfloat16 products acted
+    assert float(d.max()) < 0.05
+    assert all(torch.equal(p, before[n]) for n, p in tiny_model.named_parameters())
+    assert not any("_anypo_onednn_packed" in m.__dict__ for m in tiny_model.modules())
+    with pytest.raises(ValueError, match="precision"):
+        HFEngine(tiny_model, tokenizer, precision="fp16")

@@ -105,6 +105,42 @@ def test_packed_weights_give_the_same_products_and_leave_nothing_behind():
     assert all("_anypo_onednn_packed" not in m.__dict__ for m in model)
 
 
+@pytest.mark.skipif(not onednn.available(), reason="oneDNN linear not available in this build")
+def test_bfloat16_packed_products_round_inputs_and_weights_to_bfloat16():
+    """``packed_weights(dtype=torch.bfloat16)``: the product of the bfloat16-rounded input and weight,
+    rounded to bfloat16 and returned as float32, the bias added in float32. By hand: bfloat16 keeps 8
+    significant bits, so 1 + 2^-6 is exact and 1 + 2^-9 rounds to 1. With x = [1 + 2^-9, 1] and
+    W = [[1 + 2^-6, 2], [0.5, -1]] the bf16 product is [1 * (1 + 2^-6) + 2, 0.5 - 1] = [3.015625, -0.5]
+    (exact: bfloat16's step in [2, 4) is 2^-6), plus the bias [2^-12, 0] added in float32:
+    [3.015625 + 2^-12, -0.5]. The float32 layer gives (1 + 2^-9)(1 + 2^-6) + 2 + 2^-12 instead.
+    Integer-valued inputs and weights with small integer products are exact in bfloat16 and give the
+    float32 result exactly."""
+    layer = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1 + 2**-6, 2.0], [0.5, -1.0]]))
+        layer.bias.copy_(torch.tensor([2**-12, 0.0]))
+    onednn.use_onednn(layer)
+    x = torch.tensor([[1 + 2**-9, 1.0]])
+    with torch.no_grad():
+        fp32 = layer(x)
+        with onednn.packed_weights(layer, rows=1, dtype=torch.bfloat16) as n:
+            assert n == 1 and layer.__dict__["_anypo_onednn_packed"].dtype == torch.bfloat16
+            bf = layer(x)
+    assert bf.dtype == torch.float32
+    assert bf.tolist() == [[3.015625 + 2**-12, -0.5]]
+    assert fp32[0, 0].item() == pytest.approx((1 + 2**-9) * (1 + 2**-6) + 2 + 2**-12, abs=1e-6)
+    assert fp32[0, 0].item() != bf[0, 0].item()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, -1.0]]))
+        layer.bias.zero_()
+        with onednn.packed_weights(layer, rows=2, dtype=torch.bfloat16):
+            ints = layer(torch.tensor([[2.0, -3.0], [1.0, 4.0]]))
+    assert ints.tolist() == [[-4.0, 9.0], [9.0, -1.0]]
+    assert "_anypo_onednn_packed" not in layer.__dict__
+    with pytest.raises(ValueError, match="dtype"), onednn.packed_weights(layer, rows=1, dtype=torch.float16):
+        pass
+
+
 def test_generation_is_the_same_with_and_without_packed_weights(tiny_model, tokenizer, monkeypatch):
     """The engine's packing changes no token and no log-prob: the same seed gives the same sample with
     the packing replaced by a no-op context."""
@@ -117,7 +153,7 @@ def test_generation_is_the_same_with_and_without_packed_weights(tiny_model, toke
     engine = HFEngine(tiny_model, tokenizer)
     prompts, s = [[5, 6, 7], [8, 9, 10, 11, 12]], SamplingConfig(temperature=1.0, max_new_tokens=12)
     packed = engine.generate(prompts, 3, s, seed=7)
-    monkeypatch.setattr(onednn, "packed_weights", lambda model, rows: contextlib.nullcontext(0))
+    monkeypatch.setattr(onednn, "packed_weights", lambda model, rows, dtype=None: contextlib.nullcontext(0))
     plain = engine.generate(prompts, 3, s, seed=7)
     assert torch.equal(packed.response_ids, plain.response_ids)
     torch.testing.assert_close(packed.logprobs, plain.logprobs, atol=1e-5, rtol=0)

@@ -7,6 +7,7 @@ names the option (as its command-line flag) and says what to do.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 
 import pytest
@@ -217,6 +218,19 @@ def test_vllm_engine_needs_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     (problem,) = train_config_problems(with_(base(), engine="vllm"))
     assert "--engine" in problem and "vllm extra" in problem and "--engine hf" in problem
+
+
+def test_engine_precision_values_and_where_bf16_applies(monkeypatch):
+    """fp32 and bf16 only; bf16 only for the in-process hf engine and with float32 training (bf16
+    autocast already samples in bfloat16)."""
+    assert train_config_problems(with_(base(), engine_precision="bf16")) == []
+    (problem,) = train_config_problems(with_(base(), engine_precision="fp16"))
+    assert problem == "--engine-precision is 'fp16': choose fp32 or bf16"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # vllm "installed"
+    (problem,) = train_config_problems(with_(base(), engine="vllm", engine_precision="bf16"))
+    assert "--engine-precision bf16" in problem and "--engine hf" in problem
+    (problem,) = train_config_problems(with_(base(), precision="bf16", engine_precision="bf16"))
+    assert "--precision bf16" in problem and "use one of the two" in problem
 
 
 def test_model_directories_and_hub_ids(tmp_path, monkeypatch, caplog):

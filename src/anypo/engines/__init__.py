@@ -5,12 +5,15 @@ from anypo.engines.base import Engine, Generation, SamplingConfig
 __all__ = ["Engine", "Generation", "SamplingConfig", "logprobs_exact", "make_engine"]
 
 
-def make_engine(name: str, model, tokenizer) -> Engine:
-    """Build the engine ``name`` around ``model`` (the policy being trained)."""
+def make_engine(name: str, model, tokenizer, precision: str = "fp32") -> Engine:
+    """Build the engine ``name`` around ``model`` (the policy being trained); ``precision`` "bf16": the hf
+    engine's decode matmuls in bfloat16 (``HFEngine``)."""
     if name == "hf":
         from anypo.engines.hf import HFEngine
 
-        return HFEngine(model, tokenizer)
+        return HFEngine(model, tokenizer, precision=precision)
+    if precision != "fp32":
+        raise ValueError(f"engine precision {precision!r} is for the hf engine; the {name} engine has its own dtype")
     if name == "vllm":
         from anypo.engines.vllm import VLLMEngine  # optional extra
 

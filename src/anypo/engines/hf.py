@@ -5,7 +5,9 @@ prompt's KV cache is computed for B prompts and then repeated for their n sample
 sequences from the batch so late steps cost only what is still being written; (3) returns the
 log-probability of every sampled token without keeping [N, T, V] scores; (4) multiplies by weights
 packed once per call into oneDNN's layout (``anypo.onednn.packed_weights``) instead of on every layer
-of every decode step.
+of every decode step. ``precision="bf16"`` packs bfloat16 copies instead: the decode matmuls run in
+bfloat16 (about 3.6x faster on a CPU with AMX, slower on one without AVX-512 BF16), the sampled
+tokens' log-probs are then not the float32 policy's, and ``logprobs_exact`` says so.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from anypo.engines.base import Generation, SamplingConfig
 class HFEngine:
     """Samples from ``model`` itself, so the engine always has the trainer's current weights."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, device: str | torch.device = "cpu"):
+    def __init__(self, model: torch.nn.Module, tokenizer, device: str | torch.device = "cpu", precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"HFEngine precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.precision = precision
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -36,6 +41,11 @@ class HFEngine:
     def load_weights(self, state_dict: dict[str, Tensor]) -> None:
         """Nothing to copy: this engine samples from the policy module being trained."""
 
+    def logprobs_exact(self, sampling: SamplingConfig) -> bool:
+        """The float32 engine's log-probs are the policy's; the bfloat16 matmuls' are not (the trainer
+        recomputes the old log-probs then)."""
+        return self.precision == "fp32"
+
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None = None
     ) -> Generation:
@@ -45,7 +55,8 @@ class HFEngine:
         self.model.eval()
         try:
             # inference mode skips autograd's view and version tracking on every op of the decode loop
-            with torch.inference_mode(), onednn.packed_weights(self.model, len(prompts) * n):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            with torch.inference_mode(), onednn.packed_weights(self.model, len(prompts) * n, dtype=dtype):
                 out = self._generate(prompts, n, sampling, gen)
         finally:
             self.model.train(was_training)
