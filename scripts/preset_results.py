@@ -318,7 +318,7 @@ def result_section(name: str, rows: list[dict], args, wall: float, wall_what: st
         "Reproduce:",
         "",
         "```bash",
-        command(name, args),
+        getattr(args, "command", None) or command(name, args),  # a compare run's own arguments, when known
         "```",
         "",
         "![rewards of every preset](presets_reward.png)"
@@ -446,6 +446,7 @@ def from_runs(runs: list[Path], note: str = "") -> None:
             print(f"{name}: section written from {run}", flush=True)
             continue
         args = args_of_run(run, rows)
+        args.command = run_command(run)  # every option the run had (a preset override too), not a rebuilt line
         if not any(r.get("step") == args.steps and "eval/pass@1" in r for r in rows):
             raise SystemExit(f"{run}: not finished (no held-out evaluation at step {args.steps})")
         wall = sum(r.get("time/step_s", 0.0) for r in rows)
