@@ -333,6 +333,8 @@ def trl_worker(args: argparse.Namespace, proto: Protocol) -> None:
         max_grad_norm=W1["max_grad_norm"],
         # W1 is a float32 CPU workload: TRL would default to bf16 autocast (bf16=None -> True); --trl-bf16 restores it
         bf16=args.trl_bf16,
+        # TRL's default (True) recomputes activations in the backward; --trl-no-gradient-checkpointing turns it off
+        gradient_checkpointing=not args.trl_no_gradient_checkpointing,
         use_cpu=True,
         # anypo's prompt order (data order only: TRL's sampler without its own shuffle)
         shuffle_dataset=False,
@@ -494,6 +496,7 @@ def start_worker(lib: str, python: str, args: argparse.Namespace, kl: float, log
     cmd += ["--max-new-tokens", str(args.max_new_tokens), "--total-steps", str(args.warmup + args.steps)]
     cmd += ["--seed", str(args.seed), "--micro-batch-size", str(micro_batch_size(args, lib))]
     cmd += ["--trl-bf16"] if args.trl_bf16 else []
+    cmd += ["--trl-no-gradient-checkpointing"] if args.trl_no_gradient_checkpointing else []
     cmd += ["--bf16"] if args.bf16 else []
     cmd += ["--anypo-no-onednn"] if args.anypo_no_onednn else []
     cmd += ["--tmp", str(tmp / lib)]
@@ -663,6 +666,11 @@ def main() -> None:
         "--trl-bf16",
         action="store_true",
         help="TRL with its default bf16 autocast (not W1, which is float32; anypo stays float32)",
+    )
+    ap.add_argument(
+        "--trl-no-gradient-checkpointing",
+        action="store_true",
+        help="TRL without its default gradient checkpointing (anypo has none by default either)",
     )
     ap.add_argument(
         "--bf16",
