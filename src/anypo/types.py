@@ -344,6 +344,12 @@ class PartConfig:
         return False
 
     @property
+    def off_policy_option(self) -> str:
+        """A setting of this part under which it is correct off-policy (``""``: none), which the config
+        check names when it refuses a ``requires_on_policy`` part with several updates per rollout."""
+        return ""
+
+    @property
     def group_relative(self) -> bool:
         """The part compares the samples of a prompt with each other: groups need at least 2 samples."""
         return False

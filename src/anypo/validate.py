@@ -221,6 +221,7 @@ def _algo_problems(cfg: Any) -> list[str]:
                     f"--algo.ppo-epochs {algo.ppo_epochs} and --algo.minibatch-prompts {size} at "
                     f"--prompts-per-step {B} make {algo.ppo_epochs * algo.minibatches(B)} updates: "
                     "set --algo.ppo-epochs 1 and --algo.minibatch-prompts None, or use a ratio loss (ppo_clip)"
+                    + (f", or {p.off_policy_option}" if getattr(p, "off_policy_option", "") else "")
                 )
     out += _replay_problems(algo, parts)
     out += _needs_problems(algo, parts)

@@ -523,6 +523,26 @@ def test_rover_on_policy_mode():
     assert not Cfg(old_means="batch", level="response").needs_logits
 
 
+def test_rover_refusal_names_the_option_that_allows_several_updates():
+    """The rover preset with two mini-batches per rollout is refused, and the refusal names
+    --algo.loss.old-means batch, under which the same run is accepted."""
+    import dataclasses
+
+    from anypo.algorithms import PRESETS
+    from anypo.config import TrainConfig
+    from anypo.models import ModelConfig
+    from anypo.validate import train_config_problems
+
+    algo = dataclasses.replace(PRESETS["rover"].build(), minibatch_prompts=1)
+    cfg = TrainConfig(model=ModelConfig(name="tiny"), algo=algo, prompts_per_step=2)
+    (problem,) = [p for p in train_config_problems(cfg) if "only correct on-policy" in p]
+    assert problem.endswith(
+        ", or --algo.loss.old-means batch (the behaviour policy's mean log-probs, stored by the old-log-prob pass)"
+    )
+    batch_algo = dataclasses.replace(algo, policy_loss=dataclasses.replace(algo.policy_loss, old_means="batch"))
+    assert not [p for p in train_config_problems(dataclasses.replace(cfg, algo=batch_algo)) if "on-policy" in p]
+
+
 def test_rover_response_level_by_hand():
     """level='response' (the code's response_level_rover_loss): L_i = (mean_t Q_it - A_i)^2, mean
     over responses; with the toy's Q = lp - old: mean_t Q = D_TOY / |o|; dL/dlp_it = (2/4)(mean Q_i -

@@ -139,6 +139,11 @@ class ROVER(PolicyLossConfig):
         """With old_means='on_policy' the bootstrap term is only right at the single update of a step."""
         return self._bootstraps and self.old_means == "on_policy"
 
+    @property
+    def off_policy_option(self) -> str:
+        """old_means='batch' reads the behaviour policy's mean log-probs: right at every update."""
+        return "--algo.loss.old-means batch (the behaviour policy's mean log-probs, stored by the old-log-prob pass)"
+
 
 def _bootstrap(out: PolicyOutput, batch: RolloutBatch, cfg: ROVER, mask: Tensor) -> Tensor:
     """[N, T] ``c rho (M_theta - M_old)`` at the next position, masked by it; 0 at the last column."""
