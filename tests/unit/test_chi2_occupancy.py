@@ -273,7 +273,7 @@ def test_base_rollouts_samples_the_base_weights_and_features():
         model.model.norm.weight.fill_(2.0)  # the policy moves away from the base
     batch = part.collect([Request(0, 2), Request(1, 2)], seed=0, step=0, group_offset=4)
     assert engine.calls == [(2, 2, False), (2, 1, True)] and engine.loads == 2
-    assert float(model.model.norm.weight[0]) == 2.0  # the policy's weights are back
+    assert float(model.model.norm.weight[0].detach()) == 2.0  # the policy's weights are back
     assert batch.rewards.tolist() == [0.0] * 4 and batch.group_ids.tolist() == [4, 4, 5, 5]
     assert batch.extras[BASE_REWARDS][0] == 1.0 and math.isnan(batch.extras[BASE_REWARDS][1])
     assert batch.extras[BASE_REWARDS][2] == 1.0 and math.isnan(batch.extras[BASE_REWARDS][3])
