@@ -18,6 +18,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -81,8 +82,6 @@ def machine_record(python: str, threads: int) -> dict:
     ``CPU_FLAGS`` it has, logical CPUs, memory, the kernel, and the float32 matmul rate (GFLOP/s of a
     training-sized [400, 576] x [576, 1536] product in ``python`` with ``threads`` threads, measured now,
     before the workers start)."""
-    import time
-
     info: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "kernel": platform.release(), "cpus": os.cpu_count()}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -100,6 +99,14 @@ def machine_record(python: str, threads: int) -> dict:
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
         info["matmul_gflops"] = None
     return info
+
+
+def machine_line(machine: dict, threads: int) -> str:
+    """The one line a benchmark prints about ``machine_record``'s machine."""
+    return (
+        f"machine: {machine.get('cpu_model')}, {' '.join(machine.get('cpu_flags', []))}; float32 matmul "
+        f"{machine['matmul_gflops']} GFLOP/s at {threads} threads"
+    )
 
 
 # ---- worker side ----

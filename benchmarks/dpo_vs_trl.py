@@ -64,6 +64,7 @@ from _driver import (  # noqa: E402
     cpu_s,
     cpu_shares,
     fmt,
+    machine_line,
     machine_record,
     peak_rss_gb,
     phase_medians,
@@ -546,11 +547,7 @@ def driver(args: argparse.Namespace) -> None:
         flush=True,
     )
     machine = machine_record(python, W2["threads"])
-    print(
-        f"machine: {machine.get('cpu_model')}, {' '.join(machine.get('cpu_flags', []))}; float32 matmul "
-        f"{machine['matmul_gflops']} GFLOP/s at {W2['threads']} threads",
-        flush=True,
-    )
+    print(machine_line(machine, W2["threads"]), flush=True)
     t0 = time.time()
     result = run(args, python, out.parent)
     s = summarize(result)

@@ -46,6 +46,7 @@ from _driver import (  # noqa: E402
     cpu_s,
     cpu_shares,
     fmt,
+    machine_line,
     machine_record,
     peak_rss_gb,
     phase_medians,
@@ -612,11 +613,7 @@ def driver(args: argparse.Namespace) -> None:
         flush=True,
     )
     machine = machine_record(python, W1["threads"])
-    print(
-        f"machine: {machine.get('cpu_model')}, {' '.join(machine.get('cpu_flags', []))}; float32 matmul "
-        f"{machine['matmul_gflops']} GFLOP/s at {W1['threads']} threads",
-        flush=True,
-    )
+    print(machine_line(machine, W1["threads"]), flush=True)
     t0 = time.time()
     variants, summaries = [], []
     for kl in args.kl:

@@ -55,8 +55,10 @@ def _eligible(x: Tensor, weight: Tensor) -> bool:
 
 
 def _linear_nograd(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x W^T + b for x of any leading shape, on oneDNN, recording no graph."""
-    y = _mm_nt(x.reshape(-1, x.shape[-1]), weight)
+    """x W^T + b for x of any leading shape, on oneDNN, recording no graph. A bfloat16 ``weight`` (a
+    ``packed_weights`` copy) takes the input rounded to bfloat16 and gives the product back as float32."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = _mm_nt(x2, weight) if weight.dtype == x.dtype else _mm_nt(x2.to(weight.dtype), weight).float()
     if bias is not None:
         y.add_(bias)
     return y.view(*x.shape[:-1], weight.shape[0])
@@ -102,11 +104,6 @@ def mm_nt(a: Tensor, b: Tensor) -> Tensor:
 def _forward(self: torch.nn.Linear, x: Tensor) -> Tensor:
     packed = self.__dict__.get(_PACKED)
     if packed is not None and not torch.is_grad_enabled() and _eligible(x, self.weight):
-        if packed.dtype == torch.bfloat16:  # a bfloat16 copy: the product in bf16, the output float32 again
-            y = _mm_nt(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), packed).float()
-            if self.bias is not None:
-                y.add_(self.bias)
-            return y.view(*x.shape[:-1], packed.shape[0])
         return _linear_nograd(x, packed, self.bias)  # a packed weight keeps its logical [out, in] shape
     return linear(x, self.weight, self.bias)
 

@@ -315,8 +315,8 @@ def _engine_problems(cfg: Any) -> list[str]:
     if cfg.engine not in ENGINES:
         return [f"--engine is {cfg.engine!r}: choose one of {', '.join(ENGINES)}"]
     ep = getattr(cfg, "engine_precision", "fp32")
-    if ep not in ("fp32", "bf16"):
-        return [f"--engine-precision is {ep!r}: choose fp32 or bf16"]
+    if ep not in PRECISIONS:
+        return [f"--engine-precision is {ep!r}: choose {' or '.join(PRECISIONS)}"]
     if ep == "bf16" and (cfg.engine != "hf" or cfg.dist.backend != "none"):
         return [
             "--engine-precision bf16 is for the in-process hf engine (--engine hf, --dist.backend none): vLLM and "

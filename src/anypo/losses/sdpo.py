@@ -274,6 +274,7 @@ def sdpo(out: PolicyOutput, batch: RolloutBatch, cfg: SDPO) -> LossOutput:
     denom = max(float(total), 1.0)
     lp = zero_masked(lp, dm)
     lt = zero_masked(_extra(batch, TEACHER_LOGPROBS, N, T).to(lp.dtype), dm)
+    support_entropy: dict[str, float] = {}  # top-K form: sums over distilled tokens, divided below
     if cfg.topk > 0:
         if out.logits is None:
             raise ValueError("sdpo with topk > 0 needs PolicyOutput.logits (needs_logits): the loop must provide them")
@@ -285,7 +286,7 @@ def sdpo(out: PolicyOutput, batch: RolloutBatch, cfg: SDPO) -> LossOutput:
         s, t = topk_with_tail(s, cfg.add_tail), topk_with_tail(tk[keep], cfg.add_tail)
         div = distill_divergence(s, t, cfg.alpha)
         per_tok = lp.new_zeros(N, T).masked_scatter(keep, div)
-        support_entropy = {  # sum over distilled tokens of the entropy over the K (+ tail) buckets
+        support_entropy = {  # the entropy over the K (+ tail) buckets
             "sdpo/student_support_entropy": float(-(s.exp() * s).sum().detach()),
             "sdpo/teacher_support_entropy": float(-(t.exp() * t).sum()),
         }
@@ -297,7 +298,7 @@ def sdpo(out: PolicyOutput, batch: RolloutBatch, cfg: SDPO) -> LossOutput:
         w = torch.exp((lp - old).detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).clamp(max=cfg.is_clip) * dm
     loss = (per_tok * w * dm).sum() / denom
     n_tok = max(batch.scale().num_tokens, 1.0)
-    metrics = {k: v / denom for k, v in support_entropy.items()} if cfg.topk > 0 else {}
+    metrics = {k: v / denom for k, v in support_entropy.items()}
     metrics |= {
         "policy/loss": float(loss.detach()),
         "sdpo/distilled_frac": float(dm.sum()) / n_tok,
