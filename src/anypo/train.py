@@ -36,8 +36,9 @@ __all__ = ["PROVIDED_NEEDS", "Context", "TrainingError", "train"]
 PROVIDED_NEEDS = frozenset(
     {"ref_logprobs", "values", "entropy", "logits", "rollout_logprobs", "greedy_rewards", "whole_minibatch"}
     | {"minibatch_prepare", "old_tempered_logprobs", "old_mean_logprobs", "old_proxy_logprobs", "old_full_logprobs"}
-    | {"recomputed_old_logprobs", "bootstrap_values"}
+    | {"recomputed_old_logprobs", "bootstrap_values", "old_logprobs_before_update"}
 )
+_ENGINE_GAP = "rollout/engine_logprob_abs_diff"  # mean |engine - learner| log-prob of the sampled tokens
 ON_POLICY_NEEDS = frozenset({"old_tempered_logprobs", "old_proxy_logprobs", "old_full_logprobs"})
 
 
@@ -264,19 +265,23 @@ class Context:
 
     def fill_behaviour(self, batch: RolloutBatch, m: dict[str, float]) -> None:
         """The old (behaviour) log-probs, with the weights that generated ``batch``: the engine's, or
-        recomputed by the learner when off-policy, when the engine's are not the policy's
-        (``logprobs_exact``) or when a part ``needs_rollout_logprobs``; the engine's are then kept as
-        ``rollout_logprobs``."""
+        recomputed by the learner when off-policy, when a part ``needs_rollout_logprobs`` or when the
+        engine's are not the policy's (``logprobs_exact``); the engine's are then kept as
+        ``rollout_logprobs``. In that last case, on-policy, the learner's pass is skipped unless a part
+        reads them before the update (``needs_old_logprobs_before_update``): ``old_logprobs`` is None
+        until the loss, which takes them from its own forward (``_micro_loss``)."""
         cfg, micro = self.cfg, self.cfg.micro_batch_size
         on_policy = self.algo.on_policy(cfg.prompts_per_step)
         # an engine whose log-probs are not the contract's for these sampling settings (vLLM with
-        # top-k / top-p) cannot stand in for the policy's, even on-policy; under bf16 autocast the
-        # cached decode and the packed training forward round differently, so the ratio of the first
-        # update would not be 1 either: the old log-probs come from the training forward then
+        # top-k / top-p, the bf16 engine) cannot stand in for the policy's, even on-policy; under bf16
+        # autocast the cached decode and the packed training forward round differently, so the ratio
+        # of the first update would not be 1 either
         exact = getattr(self.engine, "logprobs_exact", lambda _s: True)(cfg.sampling) and cfg.precision == "fp32"
         # a rollout correction (TIS, IcePop) compares the engine's log-probs with the learner's: both needed
-        recompute = not on_policy or not exact or cfg.recompute_old_logprobs or self.algo.needs("rollout_logprobs")
-        recompute = recompute or self.algo.needs("recomputed_old_logprobs")  # replayed rows of older weights
+        forced = not on_policy or cfg.recompute_old_logprobs or self.algo.needs("rollout_logprobs")
+        forced = forced or self.algo.needs("recomputed_old_logprobs")  # replayed rows of older weights
+        from_forward = not exact and not forced and not self.algo.needs("old_logprobs_before_update")
+        recompute = (forced or not exact) and not from_forward
         # the same no-grad forward gives what parts declare of the behaviour policy (needs_old_*)
         request = old_pass_request(self.algo, self.part_states, logprobs=recompute)
         out = behaviour_pass(self.model, batch, cfg.sampling.temperature, micro, cfg.pack_prompts, request)
@@ -284,7 +289,9 @@ class Context:
             batch.rollout_logprobs = batch.old_logprobs  # the engine's, for rollout corrections
             batch.old_logprobs = out.pop("logprobs")
             diff = (batch.rollout_logprobs - batch.old_logprobs).abs()
-            m["rollout/engine_logprob_abs_diff"] = float(masked_mean(diff, batch.response_mask))
+            m[_ENGINE_GAP] = float(masked_mean(diff, batch.response_mask))
+        elif from_forward:  # the one update of this batch is its training forward's own (ratio 1)
+            batch.rollout_logprobs, batch.old_logprobs = batch.old_logprobs, None
         batch.extras.update(out)  # DCPO's tempered log-probs, ROVER's mean log-probs
 
     def fill_proxy(self, batch: RolloutBatch) -> None:
@@ -389,6 +396,14 @@ class Context:
             for p in parts:
                 for k, v in p.metrics.items():
                     acc.add(k, float(v), p.reduction(k), tok_share, seq_share)
+            if micro.extras.get(_ENGINE_GAP) is not None:  # old log-probs from this forward: the engine's gap
+                acc.add(
+                    _ENGINE_GAP,
+                    float(micro.extras[_ENGINE_GAP]) / max(scale.num_tokens, 1.0),
+                    "sum",
+                    tok_share,
+                    seq_share,
+                )
             if out.entropy is not None and not any("policy/entropy" in p.metrics for p in parts):
                 ent = float(masked_sum(out.entropy.detach(), micro.mask)) / max(scale.num_tokens, 1.0)
                 acc.add("policy/entropy", ent, "sum", tok_share, seq_share)
@@ -437,6 +452,11 @@ class Context:
             self.model, micro, cfg.sampling.temperature, entropy=cfg.log_entropy or algo.needs("entropy"),
             logits=algo.needs("logits"), entropy_grad=algo.needs("entropy"), pack=cfg.pack_prompts,
         )  # fmt: skip
+        if micro.old_logprobs is None:  # on-policy with an inexact engine (fill_behaviour): this forward's
+            micro.old_logprobs = (out.logprobs.detach().float() * micro.response_mask).to(micro.rewards.dtype)
+            if micro.rollout_logprobs is not None:
+                gap = (micro.rollout_logprobs - micro.old_logprobs).abs()
+                micro.extras[_ENGINE_GAP] = masked_sum(gap, micro.response_mask)
         parts = [self.loss_fn(out, self._with_state(micro, "policy_loss"), algo.policy_loss)]
         for i, (fn, rcfg) in enumerate(zip(self.reg_fns, algo.regularizers, strict=True)):
             parts.append(fn(out, self._with_state(micro, f"regularizers.{i}"), rcfg))

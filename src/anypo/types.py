@@ -361,6 +361,15 @@ class PartConfig:
         return False
 
     @property
+    def needs_old_logprobs_before_update(self) -> bool:
+        """The part reads ``old_logprobs`` before the loss (in the advantages or a mini-batch preparation),
+        so the loop must fill them before the update. Otherwise, where the engine's log-probs are not
+        the policy's and the step is on-policy, the loop takes them from the training forward itself
+        (detached: the first update's ratio is exactly 1) and the batch holds ``old_logprobs = None``
+        until the loss; the engine's are ``rollout_logprobs``."""
+        return self.needs_minibatch_prepare
+
+    @property
     def needs_greedy_rewards(self) -> bool:
         """The reward of one greedy response per prompt must be in the batch (``greedy_rewards``); the
         loop generates and scores it, and never trains on it."""

@@ -97,6 +97,11 @@ class ARMAdvantage(GroupRelativeConfig):
         """The behaviour policy's mean log-probability of each row's prompt tokens must be in the batch."""
         return True
 
+    @property
+    def needs_old_logprobs_before_update(self) -> bool:
+        """The advantage reads the behaviour policy's log-probs of the sampled tokens."""
+        return True
+
 
 @ADVANTAGES.register("arm", config=ARMAdvantage)
 def arm(batch: RolloutBatch, cfg: ARMAdvantage) -> Tensor:

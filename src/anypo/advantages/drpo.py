@@ -71,6 +71,11 @@ class DRPOAdvantage(GroupRelativeConfig):
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be >= 1 (or None), got {self.max_length}")
 
+    @property
+    def needs_old_logprobs_before_update(self) -> bool:
+        """The advantage reads the behaviour policy's log-probs of the sampled tokens."""
+        return True
+
 
 def correctness(batch: RolloutBatch, threshold: float) -> Tensor:
     """[N] bool: ``extras["correct"]`` (else ``rewards``) ``>= threshold``."""

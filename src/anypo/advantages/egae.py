@@ -139,6 +139,11 @@ class EGAEAdvantage(PartConfig):
         return self.kl_coef != 0
 
     @property
+    def needs_old_logprobs_before_update(self) -> bool:
+        """The KL-in-reward term reads ``old_logprobs`` in the advantages."""
+        return self.kl_coef != 0
+
+    @property
     def needs_bootstrap_values(self) -> bool:
         """The critic's value after each response's last token, ``extras["bootstrap_values"]`` [N]."""
         return True

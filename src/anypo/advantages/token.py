@@ -149,6 +149,11 @@ class ReinforcePPAdvantage(PartConfig):
     def needs_ref_logprobs(self) -> bool:
         return self.kl_coef != 0
 
+    @property
+    def needs_old_logprobs_before_update(self) -> bool:
+        """The KL-in-reward term reads ``old_logprobs`` in the advantages."""
+        return self.kl_coef != 0
+
 
 @ADVANTAGES.register("reinforce_pp", config=ReinforcePPAdvantage)
 def reinforce_pp(batch: RolloutBatch, cfg: ReinforcePPAdvantage) -> Tensor:
@@ -195,6 +200,11 @@ class GAEAdvantage(PartConfig):
 
     @property
     def needs_ref_logprobs(self) -> bool:
+        return self.kl_coef != 0
+
+    @property
+    def needs_old_logprobs_before_update(self) -> bool:
+        """The KL-in-reward term reads ``old_logprobs`` in the advantages."""
         return self.kl_coef != 0
 
 

@@ -70,6 +70,11 @@ class XRPOAdvantage(GroupRelativeConfig):
         if self.scope not in ("correct", "all"):
             raise ValueError(f"XRPOAdvantage.scope must be 'correct' or 'all', got {self.scope!r}")
 
+    @property
+    def needs_old_logprobs_before_update(self) -> bool:
+        """The advantage reads the behaviour policy's log-probs of the sampled tokens."""
+        return True
+
 
 def novelty_bonus(A: Tensor, seq_ll: Tensor, has_tokens: Tensor, group_ids: Tensor, cfg: XRPOAdvantage) -> Tensor:
     """[N] the bonus ``min(max(lambda_n (1 - eta_i), 0), kappa |A_i|)`` (0 outside ``scope``).

@@ -246,10 +246,10 @@ class LearnerContext(Context):
         generated ``batch`` (called before the update). Uses the learner's pass when ``fill_behaviour``
         recomputed the old log-probs (``rollout_logprobs`` then holds the engine's), else one no-grad pass."""
         cfg = self.cfg
-        if batch.rollout_logprobs is not None:
+        if batch.rollout_logprobs is not None and batch.old_logprobs is not None:
             engine, learner = batch.rollout_logprobs, batch.old_logprobs
-        else:
-            engine = batch.old_logprobs
+        else:  # the engine's are old_logprobs, or rollout_logprobs with old_logprobs left to the loss
+            engine = batch.old_logprobs if batch.old_logprobs is not None else batch.rollout_logprobs
             learner = batched_logprobs(
                 self.model, batch, cfg.sampling.temperature, cfg.micro_batch_size, cfg.pack_prompts
             )

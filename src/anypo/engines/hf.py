@@ -12,6 +12,7 @@ tokens' log-probs are then not the float32 policy's, and ``logprobs_exact`` says
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -19,16 +20,27 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anypo import onednn
+from anypo.engines import static_decode
 from anypo.engines.base import Generation, SamplingConfig
 
 
 class HFEngine:
     """Samples from ``model`` itself, so the engine always has the trainer's current weights."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, device: str | torch.device = "cpu", precision: str = "fp32"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        static: bool = True,
+    ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"HFEngine precision must be 'fp32' or 'bf16', got {precision!r}")
         self.precision = precision
+        self.static = static and torch.device(device).type == "cpu"
+        """Decode with ``static_decode.StaticDecoder`` where the architecture allows (otherwise, or with
+        False, the model's own forward and a ``DynamicCache`` at every step)."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -55,8 +67,7 @@ class HFEngine:
         self.model.eval()
         try:
             # inference mode skips autograd's view and version tracking on every op of the decode loop
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-            with torch.inference_mode(), onednn.packed_weights(self.model, len(prompts) * n, dtype=dtype):
+            with torch.inference_mode():
                 out = self._generate(prompts, n, sampling, gen)
         finally:
             self.model.train(was_training)
@@ -70,25 +81,26 @@ class HFEngine:
         for b, p in enumerate(prompts):  # left padding: the last column is every prompt's last token
             ids[b, P - len(p) :] = torch.tensor(p)
             attn[b, P - len(p) :] = 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=attn.to(self.device),
-            position_ids=pos.to(self.device),
-            use_cache=True,
-            logits_to_keep=1,  # only the last prompt position predicts: no [B, P, V] logits
-        )
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...]: the prompt is processed once
         N, T = B * n, s.max_new_tokens
-        logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # [N, V]
-        attn = attn.repeat_interleave(n, 0).to(self.device)
-        next_pos = pos[:, -1:].repeat_interleave(n, 0).to(self.device) + 1  # [N, 1]
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        with contextlib.ExitStack() as stack:
+            if self.static and static_decode.supports(self.model) is None:
+                decoder = static_decode.StaticDecoder(self.model, N, P + T, dtype)
+            else:
+                stack.enter_context(onednn.packed_weights(self.model, N, dtype=dtype))
+                decoder = _CacheDecoder(self.model, self.device)
+            return self._decode(decoder, ids, attn, n, s, gen)
+
+    def _decode(self, decoder, ids: Tensor, attn: Tensor, n: int, s: SamplingConfig, gen) -> Generation:
+        B = len(ids)
+        N, T = B * n, s.max_new_tokens
+        logits = decoder.prefill(ids, attn).float().repeat_interleave(n, 0)  # [N, V]
+        decoder.repeat(n)  # the prompt is processed once, then its keys and values are repeated
         resp = torch.full((N, T), self.pad_id, dtype=torch.long)
         lps = torch.zeros((N, T))
         lengths = torch.zeros(N, dtype=torch.long)
         stopped = torch.zeros(N, dtype=torch.bool)
-        active = torch.arange(N)  # rows of the full batch still being written, in cache order
+        active = torch.arange(N)  # rows of the full batch still being written, in decoder order
         eos = self.eos_ids.to(self.device)
         for t in range(T):
             tok, lp = _sample(logits, s, gen)  # [A], [A]
@@ -104,23 +116,10 @@ class HFEngine:
                 break
             keep = (~done).nonzero().flatten()
             if len(keep) < len(rows):  # shrink the batch: finished rows cost nothing from now on
-                cache.batch_select_indices(keep.to(self.device))
-                attn, next_pos, tok = (
-                    attn[keep.to(self.device)],
-                    next_pos[keep.to(self.device)],
-                    tok[keep.to(self.device)],
-                )
+                decoder.keep(keep.to(self.device))
+                tok = tok[keep.to(self.device)]
                 active = rows[keep]
-            attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=1)
-            out = self.model(
-                input_ids=tok[:, None],
-                attention_mask=attn,
-                position_ids=next_pos,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache, next_pos = out.past_key_values, next_pos + 1
-            logits = out.logits[:, -1].float()
+            logits = decoder.step(tok).float()
         Tn = int(lengths.max()) if N else 0
         mask = (torch.arange(Tn)[None, :] < lengths[:, None]).long()
         return Generation(
@@ -178,3 +177,43 @@ def _categorical(probs: Tensor, gen: torch.Generator | None) -> Tensor:
     if bool(bad.any()):  # take the last token with mass instead
         tok[bad] = probs.shape[-1] - 1 - (probs[bad].flip(-1) > 0).int().argmax(-1)
     return tok
+
+
+class _CacheDecoder:
+    """The decoder interface of ``static_decode.StaticDecoder`` over the model's own forward and its
+    ``DynamicCache`` (any causal LM)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.model, self.device = model, device
+
+    def prefill(self, ids: Tensor, attn: Tensor) -> Tensor:
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=attn.to(self.device),
+            position_ids=pos.to(self.device),
+            use_cache=True,
+            logits_to_keep=1,  # only the last prompt position predicts: no [B, P, V] logits
+        )
+        self.cache, self.attn, self.pos = out.past_key_values, attn.to(self.device), pos[:, -1:].to(self.device) + 1
+        return out.logits[:, -1]
+
+    def repeat(self, n: int) -> None:
+        self.cache.batch_repeat_interleave(n)  # [B, ...] -> [B*n, ...]
+        self.attn, self.pos = self.attn.repeat_interleave(n, 0), self.pos.repeat_interleave(n, 0)
+
+    def keep(self, idx: Tensor) -> None:
+        self.cache.batch_select_indices(idx)
+        self.attn, self.pos = self.attn[idx], self.pos[idx]
+
+    def step(self, tok: Tensor) -> Tensor:
+        self.attn = torch.cat([self.attn, self.attn.new_ones((len(tok), 1))], dim=1)
+        out = self.model(
+            input_ids=tok[:, None],
+            attention_mask=self.attn,
+            position_ids=self.pos,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache, self.pos = out.past_key_values, self.pos + 1
+        return out.logits[:, -1]
