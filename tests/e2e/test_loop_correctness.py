@@ -249,14 +249,21 @@ def test_zero_gradient_step_leaves_the_weights(make_cfg, tmp_path):
 # ---- 8. bf16 old log-probs, the critic's gradient, on-policy-only losses -----------------------
 
 
-def test_bf16_recomputes_old_logprobs(make_cfg):
+def test_bf16_old_logprobs_come_from_the_training_forward(make_cfg):
     """Under bf16 autocast the engine's cached decode and the packed training forward round
-    differently, so the engine's log-probs are not the training forward's: they are recomputed (the
-    difference is logged) even on-policy."""
+    differently, so the engine's log-probs are not the training forward's: on-policy the loss takes
+    its own forward's as the old ones (the first ratio is exactly 1), keeps the engine's as the
+    rollout log-probs and logs the difference; with ``recompute_old_logprobs`` a learner pass fills
+    them before the update instead."""
     ctx = Context.build(make_cfg(precision="bf16"), Path(make_cfg().out_dir))
     batch, m = ctx.rollout(1)
+    m = ctx.learn(batch, m, 1)  # fill_needs, advantages, the update
+    assert batch.old_logprobs is None and batch.rollout_logprobs is not None
+    assert m["rollout/engine_logprob_abs_diff"] > 0 and m["train/optimizer_steps"] == 1
+    ctx = Context.build(make_cfg(precision="bf16", recompute_old_logprobs=True, name="b"), Path(make_cfg().out_dir))
+    batch, m = ctx.rollout(1)
     ctx.fill_needs(batch, m)
-    assert "rollout/engine_logprob_abs_diff" in m and batch.rollout_logprobs is not None
+    assert "rollout/engine_logprob_abs_diff" in m and batch.old_logprobs is not None
 
 
 def test_non_finite_critic_gradient_skips_the_update(make_cfg, monkeypatch):

@@ -116,3 +116,68 @@ def test_bf16_engine_samples_with_bfloat16_matmuls_and_says_its_logprobs_are_not
     assert not any("_anypo_onednn_packed" in m.__dict__ for m in tiny_model.modules())
     with pytest.raises(ValueError, match="precision"):
         HFEngine(tiny_model, tokenizer, precision="fp16")
+
+
+def _qwen2_tiny():
+    """A Qwen2 model of the tiny Llama's sizes: q/k/v projections with biases (random, non-zero)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=2, pad_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_static_decoder_samples_what_the_models_own_forward_samples(tiny_model, tokenizer, arch, precision):
+    """``StaticDecoder`` (preallocated keys/values, fused q/k/v and gate/up) against the model's own
+    forward with a ``DynamicCache``, same seed: prompts of different lengths (left padding), 3 samples
+    each, and a seventh of the vocabulary made end-of-sequence so that rows finish at different steps
+    and the batch shrinks (``keep``) many times. The two compute the same layers in the same order and
+    differ only in the fused matmuls' summation order, so the sampled tokens are the same and their
+    log-probs agree to float32 round-off (1e-5; bfloat16 products: 2e-2)."""
+    from anypo.engines import static_decode
+
+    model = tiny_model if arch == "llama" else _qwen2_tiny()
+    assert static_decode.supports(model) is None
+    prompts = _prompts(tokenizer)
+    s = SamplingConfig(temperature=1.0, max_new_tokens=16)
+    out = {}
+    for static in (True, False):
+        eng = HFEngine(model, tokenizer, precision=precision, static=static)
+        eng.eos_ids = torch.arange(2, 49152, 7)
+        out[static] = eng.generate(prompts, 3, s, seed=4)
+    a, b = out[True], out[False]
+    lengths = a.response_mask.sum(1)
+    assert len(set(lengths.tolist())) > 2  # rows did finish at different steps
+    if precision == "fp32":
+        assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.truncated, b.truncated)
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+    else:  # a bfloat16 rounding may flip a draw: compare the rows' first tokens, drawn from the prefill
+        torch.testing.assert_close(a.logprobs[:, 0], b.logprobs[:, 0], atol=2e-2, rtol=0)
+
+
+def test_static_decoder_says_what_it_cannot_decode(tiny_model, tokenizer):
+    """Architectures other than Llama / Qwen2, and projections that are not plain linears (LoRA), are
+    decoded by the model's own forward; the reason is a readable sentence."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from anypo.engines import static_decode
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=49152, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
+    assert "gpt2" in static_decode.supports(gpt2)
+    g = HFEngine(gpt2, tokenizer).generate(_prompts(tokenizer)[:1], 2, SamplingConfig(max_new_tokens=4), seed=0)
+    assert g.response_ids.shape[0] == 2  # the model's own forward decoded it
+    import copy
+
+    wrapped = copy.deepcopy(tiny_model)
+    wrapped.model.layers[0].self_attn.q_proj = torch.nn.Sequential(wrapped.model.layers[0].self_attn.q_proj)
+    assert "nn.Linear" in static_decode.supports(wrapped)
