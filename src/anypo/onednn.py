@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,8 +80,8 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor):
         x2, weight = ctx.saved_tensors
         g = grad_y.reshape(-1, weight.shape[0])
-        grad_x = _mm_nt(g, weight.t()).view(ctx.in_shape) if ctx.needs_input_grad[0] else None
-        grad_w = _mm_nt(g.t(), x2.t()) if ctx.needs_input_grad[1] else None
+        grad_x = grad_input(g, weight).view(ctx.in_shape) if ctx.needs_input_grad[0] else None
+        grad_w = grad_weight(g, x2) if ctx.needs_input_grad[1] else None
         grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
@@ -99,6 +102,75 @@ def mm_nt(a: Tensor, b: Tensor) -> Tensor:
     if not _eligible(a, b) or a.dim() != 2:
         return a @ b.t()
     return _mm_nt(a, b)
+
+
+# ---- the gradients' matmuls: oneDNN or MKL, whichever this machine runs faster for the shape ----
+BACKWARD_MATMUL = ("auto", "onednn", "mkl")
+MIN_TUNED_FLOP = 3e7
+"""Gradient matmuls below this many FLOPs always run on oneDNN (not worth timing; tiny models' runs
+stay the same from process to process)."""
+_choices: dict[tuple[str, int, int], str] = {}
+
+
+def grad_input(g: Tensor, weight: Tensor) -> Tensor:
+    """``g @ weight`` for 2-D ``g`` [n, out] and ``weight`` [out, in]: the input gradient of a linear."""
+    if not _eligible(g, weight) or g.dim() != 2:
+        return g @ weight
+    return _choose("grad_input", g, weight, lambda: _mm_nt(g, weight.t()), lambda: torch.mm(g, weight))
+
+
+def grad_weight(g: Tensor, x: Tensor) -> Tensor:
+    """``g.T @ x`` for 2-D ``g`` [n, out] and ``x`` [n, in]: the weight gradient of a linear."""
+    if not _eligible(g, x) or g.dim() != 2:
+        return g.t() @ x
+    return _choose("grad_weight", g, x, lambda: _mm_nt(g.t(), x.t()), lambda: torch.mm(g.t(), x))
+
+
+def _choose(kind: str, a: Tensor, b: Tensor, onednn_fn: Callable[[], Tensor], mkl_fn: Callable[[], Tensor]) -> Tensor:
+    """Run the kernel chosen for (``kind``, out, in); time both the first time a large shape is seen.
+
+    Both operands of a gradient matmul reach the kernel transposed. Which library handles that
+    faster depends on the CPU: on the AVX2 machine of benchmarks/README.md oneDNN does, on the
+    AVX-512 + AMX one MKL's ``torch.mm`` does (the head's weight gradient 76 against 109 ms, the
+    MLP's 2.1 against 2.6 ms). So the first call of each (kind, weight shape) of at least
+    ``MIN_TUNED_FLOP`` runs each kernel three times, alternating, and keeps MKL only where its median
+    is at least 10% faster; the choice holds for the process and is saved in checkpoints
+    (``kernel_choices``), so that a resumed run multiplies as the uninterrupted one did.
+    ``ANYPO_BACKWARD_MATMUL=onednn`` or ``mkl`` fixes the choice. Both are float32 products; they
+    differ in summation order only.
+    """
+    mode = os.environ.get("ANYPO_BACKWARD_MATMUL", "auto")
+    if mode not in BACKWARD_MATMUL:
+        raise ValueError(f"ANYPO_BACKWARD_MATMUL must be one of {BACKWARD_MATMUL}, got {mode!r}")
+    if mode != "auto":
+        return mkl_fn() if mode == "mkl" else onednn_fn()
+    key = (kind, a.shape[1], b.shape[1])
+    choice = _choices.get(key)
+    if choice is None:
+        if 2.0 * a.shape[0] * a.shape[1] * b.shape[1] < MIN_TUNED_FLOP:
+            return onednn_fn()
+        times: dict[str, list[float]] = {"onednn": [], "mkl": []}
+        for _ in range(4):  # the first round warms both up and is not counted
+            for name, fn in (("onednn", onednn_fn), ("mkl", mkl_fn)):
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+        fast = statistics.median(times["mkl"][1:]) < 0.9 * statistics.median(times["onednn"][1:])
+        choice = _choices[key] = "mkl" if fast else "onednn"
+    return mkl_fn() if choice == "mkl" else onednn_fn()
+
+
+def kernel_choices() -> dict[str, str]:
+    """The gradient matmuls' kernel per shape chosen so far in this process, ``"kind:out:in" -> kernel``."""
+    return {f"{kind}:{o}:{i}": v for (kind, o, i), v in _choices.items()}
+
+
+def set_kernel_choices(choices: dict[str, str]) -> None:
+    """Restore ``kernel_choices()`` (a checkpoint's); shapes not in it are timed as usual."""
+    for key, v in choices.items():
+        kind, o, i = key.split(":")
+        if v in ("onednn", "mkl"):
+            _choices[(kind, int(o), int(i))] = v
 
 
 def _forward(self: torch.nn.Linear, x: Tensor) -> Tensor:

@@ -296,9 +296,9 @@ class _LinearLogprobs(torch.autograd.Function):
             if temperature != 1.0:
                 dz.div_(temperature)
             if grad_h is not None:
-                grad_h[s : s + chunk] = onednn.mm_nt(dz.to(weight.dtype), weight.t()).to(h.dtype)  # dz @ W
+                grad_h[s : s + chunk] = onednn.grad_input(dz.to(weight.dtype), weight).to(h.dtype)  # dz @ W
             if ctx.needs_input_grad[1]:
-                part = onednn.mm_nt(dz.t(), hc.to(acc).t())  # dz^T @ h: [V, H]
+                part = onednn.grad_weight(dz, hc.to(acc))  # dz^T @ h: [V, H]
                 grad_w = part if grad_w is None else grad_w.add_(part)
             if bias is not None and ctx.needs_input_grad[2]:
                 grad_b = dz.sum(0) if grad_b is None else grad_b.add_(dz.sum(0))

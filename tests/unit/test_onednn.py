@@ -157,3 +157,43 @@ def test_generation_is_the_same_with_and_without_packed_weights(tiny_model, toke
     plain = engine.generate(prompts, 3, s, seed=7)
     assert torch.equal(packed.response_ids, plain.response_ids)
     torch.testing.assert_close(packed.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["auto", "onednn", "mkl"])
+def test_gradient_matmuls_compute_g_w_and_g_transposed_x_on_either_kernel(mode, monkeypatch):
+    """``grad_input(g, W) = g @ W`` and ``grad_weight(g, x) = g^T @ x`` against float64 products, with the
+    kernel fixed to oneDNN or MKL, or chosen by timing (``auto``; the shapes, 2 x 300 x 512 x 256 = 79
+    MFLOP, are above ``MIN_TUNED_FLOP``). Sums of 256-512 terms of size ~1: float32 errors ~1e-5."""
+    monkeypatch.setenv("ANYPO_BACKWARD_MATMUL", mode)
+    monkeypatch.setattr(onednn, "_choices", {})
+    gen = torch.Generator().manual_seed(0)
+    g, w, x = (
+        torch.randn(300, 512, generator=gen),
+        torch.randn(512, 256, generator=gen),
+        torch.randn(300, 256, generator=gen),
+    )
+    assert onednn.MIN_TUNED_FLOP <= 2 * 300 * 512 * 256
+    torch.testing.assert_close(onednn.grad_input(g, w), (g.double() @ w.double()).float(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(onednn.grad_weight(g, x), (g.double().t() @ x.double()).float(), atol=1e-4, rtol=1e-5)
+    chosen = onednn.kernel_choices()
+    if mode == "auto":  # one timed choice per (kind, out, in)
+        assert set(chosen) == {"grad_input:512:256", "grad_weight:512:256"}
+        assert set(chosen.values()) <= {"onednn", "mkl"}
+    else:
+        assert chosen == {}
+    if mode == "mkl":  # the same call as torch.mm, bit for bit
+        assert torch.equal(onednn.grad_weight(g, x), torch.mm(g.t(), x))
+
+
+def test_kernel_choices_round_trip_and_small_shapes_are_not_timed(monkeypatch):
+    """A checkpoint's choices restore exactly (a resumed run multiplies as the uninterrupted one did);
+    a product under ``MIN_TUNED_FLOP`` runs on oneDNN without timing; a wrong setting is refused."""
+    monkeypatch.setattr(onednn, "_choices", {})
+    onednn.set_kernel_choices({"grad_weight:49152:576": "mkl", "grad_input:576:1536": "onednn", "bad:1:2": "x"})
+    assert onednn.kernel_choices() == {"grad_weight:49152:576": "mkl", "grad_input:576:1536": "onednn"}
+    g, x = torch.randn(4, 3), torch.randn(4, 2)
+    torch.testing.assert_close(onednn.grad_weight(g, x), g.t() @ x)
+    assert "grad_weight:3:2" not in onednn.kernel_choices()
+    monkeypatch.setenv("ANYPO_BACKWARD_MATMUL", "blas")
+    with pytest.raises(ValueError, match="ANYPO_BACKWARD_MATMUL"):
+        onednn.grad_weight(torch.randn(300, 512), torch.randn(300, 256))
