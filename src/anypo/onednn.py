@@ -67,6 +67,16 @@ def _linear_nograd(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
+def _linear_plain(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``_linear_nograd`` for a float32 weight in its plain layout: oneDNN or MKL, per ``_choose``."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out, n = weight.shape, x2.shape[0]
+    y = _choose("forward", *out, n, lambda: _mm_nt(x2, weight), lambda: torch.mm(x2, weight.t()))
+    if bias is not None:
+        y.add_(bias)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
 class _Linear(torch.autograd.Function):
     """y = x W^T + b with the three matmuls (y, dx = dy W, dW = dy^T x) on oneDNN."""
 
@@ -74,7 +84,7 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
         ctx.has_bias, ctx.in_shape = bias is not None, x.shape
-        return _linear_nograd(x, weight, bias)
+        return _linear_plain(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
@@ -94,7 +104,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return _Linear.apply(x, weight, bias)
-    return _linear_nograd(x, weight, bias)  # no graph to record: skip the autograd.Function
+    return _linear_plain(x, weight, bias)  # no graph to record: skip the autograd.Function
 
 
 def mm_nt(a: Tensor, b: Tensor) -> Tensor:
@@ -104,7 +114,7 @@ def mm_nt(a: Tensor, b: Tensor) -> Tensor:
     return _mm_nt(a, b)
 
 
-# ---- the gradients' matmuls: oneDNN or MKL, whichever this machine runs faster for the shape ----
+# ---- plain-layout matmuls: oneDNN or MKL, whichever this machine runs faster for the shape ----
 BACKWARD_MATMUL = ("auto", "onednn", "mkl")
 MIN_TUNED_FLOP = 3e7
 """Gradient matmuls below this many FLOPs always run on oneDNN (not worth timing; tiny models' runs
@@ -116,23 +126,30 @@ def grad_input(g: Tensor, weight: Tensor) -> Tensor:
     """``g @ weight`` for 2-D ``g`` [n, out] and ``weight`` [out, in]: the input gradient of a linear."""
     if not _eligible(g, weight) or g.dim() != 2:
         return g @ weight
-    return _choose("grad_input", g, weight, lambda: _mm_nt(g, weight.t()), lambda: torch.mm(g, weight))
+    dims = (g.shape[1], weight.shape[1], g.shape[0])
+    return _choose("grad_input", *dims, lambda: _mm_nt(g, weight.t()), lambda: torch.mm(g, weight))
 
 
 def grad_weight(g: Tensor, x: Tensor) -> Tensor:
     """``g.T @ x`` for 2-D ``g`` [n, out] and ``x`` [n, in]: the weight gradient of a linear."""
     if not _eligible(g, x) or g.dim() != 2:
         return g.t() @ x
-    return _choose("grad_weight", g, x, lambda: _mm_nt(g.t(), x.t()), lambda: torch.mm(g.t(), x))
+    dims = (g.shape[1], x.shape[1], g.shape[0])
+    return _choose("grad_weight", *dims, lambda: _mm_nt(g.t(), x.t()), lambda: torch.mm(g.t(), x))
 
 
-def _choose(kind: str, a: Tensor, b: Tensor, onednn_fn: Callable[[], Tensor], mkl_fn: Callable[[], Tensor]) -> Tensor:
-    """Run the kernel chosen for (``kind``, out, in); time both the first time a large shape is seen.
+def _choose(
+    kind: str, out: int, in_: int, n: int, onednn_fn: Callable[[], Tensor], mkl_fn: Callable[[], Tensor]
+) -> Tensor:
+    """Run the kernel chosen for (``kind``, out, in) of an [n, in] x [in, out] product; time both the
+    first time a large shape is seen.
 
-    Both operands of a gradient matmul reach the kernel transposed. Which library handles that
-    faster depends on the CPU: on the AVX2 machine of benchmarks/README.md oneDNN does, on the
-    AVX-512 + AMX one MKL's ``torch.mm`` does (the head's weight gradient 76 against 109 ms, the
-    MLP's 2.1 against 2.6 ms). So the first call of each (kind, weight shape) of at least
+    Which library multiplies a shape faster depends on the CPU. On the AVX2 machine of
+    benchmarks/README.md oneDNN does on every shape of a small LM's step. On the AVX-512 + AMX one,
+    MKL's ``torch.mm`` is faster where both operands of a gradient matmul reach the kernel
+    transposed (the head's weight gradient 76 against 109 ms, the MLP's 2.1 against 2.6 ms) and on
+    the MLP's forward over weights not in cache (1.6 against 2.2 ms), oneDNN on the head's forward
+    (53 against 62 ms). So the first call of each (kind, weight shape) of at least
     ``MIN_TUNED_FLOP`` runs each kernel three times, alternating, and keeps MKL only where its median
     is at least 10% faster; the choice holds for the process and is saved in checkpoints
     (``kernel_choices``), so that a resumed run multiplies as the uninterrupted one did.
@@ -144,10 +161,10 @@ def _choose(kind: str, a: Tensor, b: Tensor, onednn_fn: Callable[[], Tensor], mk
         raise ValueError(f"ANYPO_BACKWARD_MATMUL must be one of {BACKWARD_MATMUL}, got {mode!r}")
     if mode != "auto":
         return mkl_fn() if mode == "mkl" else onednn_fn()
-    key = (kind, a.shape[1], b.shape[1])
+    key = (kind, out, in_)
     choice = _choices.get(key)
     if choice is None:
-        if 2.0 * a.shape[0] * a.shape[1] * b.shape[1] < MIN_TUNED_FLOP:
+        if 2.0 * n * out * in_ < MIN_TUNED_FLOP:
             return onednn_fn()
         times: dict[str, list[float]] = {"onednn": [], "mkl": []}
         for _ in range(4):  # the first round warms both up and is not counted
