@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import statistics
@@ -191,6 +192,7 @@ def anypo_worker(args: argparse.Namespace, proto: Protocol) -> None:
         out_dir=args.tmp,  # the run directory (reference weights offloaded there); the driver removes it
         model=ModelConfig(onednn_linear=not args.anypo_no_onednn),
     )
+    cfg = dataclasses.replace(cfg, engine_precision=args.anypo_engine_precision)
     random.seed(cfg.seed)  # as anypo.train.train does before building the context
     torch.manual_seed(cfg.seed)
     ctx = Context.build(cfg, Path(cfg.out_dir))
@@ -208,6 +210,7 @@ def anypo_worker(args: argparse.Namespace, proto: Protocol) -> None:
             "optimizer": type(ctx.optimizer).__name__,
             "optimizer_fused": ctx.optimizer.defaults.get("fused"),
             "precision": getattr(cfg, "precision", None),
+            "engine_precision": cfg.engine_precision,
             "reference_offload": getattr(cfg, "reference_offload", None),
             "gradient_checkpointing": cfg.model.gradient_checkpointing,
             "dtype": cfg.model.dtype,
@@ -500,6 +503,7 @@ def start_worker(lib: str, python: str, args: argparse.Namespace, kl: float, log
     cmd += ["--trl-no-gradient-checkpointing"] if args.trl_no_gradient_checkpointing else []
     cmd += ["--bf16"] if args.bf16 else []
     cmd += ["--anypo-no-onednn"] if args.anypo_no_onednn else []
+    cmd += ["--anypo-engine-precision", args.anypo_engine_precision]
     cmd += ["--tmp", str(tmp / lib)]
     return Worker(lib, cmd, W1["threads"], log, close_timeout=120)
 
@@ -678,6 +682,12 @@ def main() -> None:
         "--anypo-no-onednn",
         action="store_true",
         help="anypo with PyTorch's default float32 linear (MKL) instead of oneDNN (ModelConfig.onednn_linear=False)",
+    )
+    ap.add_argument(
+        "--anypo-engine-precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="anypo's sampling matmuls (--engine-precision; bf16: bfloat16 weight copies, training stays float32)",
     )
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 warm-up + 1 step, 16 new tokens")
     ap.add_argument("--seed", type=int, default=0, help="anypo's seed and the prompt order of both")

@@ -20,7 +20,8 @@ import functools
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -67,16 +68,6 @@ def _linear_nograd(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
-def _linear_plain(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``_linear_nograd`` for a float32 weight in its plain layout: oneDNN or MKL, per ``_choose``."""
-    x2 = x.reshape(-1, x.shape[-1])
-    out, n = weight.shape, x2.shape[0]
-    y = _choose("forward", *out, n, lambda: _mm_nt(x2, weight), lambda: torch.mm(x2, weight.t()))
-    if bias is not None:
-        y.add_(bias)
-    return y.view(*x.shape[:-1], weight.shape[0])
-
-
 class _Linear(torch.autograd.Function):
     """y = x W^T + b with the three matmuls (y, dx = dy W, dW = dy^T x) on oneDNN."""
 
@@ -84,7 +75,7 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
         ctx.has_bias, ctx.in_shape = bias is not None, x.shape
-        return _linear_plain(x, weight, bias)
+        return _linear_nograd(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
@@ -104,7 +95,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return _Linear.apply(x, weight, bias)
-    return _linear_plain(x, weight, bias)  # no graph to record: skip the autograd.Function
+    return _linear_nograd(x, weight, bias)  # no graph to record: skip the autograd.Function
 
 
 def mm_nt(a: Tensor, b: Tensor) -> Tensor:
@@ -114,80 +105,105 @@ def mm_nt(a: Tensor, b: Tensor) -> Tensor:
     return _mm_nt(a, b)
 
 
-# ---- plain-layout matmuls: oneDNN or MKL, whichever this machine runs faster for the shape ----
+# ---- the gradients' matmuls: oneDNN or MKL, whichever this machine runs faster ----
 BACKWARD_MATMUL = ("auto", "onednn", "mkl")
-MIN_TUNED_FLOP = 3e7
-"""Gradient matmuls below this many FLOPs always run on oneDNN (not worth timing; tiny models' runs
-stay the same from process to process)."""
-_choices: dict[tuple[str, int, int], str] = {}
+_machine: dict[str, str] | None = None  # kind -> kernel, for this process (from the machine's cache file)
 
 
 def grad_input(g: Tensor, weight: Tensor) -> Tensor:
     """``g @ weight`` for 2-D ``g`` [n, out] and ``weight`` [out, in]: the input gradient of a linear."""
     if not _eligible(g, weight) or g.dim() != 2:
         return g @ weight
-    dims = (g.shape[1], weight.shape[1], g.shape[0])
-    return _choose("grad_input", *dims, lambda: _mm_nt(g, weight.t()), lambda: torch.mm(g, weight))
+    return torch.mm(g, weight) if _kernel("grad_input") == "mkl" else _mm_nt(g, weight.t())
 
 
 def grad_weight(g: Tensor, x: Tensor) -> Tensor:
     """``g.T @ x`` for 2-D ``g`` [n, out] and ``x`` [n, in]: the weight gradient of a linear."""
     if not _eligible(g, x) or g.dim() != 2:
         return g.t() @ x
-    dims = (g.shape[1], x.shape[1], g.shape[0])
-    return _choose("grad_weight", *dims, lambda: _mm_nt(g.t(), x.t()), lambda: torch.mm(g.t(), x))
+    return torch.mm(g.t(), x) if _kernel("grad_weight") == "mkl" else _mm_nt(g.t(), x.t())
 
 
-def _choose(
-    kind: str, out: int, in_: int, n: int, onednn_fn: Callable[[], Tensor], mkl_fn: Callable[[], Tensor]
-) -> Tensor:
-    """Run the kernel chosen for (``kind``, out, in) of an [n, in] x [in, out] product; time both the
-    first time a large shape is seen.
+def _kernel(kind: str) -> str:
+    """The kernel of the gradient matmuls of ``kind`` on this machine: ``"onednn"`` or ``"mkl"``.
 
-    Which library multiplies a shape faster depends on the CPU. On the AVX2 machine of
-    benchmarks/README.md oneDNN does on every shape of a small LM's step. On the AVX-512 + AMX one,
-    MKL's ``torch.mm`` is faster where both operands of a gradient matmul reach the kernel
-    transposed (the head's weight gradient 76 against 109 ms, the MLP's 2.1 against 2.6 ms) and on
-    the MLP's forward over weights not in cache (1.6 against 2.2 ms), oneDNN on the head's forward
-    (53 against 62 ms). So the first call of each (kind, weight shape) of at least
-    ``MIN_TUNED_FLOP`` runs each kernel three times, alternating, and keeps MKL only where its median
-    is at least 10% faster; the choice holds for the process and is saved in checkpoints
-    (``kernel_choices``), so that a resumed run multiplies as the uninterrupted one did.
-    ``ANYPO_BACKWARD_MATMUL=onednn`` or ``mkl`` fixes the choice. Both are float32 products; they
-    differ in summation order only.
+    Both operands of a gradient matmul reach the kernel transposed, and which library handles that
+    faster depends on the CPU: on the AVX2 machine of benchmarks/README.md oneDNN does; on the
+    AVX-512 + AMX one MKL's ``torch.mm`` does (the head's weight gradient 76 against 109 ms, its
+    input gradient 52 against 60 ms, the MLP's weight gradient 2.1 against 2.6 ms). The choice is
+    timed once per machine, CPU flags, torch version and thread count (``calibrate``) and kept in
+    the cache directory, so that every run on the machine multiplies the same way and a resumed run
+    matches the uninterrupted one bit for bit; where that file cannot be written, oneDNN.
+    ``ANYPO_BACKWARD_MATMUL=onednn`` or ``mkl`` fixes it. Both are float32 products; they differ in
+    summation order only.
     """
     mode = os.environ.get("ANYPO_BACKWARD_MATMUL", "auto")
     if mode not in BACKWARD_MATMUL:
         raise ValueError(f"ANYPO_BACKWARD_MATMUL must be one of {BACKWARD_MATMUL}, got {mode!r}")
     if mode != "auto":
-        return mkl_fn() if mode == "mkl" else onednn_fn()
-    key = (kind, out, in_)
-    choice = _choices.get(key)
-    if choice is None:
-        if 2.0 * n * out * in_ < MIN_TUNED_FLOP:
-            return onednn_fn()
+        return mode
+    global _machine
+    if _machine is None:
+        _machine = _machine_kernels()
+    return _machine.get(kind, "onednn")
+
+
+def _machine_key() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{model}|{','.join(isa)}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def _machine_kernels() -> dict[str, str]:
+    """This machine's choice from ``<cache>/matmul-kernels.json``, timed and written there (under a
+    lock, so that concurrent first runs agree) when missing; oneDNN where the file cannot be used."""
+    import json
+
+    from anypo.models import _exclusive, cache_dir
+
+    key = _machine_key()
+    try:
+        root = cache_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / "matmul-kernels.json"
+        with _exclusive(root / ".matmul-kernels.lock"):
+            known = json.loads(path.read_text()) if path.is_file() else {}
+            if key not in known:
+                known[key] = calibrate()
+                tmp = path.with_suffix(f".tmp-{os.getpid()}")
+                tmp.write_text(json.dumps(known, indent=1))
+                os.replace(tmp, path)
+            return dict(known[key])
+    except (OSError, ValueError):
+        return {}
+
+
+def calibrate(rounds: int = 4) -> dict[str, str]:
+    """Time oneDNN against MKL on the gradient matmuls of a small LM's MLP (384 tokens, 576 -> 1536):
+    ``rounds`` alternating calls each, the first not counted; MKL where its median is >= 10% faster."""
+    gen = torch.Generator().manual_seed(0)
+    g, w, x = (torch.randn(384, 1536, generator=gen), torch.randn(1536, 576, generator=gen),
+               torch.randn(384, 576, generator=gen))  # fmt: skip
+    kernels = {
+        "grad_input": (lambda: _mm_nt(g, w.t()), lambda: torch.mm(g, w)),
+        "grad_weight": (lambda: _mm_nt(g.t(), x.t()), lambda: torch.mm(g.t(), x)),
+    }
+    out = {}
+    for kind, (onednn_fn, mkl_fn) in kernels.items():
         times: dict[str, list[float]] = {"onednn": [], "mkl": []}
-        for _ in range(4):  # the first round warms both up and is not counted
+        for _ in range(rounds):
             for name, fn in (("onednn", onednn_fn), ("mkl", mkl_fn)):
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
         fast = statistics.median(times["mkl"][1:]) < 0.9 * statistics.median(times["onednn"][1:])
-        choice = _choices[key] = "mkl" if fast else "onednn"
-    return mkl_fn() if choice == "mkl" else onednn_fn()
-
-
-def kernel_choices() -> dict[str, str]:
-    """The gradient matmuls' kernel per shape chosen so far in this process, ``"kind:out:in" -> kernel``."""
-    return {f"{kind}:{o}:{i}": v for (kind, o, i), v in _choices.items()}
-
-
-def set_kernel_choices(choices: dict[str, str]) -> None:
-    """Restore ``kernel_choices()`` (a checkpoint's); shapes not in it are timed as usual."""
-    for key, v in choices.items():
-        kind, o, i = key.split(":")
-        if v in ("onednn", "mkl"):
-            _choices[(kind, int(o), int(i))] = v
+        out[kind] = "mkl" if fast else "onednn"
+    return out
 
 
 def _forward(self: torch.nn.Linear, x: Tensor) -> Tensor:

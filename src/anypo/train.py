@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from anypo import checkpoint, models, onednn, registry
+from anypo import checkpoint, models, registry
 from anypo.config import TrainConfig
 from anypo.engines import make_engine
 from anypo.evaluate import mean_pass_at_k, pass_at_k_by_difficulty
@@ -534,7 +534,6 @@ class Context:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "critic_optimizer": self.critic_opt.state_dict() if self.critic_opt else None,
-            "matmul_kernels": onednn.kernel_choices(),  # a resumed run multiplies as this one did
         }
 
     def step_state(self) -> dict:
@@ -546,7 +545,6 @@ class Context:
 
     def load_checkpoint(self, tensors: dict, state: dict) -> None:
         self.model.load_state_dict(tensors["policy"], strict=False)
-        onednn.set_kernel_choices(state.get("matmul_kernels", {}))
         if self.critic is not None:
             self.critic.load_state_dict(tensors["critic"], strict=False)
             self.critic_opt.load_state_dict(state["critic_optimizer"])

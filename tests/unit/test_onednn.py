@@ -160,40 +160,52 @@ def test_generation_is_the_same_with_and_without_packed_weights(tiny_model, toke
 
 
 @pytest.mark.parametrize("mode", ["auto", "onednn", "mkl"])
-def test_gradient_matmuls_compute_g_w_and_g_transposed_x_on_either_kernel(mode, monkeypatch):
+def test_gradient_matmuls_compute_g_w_and_g_transposed_x_on_either_kernel(mode, monkeypatch, tmp_path):
     """``grad_input(g, W) = g @ W`` and ``grad_weight(g, x) = g^T @ x`` against float64 products, with the
-    kernel fixed to oneDNN or MKL, or chosen by timing (``auto``; the shapes, 2 x 300 x 512 x 256 = 79
-    MFLOP, are above ``MIN_TUNED_FLOP``). Sums of 256-512 terms of size ~1: float32 errors ~1e-5."""
+    kernel fixed to oneDNN or MKL, or this machine's timed choice (``auto``). Sums of 256-512 terms
+    of size ~1: float32 errors ~1e-5. With ``mkl`` the result is ``torch.mm``'s, bit for bit."""
     monkeypatch.setenv("ANYPO_BACKWARD_MATMUL", mode)
-    monkeypatch.setattr(onednn, "_choices", {})
+    monkeypatch.setenv("ANYPO_CACHE", str(tmp_path))
+    monkeypatch.setattr(onednn, "_machine", None)
     gen = torch.Generator().manual_seed(0)
-    g, w, x = (
-        torch.randn(300, 512, generator=gen),
-        torch.randn(512, 256, generator=gen),
-        torch.randn(300, 256, generator=gen),
-    )
-    assert onednn.MIN_TUNED_FLOP <= 2 * 300 * 512 * 256
+    g, w, x = (torch.randn(300, 512, generator=gen), torch.randn(512, 256, generator=gen),
+               torch.randn(300, 256, generator=gen))  # fmt: skip
     torch.testing.assert_close(onednn.grad_input(g, w), (g.double() @ w.double()).float(), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(onednn.grad_weight(g, x), (g.double().t() @ x.double()).float(), atol=1e-4, rtol=1e-5)
-    chosen = onednn.kernel_choices()
-    if mode == "auto":  # one timed choice per (kind, out, in)
-        assert set(chosen) == {"grad_input:512:256", "grad_weight:512:256"}
-        assert set(chosen.values()) <= {"onednn", "mkl"}
-    else:
-        assert chosen == {}
-    if mode == "mkl":  # the same call as torch.mm, bit for bit
+    if mode == "mkl":
         assert torch.equal(onednn.grad_weight(g, x), torch.mm(g.t(), x))
+        assert torch.equal(onednn.grad_input(g, w), torch.mm(g, w))
 
 
-def test_kernel_choices_round_trip_and_small_shapes_are_not_timed(monkeypatch):
-    """A checkpoint's choices restore exactly (a resumed run multiplies as the uninterrupted one did);
-    a product under ``MIN_TUNED_FLOP`` runs on oneDNN without timing; a wrong setting is refused."""
-    monkeypatch.setattr(onednn, "_choices", {})
-    onednn.set_kernel_choices({"grad_weight:49152:576": "mkl", "grad_input:576:1536": "onednn", "bad:1:2": "x"})
-    assert onednn.kernel_choices() == {"grad_weight:49152:576": "mkl", "grad_input:576:1536": "onednn"}
-    g, x = torch.randn(4, 3), torch.randn(4, 2)
-    torch.testing.assert_close(onednn.grad_weight(g, x), g.t() @ x)
-    assert "grad_weight:3:2" not in onednn.kernel_choices()
+def test_the_machines_kernel_choice_is_timed_once_and_shared_through_the_cache(monkeypatch, tmp_path):
+    """The first process on a machine times the kernels and writes the choice under a key naming the
+    CPU, its flags, torch and the thread count; every later process reads it (no timing: runs on a
+    machine multiply alike, so a resumed run matches). A cache that cannot be written means oneDNN.
+    A wrong ``ANYPO_BACKWARD_MATMUL`` is refused."""
+    import json
+
+    monkeypatch.delenv("ANYPO_BACKWARD_MATMUL", raising=False)
+    monkeypatch.setenv("ANYPO_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(onednn, "calibrate", lambda: calls.append(1) or {"grad_input": "mkl", "grad_weight": "onednn"})
+    monkeypatch.setattr(onednn, "_machine", None)
+    assert onednn._kernel("grad_input") == "mkl" and onednn._kernel("grad_weight") == "onednn"
+    saved = json.loads((tmp_path / "matmul-kernels.json").read_text())
+    (key,) = saved
+    assert key == onednn._machine_key() and f"{torch.get_num_threads()} threads" in key
+    monkeypatch.setattr(onednn, "_machine", None)  # a new process
+    assert onednn._kernel("grad_input") == "mkl" and calls == [1]
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("ANYPO_CACHE", str(blocked / "sub"))  # under a file: cannot be created
+    monkeypatch.setattr(onednn, "_machine", None)
+    assert onednn._kernel("grad_input") == "onednn"
     monkeypatch.setenv("ANYPO_BACKWARD_MATMUL", "blas")
     with pytest.raises(ValueError, match="ANYPO_BACKWARD_MATMUL"):
         onednn.grad_weight(torch.randn(300, 512), torch.randn(300, 256))
+
+
+def test_calibrate_names_a_kernel_for_each_gradient_kind():
+    """The timing itself (real kernels): one choice per kind, each oneDNN or MKL."""
+    chosen = onednn.calibrate(rounds=2)
+    assert set(chosen) == {"grad_input", "grad_weight"} and set(chosen.values()) <= {"onednn", "mkl"}
