@@ -5,13 +5,15 @@ embedded SmolLM2-135M-Instruct in float32, 2 threads) per repeat and variant, th
 alternating so that a slow minute of the machine hits all of them:
 
 - ``cache``: the model's own forward with a Hugging Face ``DynamicCache``, weights reordered by
-  oneDNN on every call (the engine before this benchmark was written);
+  oneDNN on every call (the engine before packed weights);
 - ``cache+packed``: the same with the weights packed once per call (``anypo.onednn.packed_weights``),
-  what the engine does now.
+  the engine for architectures the static decoder does not cover (``HFEngine(static=False)``);
+- ``static``: ``anypo.engines.static_decode.StaticDecoder`` (preallocated key/value buffers, fused
+  q/k/v and gate/up projections, packed once per call), the engine's default for Llama / Qwen2.
 
-A third variant, a decode loop over preallocated key/value buffers with two-matmul attention, was
-measured with this script at commit a21f759 (``static+packed``) and gained nothing measurable
-(benchmarks/README.md), so it was removed.
+An earlier static variant (preallocated buffers, two-matmul attention, no fused projections) was
+measured with this script at commit a21f759 on the AVX2 machine and gained nothing measurable
+(benchmarks/README.md); the fused one here gained 12-21% on the AMX machine (docs/engines.md).
 
 For each variant it also reports the engine/learner log-prob difference: the largest and mean
 |engine log-prob - log-prob of the model's full forward pass on the finished sequence| over every
@@ -37,21 +39,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bf16_decode import cpu_flags  # noqa: E402
 from grpo_vs_trl import MAX_PROMPT_TOKENS, W1  # noqa: E402
 
-VARIANTS = ("cache", "cache+packed")
+VARIANTS = ("cache", "cache+packed", "static")
 
 
 @contextlib.contextmanager
-def variant(name: str):
-    """Switch the engine's weight packing off for the block where ``name`` says so."""
+def variant(engine, name: str):
+    """Set ``engine`` up as the variant ``name`` for the block (static decoder or the model's forward,
+    packed weights or not)."""
     from anypo import onednn
 
-    packed = onednn.packed_weights
-    if not name.endswith("packed"):
+    packed, static = onednn.packed_weights, engine.static
+    engine.static = name == "static"
+    if name == "cache":
         onednn.packed_weights = lambda model, rows, dtype=None: contextlib.nullcontext(0)
     try:
         yield
     finally:
-        onednn.packed_weights = packed
+        onednn.packed_weights, engine.static = packed, static
 
 
 @torch.no_grad()
@@ -92,12 +96,12 @@ def main() -> None:
         temperature=W1["temperature"], top_p=W1["top_p"], top_k=W1["top_k"], max_new_tokens=W1["max_new_tokens"]
     )
     engine = HFEngine(model, tok)
-    with variant("cache"):
+    with variant(engine, "cache"):
         engine.generate(prompts, W1["samples_per_prompt"], sampling, seed=1000)  # warm-up
     records = {v: [] for v in args.variants}
     for rep in range(args.repeats):
         for v in args.variants:
-            with variant(v):
+            with variant(engine, v):
                 t0 = time.perf_counter()
                 g = engine.generate(prompts, W1["samples_per_prompt"], sampling, seed=rep)
                 dt = time.perf_counter() - t0

@@ -106,7 +106,7 @@ def main() -> None:
         "--engine-precision",
         choices=["fp32", "bf16"],
         default="fp32",
-        help="the hf engine's decode matmuls (bf16: bfloat16 copies; the old log-probs are then recomputed)",
+        help="the hf engine's decode matmuls (bf16: bfloat16 copies; the loss then takes the old log-probs from its forward)",
     )
     ap.add_argument("--out", default=None, help="write the per-step records here (JSON)")
     args = ap.parse_args()

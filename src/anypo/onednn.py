@@ -8,8 +8,9 @@ compiler uses for CPU linears) is about 2x faster on every shape a small LM's st
 256 rows through a 49k-vocabulary head. Both are float32 throughout; they differ only in summation
 order (measured max |difference| against a float64 product: 9e-5 vs 5e-5 on outputs of size ~100).
 
-``linear`` is a drop-in for ``F.linear`` with its own backward (both gradients are oneDNN matmuls
-too); ``use_onednn(model)`` routes every ``nn.Linear`` of a model through it. Anything that is not a
+``linear`` is a drop-in for ``F.linear`` with its own backward (the two gradient matmuls run on
+oneDNN or MKL, whichever this machine multiplies faster: ``grad_input``, ``grad_weight``; on an
+AVX-512 + AMX CPU MKL handles their transposed operands faster); ``use_onednn(model)`` routes every ``nn.Linear`` of a model through it. Anything that is not a
 float32 CPU tensor, or runs under autocast, takes ``F.linear`` unchanged.
 """
 
@@ -69,7 +70,8 @@ def _linear_nograd(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 class _Linear(torch.autograd.Function):
-    """y = x W^T + b with the three matmuls (y, dx = dy W, dW = dy^T x) on oneDNN."""
+    """y = x W^T + b on oneDNN; its gradients dx = dy W and dW = dy^T x on the kernel this machine runs
+    faster (``grad_input``, ``grad_weight``)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
