@@ -10,8 +10,9 @@ order (measured max |difference| against a float64 product: 9e-5 vs 5e-5 on outp
 
 ``linear`` is a drop-in for ``F.linear`` with its own backward (the two gradient matmuls run on
 oneDNN or MKL, whichever this machine multiplies faster: ``grad_input``, ``grad_weight``; on an
-AVX-512 + AMX CPU MKL handles their transposed operands faster); ``use_onednn(model)`` routes every ``nn.Linear`` of a model through it. Anything that is not a
-float32 CPU tensor, or runs under autocast, takes ``F.linear`` unchanged.
+AVX-512 + AMX CPU MKL handles their transposed operands faster); ``use_onednn(model)`` routes every
+``nn.Linear`` of a model through it. Anything that is not a float32 CPU tensor, or runs under
+autocast, takes ``F.linear`` unchanged.
 """
 
 from __future__ import annotations

@@ -12,16 +12,18 @@ the same computation for the architectures it recognises (``supports``) with
   bfloat16 engine);
 - finished rows dropped from the buffers (their filled columns only).
 
-Per layer it computes what ``LlamaDecoderLayer`` computes, in the same order and precision:
-RMSNorm (float32 variance, ``weight * x * rsqrt(mean(x^2) + eps)``), rotary embedding by the model's
-own rotary module, grouped-query scaled-dot-product attention over the unpadded keys, residual
-add, RMSNorm, ``down(silu(gate(x)) * up(x))``, residual add; then the final norm and the head. A
+Per layer it computes what ``LlamaDecoderLayer`` computes, in the same order and precision, calling
+the model's own norm modules, rotary module and rotary function: RMSNorm, rotary embedding,
+grouped-query scaled-dot-product attention over the unpadded keys, residual add, RMSNorm,
+``down(silu(gate(x)) * up(x))``, residual add; then the final norm and the head. A
 fused projection differs from three separate ones only in the matmul kernel's summation order
 (float32 round-off, ~1e-6 relative), so the sampled tokens' log-probs stay the policy's within
 float32 noise (tests/unit/test_engine.py compares them with a teacher-forced forward pass).
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 import torch.nn.functional as F
@@ -74,12 +76,13 @@ class StaticDecoder:
     def __init__(self, model: torch.nn.Module, rows: int, max_len: int, dtype: torch.dtype = torch.float32):
         cfg = model.config
         body = model.model
-        self.model, self.body, self.max_len = model, body, max_len
+        self.body, self.max_len = body, max_len
+        # the architecture's own rotary function (q * cos + rotate_half(q) * sin), as its attention calls it
+        self.apply_rotary = importlib.import_module(type(model).__module__).apply_rotary_pos_emb
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.q_size, self.kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        self.dtype = dtype
         pack = _packer(rows, dtype)
         self.layers = []
         for layer in body.layers:
@@ -143,7 +146,6 @@ class StaticDecoder:
         c0, c1 = self.filled, self.filled + S
         h = self.body.embed_tokens(ids)
         cos, sin = self.body.rotary_emb(h, pos)  # [A, S, D]
-        cos, sin = cos[:, None], sin[:, None]
         mask = self.valid[:A, None, None, :c1]  # [A, 1, 1, c1]
         if S > 1:  # prefill: causal within the new positions too, and every query sees itself, so
             # that a left-padding query (no real key before it) gets finite junk instead of NaN
@@ -153,25 +155,24 @@ class StaticDecoder:
             mask = (mask & causal) | own
         D, H, K = self.head_dim, self.n_heads, self.n_kv
         for i, (ln1, qkv_w, o_w, ln2, gu_w, down_w) in enumerate(self.layers):
-            x = _rms_norm(h, ln1)
+            x = ln1(h)
             qkv = _linear(x, *qkv_w)
             q = qkv[..., : self.q_size].view(A, S, H, D).transpose(1, 2)
             k = qkv[..., self.q_size : self.q_size + self.kv_size].view(A, S, K, D).transpose(1, 2)
             v = qkv[..., self.q_size + self.kv_size :].view(A, S, K, D).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = self.apply_rotary(q, k, cos, sin)  # cos, sin broadcast over the heads (dim 1)
             self.keys[i][:A, :, c0:c1] = k
             self.values[i][:A, :, c0:c1] = v
             o = F.scaled_dot_product_attention(
                 q, self.keys[i][:A, :, :c1], self.values[i][:A, :, :c1], attn_mask=mask, enable_gqa=K != H
             )
             h = h + _linear(o.transpose(1, 2).reshape(A, S, H * D), *o_w)
-            x = _rms_norm(h, ln2)
+            x = ln2(h)
             gu = _linear(x, *gu_w)
             inter = gu.shape[-1] // 2
             h = h + _linear(F.silu(gu[..., :inter]) * gu[..., inter:], *down_w)
         self.filled = c1
-        last = _rms_norm(h[:, -1], self.body.norm)
+        last = self.body.norm(h[:, -1])
         return _linear(last, *self.head).float()
 
 
@@ -197,14 +198,3 @@ def _linear(x: Tensor, w: Tensor, bias: Tensor | None, packed: bool) -> Tensor:
         return onednn._linear_nograd(x, w, bias)
     y = F.linear(x.to(w.dtype), w).float()
     return y + bias if bias is not None else y
-
-
-def _rms_norm(h: Tensor, norm: torch.nn.Module) -> Tensor:
-    """``LlamaRMSNorm`` on float32 input, operation for operation."""
-    variance = h.pow(2).mean(-1, keepdim=True)
-    return norm.weight * (h * torch.rsqrt(variance + norm.variance_epsilon))
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
