@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from anypo.runs import cpu_info
+
 HERE = Path(__file__).resolve().parent
 BENCH_PYTHON = HERE / ".venv-bench" / "bin" / "python"
 LIBS = ("anypo", "trl")
@@ -83,15 +85,16 @@ def machine_record(python: str, threads: int) -> dict:
     training-sized [400, 576] x [576, 1536] product in ``python`` with ``threads`` threads, measured now,
     before the workers start)."""
     info: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "kernel": platform.release(), "cpus": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    model, flags = cpu_info()
+    if model or flags:
         info |= {"cpu_model": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+    else:
+        info["cpu_model"] = platform.processor() or "unknown"
+    try:
         mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
         info["mem_gb"] = round(int(mem.split()[1]) / 1e6, 1)
     except (OSError, StopIteration):
-        info["cpu_model"] = platform.processor() or "unknown"
+        pass
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
         probe = subprocess.run([python, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120)

@@ -19,12 +19,12 @@ import argparse
 import platform
 import re
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from anypo import onednn
+from anypo.runs import cpu_info
 
 H, MLP, KV, V, LAYERS = 576, 1536, 192, 49152, 30  # SmolLM2-135M: hidden, MLP, k/v width, vocabulary, layers
 # (out_features, in_features, count per step)
@@ -32,10 +32,9 @@ SHAPES = [(H, H, 2 * LAYERS), (KV, H, 2 * LAYERS), (MLP, H, 2 * LAYERS), (H, MLP
 
 
 def cpu_flags() -> tuple[str, list[str]]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-    flags = sorted({f for f in re.findall(r"\b(avx512\w*|amx\w*|avx2)\b", text)})
-    return model or platform.processor(), flags
+    """The CPU's model and its AVX2 / AVX-512 / AMX flags."""
+    model, flags = cpu_info()
+    return model or platform.processor(), sorted({f for f in flags if re.fullmatch(r"avx512\w*|amx\w*|avx2", f)})
 
 
 def timed(fn, reps: int) -> float:

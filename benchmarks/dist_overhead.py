@@ -42,13 +42,12 @@ sys.path.insert(0, str(HERE))
 
 def cpu_model() -> dict[str, str | bool]:
     """The CPU's model name and whether it has AVX-512 BF16 (Linux /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    from anypo.runs import cpu_info
+
+    model, flags = cpu_info()
+    if not (model or flags):
         return {"model": platform.processor() or "unknown"}
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return {"model": model, "avx512_bf16": "avx512_bf16" in flags}
+    return {"model": model or "unknown", "avx512_bf16": "avx512_bf16" in flags}
 
 
 def config(workload: str, steps: int, out_dir: str):

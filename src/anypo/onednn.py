@@ -23,7 +23,6 @@ import os
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -152,14 +151,11 @@ def _kernel(kind: str) -> str:
 
 
 def _machine_key() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    from anypo.runs import cpu_info
+
+    model, flags = cpu_info()
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{model}|{','.join(isa)}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return f"{model or '?'}|{','.join(isa)}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 def _machine_kernels() -> dict[str, str]:
