@@ -7,7 +7,9 @@ step within 1.5x of plain GRPO's while the part acts, and cost nothing when it d
 Method: one W1 rollout batch (4 prompts x 8 samples, at most 64 new tokens, the embedded model in
 float32) is generated once from the initial weights. Then, for each preset, a fresh trainer with that
 preset's algorithm and W1's batch shape trains on copies of the same batch: ``--warmup`` + ``--steps``
-updates, each timed from the old-pass (what the parts need) through the optimizer step. Generation
+updates, each timed from the old-pass (what the parts need) through the last optimizer step (a
+preset may take several optimizer steps per rollout batch, as MDPO's 5: the table gives the count
+and the update time per optimizer step). Generation
 is the same for every preset (none of these parts changes sampling), so the W1 step of a preset is
 the measured generation time plus its median update time, and its ratio to GRPO's is printed.
 
@@ -90,7 +92,8 @@ def main() -> None:
         recs = []
         for step in range(1, args.warmup + args.steps + 1):
             _, m = ctx.step(step)
-            recs.append({k: v for k, v in m.items() if k.startswith("time/")} | {"step": step})
+            keep = {k: v for k, v in m.items() if k.startswith("time/") or k == "train/optimizer_steps"}
+            recs.append(keep | {"step": step})
         ctx.close()
         del ctx
         records[preset] = recs
@@ -102,14 +105,18 @@ def main() -> None:
 
     base = gen_s + med("grpo", "time/prepare_s") + med("grpo", "time/train_s")
     print(f"\nW1 step = generation {gen_s:.2f} s (shared) + the preset's update; {tokens} response tokens")
-    print("| preset | old pass + advantages (s) | update (s) | W1 step (s) | ratio to grpo |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "| preset | old pass + advantages (s) | update (s) | optimizer steps | update per optimizer step (s) | W1 step (s) | ratio to grpo |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     worst = 0.0
     for preset in args.presets:
         prep, train = med(preset, "time/prepare_s"), med(preset, "time/train_s")
         step = gen_s + prep + train
         worst = max(worst, step / base)
-        print(f"| `{preset}` | {prep:.2f} | {train:.2f} | {step:.2f} | {step / base:.2f} |")
+        opt = med(preset, "train/optimizer_steps")
+        per = train / max(opt, 1.0)
+        print(f"| `{preset}` | {prep:.2f} | {train:.2f} | {opt:.0f} | {per:.2f} | {step:.2f} | {step / base:.2f} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"generate_s": gen_s, "tokens": tokens, "records": records}, indent=1))
     print(f"max ratio to grpo (W1 step): {worst:.2f}")

@@ -152,3 +152,41 @@ def test_step_anchor_is_a_frozen_copy_of_the_step_start_weights(tiny_model, toke
     torch.testing.assert_close(
         b.extras["old_full_logprobs"][1, : len(z)].double(), torch.log_softmax(z / 0.7, -1), atol=3e-5, rtol=0
     )
+
+
+def test_step_anchor_runs_its_body_once_per_row_and_sync(tiny_model, tokenizer):
+    """Between two syncs a row's hidden states under the anchor do not change, so only the first
+    micro-batch that holds it runs the anchor's body: a second fill of the same rows (another update
+    over the batch), or of a subset of them in another order, runs only the head, and gives the
+    teacher-forced log-softmax of each unpadded sequence; a micro-batch with one unseen row runs the
+    body once more; sync forgets every row."""
+    import copy
+
+    from anypo.rollout.old_pass import StepAnchor
+
+    model = copy.deepcopy(tiny_model)
+    b = _batch(tokenizer)
+    anchor = StepAnchor(model)
+
+    def check(mb: RolloutBatch, rows: list[int]) -> None:
+        for j, i in enumerate(rows):
+            z, _ = _raw_logits(model, b, i)
+            torch.testing.assert_close(
+                mb.extras["old_full_logprobs"][j, : len(z)].double(), torch.log_softmax(z / 0.7, -1), atol=3e-5, rtol=0
+            )
+            assert (mb.extras["old_full_logprobs"][j, len(z) :] == 0).all()
+
+    first = b.select(torch.tensor([0, 1, 2, 3]))
+    anchor.fill(first, 0.7, True)
+    assert anchor.body_passes == 1
+    again = b.select(torch.tensor([3, 1, 0]))  # cached rows only, another order and shape
+    anchor.fill(again, 0.7, True)
+    assert anchor.body_passes == 1
+    check(again, [3, 1, 0])
+    mixed = b.select(torch.tensor([2, 5]))  # row 5 not seen yet
+    anchor.fill(mixed, 0.7, True)
+    assert anchor.body_passes == 2
+    check(mixed, [2, 5])
+    anchor.sync(model)
+    anchor.fill(b.select(torch.tensor([0])), 0.7, True)
+    assert anchor.body_passes == 1

@@ -18,8 +18,9 @@ def mdpo_lm(total_iterations: int = 30, sgd_steps: int = 5) -> AlgoConfig:
     (``sgd_steps``), KL direction new || old, step size ``t_k = 1 - (iters_so_far - 1) / n_updates``,
     no clipping. LM mapping (anypo's, UNVERIFIED as MDPO-faithful): a state is a response prefix, the
     advantage GRPO's group z-score of outcome rewards (the paper standardises GAE), token mean; the
-    loop runs a frozen copy of the step-start weights per micro-batch for ``pi_k``'s full next-token
-    distributions (``needs_old_full_logprobs``; one more model in memory).
+    loop keeps a frozen copy of the step-start weights for ``pi_k``'s full next-token distributions
+    (``needs_old_full_logprobs``; one more model in memory), whose body runs once per response and
+    update (its hidden states are kept for the other passes, which run only its head).
 
     Args:
         total_iterations: K of the t_k schedule: the run's training steps (the default ``--steps`` 30).

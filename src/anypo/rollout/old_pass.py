@@ -48,7 +48,7 @@ from anypo.losses.mdpo import OLD_FULL_LOGPROBS
 from anypo.losses.rover import OLD_MEAN_LOGPROBS
 from anypo.losses.sdpo import REPROMPTED, TEACHER_LOGPROBS, TEACHER_PROMPT, TEACHER_TOPK_LOGPROBS, TOPK_IDS
 from anypo.ops import linear_logprobs, logprobs_from_logits
-from anypo.policy import _padded_response_logits, micro_batches, response_hidden
+from anypo.policy import _body_and_head, _padded_response_logits, micro_batches, response_hidden
 from anypo.types import RolloutBatch
 
 __all__ = [
@@ -381,22 +381,61 @@ class StepAnchor:
     start of every update, run per micro-batch so that only that micro-batch's [n, V] distributions
     exist (the training forward of such a part holds its [n, V] logits anyway). One model's worth of
     memory; nothing to checkpoint (it is the policy's weights at every step start).
+
+    The anchor's weights do not change within an update, so a response's final hidden states under
+    it do not either: they are kept per row (keyed by the row's prompt and response tokens, [n_i, H]
+    each, a few MB) from the first micro-batch that holds the row, and every later pass over it
+    (MDPO's 5 updates per rollout) runs only the LM head on them instead of the whole model. The
+    cache is dropped at every ``sync``. The padded fallback (a model that cannot be packed) runs the
+    copy every time.
     """
 
     def __init__(self, model: torch.nn.Module):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self._hidden: dict[bytes, Tensor] = {}
+        self.body_passes = 0  # micro-batches that ran the anchor's body since the last sync (for tests)
 
     @torch.no_grad()
     def sync(self, model: torch.nn.Module) -> None:
-        """Copy the policy's current weights (the step start) into the anchor."""
+        """Copy the policy's current weights (the step start) into the anchor; forget the cached states."""
         self.model.load_state_dict(model.state_dict())
+        self._hidden.clear()
+        self.body_passes = 0
+
+    @staticmethod
+    def _row_keys(micro: RolloutBatch, mask: Tensor) -> list[bytes]:
+        """A key per row: its prompt tokens, its response tokens and mask up to the last masked token."""
+        prompt_ids = micro.require("prompt_ids", "the rollout fills it")
+        prompt_mask = micro.require("prompt_mask", "the rollout fills it").bool()
+        keys = []
+        for i in range(micro.num_seqs):
+            cols = mask[i].nonzero()
+            n = int(cols[-1]) + 1 if len(cols) else 0
+            parts = (prompt_ids[i][prompt_mask[i]], micro.response_ids[i, :n], mask[i, :n])
+            keys.append(b"|".join(t.to(torch.int64).numpy().tobytes() for t in parts))
+        return keys
+
+    @torch.no_grad()
+    def _states(self, micro: RolloutBatch, mask: Tensor) -> tuple[Tensor, torch.nn.Module] | None:
+        """(h [n, H] in row-major mask order, head) from the cache, or from one packed pass that fills it;
+        None where the model cannot be packed."""
+        parts = _body_and_head(self.model)
+        if parts is None:
+            return None
+        keys = self._row_keys(micro, mask)
+        if not all(k in self._hidden for k in keys):
+            h = response_hidden(self.model, micro)[0]  # type: ignore[index]  # packable: checked above
+            self.body_passes += 1
+            for k, rows in zip(keys, h.split(mask.sum(1).tolist()), strict=True):
+                self._hidden.setdefault(k, rows.clone())
+        return torch.cat([self._hidden[k] for k in keys]), parts[1]
 
     @torch.no_grad()
     def fill(self, micro: RolloutBatch, temperature: float, pack: bool) -> None:
         """``micro.extras["old_full_logprobs"]`` [Nm, Tm, V]: the anchor's log-softmax of its
         temperature-scaled logits at every response position of ``micro`` (0 on padding)."""
         mask = micro.response_mask.bool()
-        packed = response_hidden(self.model, micro) if pack else None
+        packed = self._states(micro, mask) if pack else None
         z = (_padded_response_logits(self.model, micro)[mask] if packed is None else packed[1](packed[0])).float()
         full = z.new_zeros(*mask.shape, z.shape[-1])
         full[mask] = torch.log_softmax(z / temperature, dim=-1)
