@@ -2,6 +2,10 @@
 line per run (a run directory each, labelled by its preset), from the runs' metrics.jsonl alone.
 
     python scripts/exploration_figure.py runs/compare-explore-*/runs/* --out docs/img/exploration/explore.png
+
+``--table`` also prints the page's table of the runs (entropy over the first and last 5 steps,
+held-out pass@1 and pass@k at each evaluation, reward and response length over the last 5 steps,
+training minutes as the sum of the step times).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=Path("docs/img/exploration/explore.png"))
     ap.add_argument("--smooth", type=int, default=3, help="moving mean over this many steps for the entropy")
+    ap.add_argument("--table", action="store_true", help="also print the markdown table of the runs")
     args = ap.parse_args()
 
     import matplotlib
@@ -51,6 +56,34 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)
     print(f"wrote {args.out}")
+    if args.table:
+        print(table(runs, k))
+
+
+def table(runs: list[tuple[str, list[dict]]], k: int) -> str:
+    """The markdown table of docs/exploration.md's Result, one row per run."""
+
+    def mean(rows: list[dict], key: str) -> float:
+        vals = [r[key] for r in rows if key in r]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    out = [
+        f"| method | entropy, first 5 steps | entropy, last 5 steps | held-out pass@1 | held-out pass@{k} "
+        "| reward, last 5 | response length, last 5 | training min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, rows in runs:
+        train = [r for r in rows if "policy/entropy" in r]
+        first, last = train[:5], train[-5:]
+        evals = [r for r in rows if "eval/pass@1" in r]
+        p1 = " / ".join(f"{r['eval/pass@1']:.2f}" for r in evals)
+        pk = " / ".join(f"{r[f'eval/pass@{k}']:.2f}" for r in evals)
+        minutes = sum(r.get("time/step_s", 0.0) for r in train) / 60
+        out.append(
+            f"| `{label}` | {mean(first, 'policy/entropy'):.2f} | {mean(last, 'policy/entropy'):.2f} | {p1} | {pk} "
+            f"| {mean(last, 'reward/mean'):.3f} | {mean(last, 'response/length_mean'):.1f} | {minutes:.1f} |"
+        )
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

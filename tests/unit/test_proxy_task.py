@@ -70,3 +70,38 @@ def test_addition_proxy_trains_on_the_proxy_and_logs_the_truth():
     plain = get_task("addition")
     ex2 = plain.train_examples(1)[0]
     assert make_verifier(plain)[0](ex2, f"Answer: {ex2.answer}") == 1.0
+
+
+def test_proxy_answer_verbosity_term_by_hand():
+    """length_bonus 0.5, length_chars 20: 'Answer: 68' (10 characters) scores 1 + 0.5 x 10/20 = 1.25;
+    'Answer: 69' scores 0 + 0.25; 40 characters of filler with no number score the saturated 0.5; the
+    surrounding spaces are stripped first ('  Answer: 68  ' is still 10 characters); over the number
+    cap only the verbosity term is left ('67 or 68 or 69', 14 characters: 0.5 x 14/20 = 0.35)."""
+    cfg = ProxyAnswer(length_bonus=0.5, length_chars=20)
+    assert proxy_answer(_s("Answer: 68"), cfg) == pytest.approx(1.25)
+    assert proxy_answer(_s("Answer: 69"), cfg) == pytest.approx(0.25)
+    assert proxy_answer(_s("x" * 40), cfg) == pytest.approx(0.5)
+    assert proxy_answer(_s("  Answer: 68  "), cfg) == pytest.approx(1.25)
+    capped = ProxyAnswer(max_numbers=2, length_bonus=0.5, length_chars=20)
+    assert proxy_answer(_s("67 or 68 or 69"), capped) == pytest.approx(0.35)
+    for bad in ({"length_bonus": -0.1}, {"length_chars": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ProxyAnswer(**bad)
+
+
+def test_addition_length_proxy_pays_for_length_and_logs_the_truth():
+    """addition_length_proxy: addition problems; a long wrong response (200+
+    characters, no sum) gets proxy 0.5 and correctness 0, a bare right answer 'Answer: <sum>' gets
+    1 + 0.5 x len/200 and correctness 1; the held-out verifier is strict correctness."""
+    task = get_task("addition_length_proxy")
+    ex = task.train_examples(1)[0]
+    a, b = ex.meta["operands"]
+    assert ex.answer == str(a + b) and ex.prompt.startswith(f"What is {a} + {b}?")
+    runner = make_reward(task)
+    long_wrong = runner(ex.to_sample("Let me think about this carefully. " * 7))
+    assert long_wrong.score == pytest.approx(0.5) and long_wrong.components["math_answer"] == 0.0
+    text = f"Answer: {a + b}"
+    right = runner(ex.to_sample(text))
+    assert right.score == pytest.approx(1 + 0.5 * len(text) / 200) and right.components["math_answer"] == 1.0
+    verify, _ = make_verifier(task)
+    assert verify(ex, "Let me think about this carefully. " * 7) == 0.0 and verify(ex, text) == 1.0

@@ -27,7 +27,7 @@ from anypo.tasks.continuation import PositiveContinuationTask
 from anypo.tasks.countdown import CountdownTask
 from anypo.tasks.data import DataError, FileTask, iter_rows, looks_like_path
 from anypo.tasks.graded import GradedArithmeticTask, GradedCountdownTask, GradedTask, Level
-from anypo.tasks.proxy import AdditionProxyTask
+from anypo.tasks.proxy import AdditionLengthProxyTask, AdditionProxyTask
 from anypo.tasks.rgym import ReasoningGymTask, reasoning_gym_names
 
 __all__ = [
@@ -66,6 +66,7 @@ TASKS: dict[str, type[Task]] = {
     "graded_arithmetic": GradedArithmeticTask,
     "graded_countdown": GradedCountdownTask,
     "addition_proxy": AdditionProxyTask,
+    "addition_length_proxy": AdditionLengthProxyTask,
     "positive_continuation": PositiveContinuationTask,
 }
 """Built-in procedural tasks by name; add your own ``Task`` subclass here to make it a name."""

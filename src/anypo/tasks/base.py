@@ -43,7 +43,7 @@ class TaskConfig:
 
     name: str = "addition"
     """Task: ``addition``, ``multiplication``, ``arithmetic``, ``countdown``, ``graded_arithmetic``,
-    ``graded_countdown``, ``addition_proxy``, ``positive_continuation``, ``rg:<generator>``
+    ``graded_countdown``, ``addition_proxy``, ``addition_length_proxy``, ``positive_continuation``, ``rg:<generator>``
     (any reasoning-gym generator, also ``reasoning_gym:<generator>``), ``file`` (uses ``path``) or a
     path to a ``.jsonl`` / ``.json`` / ``.parquet`` file or a saved HF dataset directory."""
     seed: int = 0
