@@ -24,6 +24,10 @@ def _s(completion: str, answer: str = "68") -> Sample:
         ("Answer: 69", 0.0),
         ("Answer: 680", 0.0),  # whole integers only: 68 is not a prefix match
         ("Answer: 6.8", 0.0),
+        ("The sum is 68.", 1.0),  # a full stop ends the integer (it is not a decimal point)
+        ("68. Then 68.5 follows", 1.0),
+        ("Answer: 68.5", 0.0),
+        ("Answer: 0.68", 0.0),
         ("Answer: 1,068", 0.0),
         ("no number", 0.0),
     ],

@@ -16,7 +16,9 @@ from anypo.types import PartConfig, Sample
 
 __all__ = ["ProxyAnswer", "proxy_answer"]
 
-_INT = re.compile(r"(?<![\d.])-?\d+(?![\d.])")
+# a whole integer: not the fraction part of a decimal (``.8`` in ``6.8``) nor its integer part (``6`` in
+# ``6.8``), while a sentence's full stop after it (``The sum is 68.``) still ends it
+_INT = re.compile(r"(?<![\d.])-?\d+(?!\.?\d)")
 
 
 @dataclass(frozen=True)

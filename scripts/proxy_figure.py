@@ -1,0 +1,62 @@
+"""The reward-hacking figure of docs/algorithms/orpo_proxy.md: the proxy reward the runs trained on, the
+true reward on the held-out split and the response length against the step, one line per run (a run
+directory each, labelled by its preset), from the runs' metrics.jsonl alone.
+
+    python scripts/proxy_figure.py runs/proxy/proxy_len_* --out docs/img/proxy/length_proxy.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from anypo.runs import read_jsonl
+from anypo.stats import trailing_mean
+
+PANELS = (
+    ("reward/mean", "proxy reward (training samples)", True),
+    ("eval/pass@1", "true reward: held-out pass@1", False),
+    ("response/length_mean", "response length (tokens)", True),
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("docs/img/proxy/length_proxy.png"))
+    ap.add_argument("--smooth", type=int, default=3, help="moving mean over this many steps (training metrics)")
+    args = ap.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(json.loads((r / "config.json").read_text())["preset"], read_jsonl(r / "metrics.jsonl")) for r in args.runs]
+    runs.sort(key=lambda pr: pr[0] != "grpo")
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(14, 4))
+    for i, (label, rows) in enumerate(runs):
+        for ax, (key, title, smooth) in zip(axes, PANELS, strict=True):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            ys = [v for _, v in pts]
+            ax.plot(
+                [s for s, _ in pts],
+                trailing_mean(ys, args.smooth) if smooth else ys,
+                label=label,
+                color=f"C{i % 10}",
+                marker=None if smooth else "o",
+            )
+            ax.set_title(title + (f", {args.smooth}-step mean" if smooth else ""), fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=100)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
