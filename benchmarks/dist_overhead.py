@@ -91,7 +91,9 @@ def config(workload: str, steps: int, out_dir: str):
     return dataclasses.replace(cfg, save_every=steps)
 
 
-def run_mode(mode: str, cfg, rollout_workers: int, learners: int) -> tuple[list[dict], float]:
+def run_mode(
+    mode: str, cfg, rollout_workers: int, learners: int, cpus_per_actor: int = 1, check_logprobs: bool = True
+) -> tuple[list[dict], float]:
     """Train ``cfg`` in ``mode``; its training-step metric rows and the wall time outside its steps."""
     from anypo.config import DistConfig
 
@@ -105,6 +107,8 @@ def run_mode(mode: str, cfg, rollout_workers: int, learners: int) -> tuple[list[
                 asynchronous=mode == "async",
                 max_staleness=1,
                 object_store_mb=512,
+                cpus_per_actor=cpus_per_actor,
+                check_logprobs=check_logprobs,
             ),
         )
         from anypo.distributed import train
@@ -142,6 +146,20 @@ def main() -> None:
     ap.add_argument("--rollout-workers", type=int, default=1)
     ap.add_argument("--learners", type=int, default=1)
     ap.add_argument("--modes", nargs="+", default=["single", "sync", "async"], choices=["single", "sync", "async"])
+    ap.add_argument(
+        "--cpus-per-actor",
+        type=int,
+        default=1,
+        help="dist.cpus-per-actor: each actor's torch threads (1: one process's 2 threads are split over 2 actors)",
+    )
+    ap.add_argument(
+        "--no-check-logprobs",
+        action="store_true",
+        help="dist.check-logprobs off: no learner pass to log the engine/learner log-prob gap",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="raw records (default results/dist_overhead_<workload>.json)"
+    )
     args = ap.parse_args()
     from _driver import versions
 
@@ -149,20 +167,22 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "versions": versions(["torch", "transformers", "ray"]),
-        "args": vars(args),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "modes": {},
     }
     medians: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             cfg = config(args.workload, args.steps, str(Path(tmp) / mode))
-            rows, setup = run_mode(mode, cfg, args.rollout_workers, args.learners)
+            rows, setup = run_mode(
+                mode, cfg, args.rollout_workers, args.learners, args.cpus_per_actor, not args.no_check_logprobs
+            )
             kept = rows[args.warmup :]
             medians[mode] = {k: statistics.median(r[k] for r in kept) for k in KEYS[mode] if all(k in r for r in kept)}
             record["modes"][mode] = {"setup_s": setup, "rows": rows, "medians": medians[mode]}
             parts = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in medians[mode].items())
             print(f"{mode:6s} set-up {setup:6.1f} s | median over {len(kept)} steps: {parts}", flush=True)
-    out = HERE / "results" / f"dist_overhead_{args.workload}.json"
+    out = args.out or HERE / "results" / f"dist_overhead_{args.workload}.json"
     out.write_text(json.dumps(record, indent=1))
     print(f"raw records: {out}")
     if "single" in medians and "sync" in medians:
