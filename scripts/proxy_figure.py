@@ -33,10 +33,15 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(json.loads((r / "config.json").read_text())["preset"], read_jsonl(r / "metrics.jsonl")) for r in args.runs]
-    runs.sort(key=lambda pr: pr[0] != "grpo")
+    cfgs = [json.loads((r / "config.json").read_text()) for r in args.runs]
+    seeds = {c["seed"] for c in cfgs}
+    runs = [(c["preset"], c["seed"], read_jsonl(r / "metrics.jsonl")) for c, r in zip(cfgs, args.runs, strict=True)]
+    runs.sort(key=lambda r: (r[0] != "grpo", r[0], r[1]))
+    presets = sorted({r[0] for r in runs}, key=lambda p: (p != "grpo", p))
     fig, axes = plt.subplots(1, len(PANELS), figsize=(14, 4))
-    for i, (label, rows) in enumerate(runs):
+    for preset, seed, rows in runs:  # one colour per preset, one line style per seed
+        label = f"{preset}, seed {seed}" if len(seeds) > 1 else preset
+        style = {"color": f"C{presets.index(preset) % 10}", "ls": ["-", "--", ":", "-."][sorted(seeds).index(seed) % 4]}
         for ax, (key, title, smooth) in zip(axes, PANELS, strict=True):
             pts = [(r["step"], r[key]) for r in rows if key in r]
             ys = [v for _, v in pts]
@@ -44,8 +49,8 @@ def main() -> None:
                 [s for s, _ in pts],
                 trailing_mean(ys, args.smooth) if smooth else ys,
                 label=label,
-                color=f"C{i % 10}",
                 marker=None if smooth else "o",
+                **style,
             )
             ax.set_title(title + (f", {args.smooth}-step mean" if smooth else ""), fontsize=10)
     for ax in axes:
