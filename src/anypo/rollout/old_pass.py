@@ -404,15 +404,17 @@ class StepAnchor:
 
     @staticmethod
     def _row_keys(micro: RolloutBatch, mask: Tensor) -> list[bytes]:
-        """A key per row: its prompt tokens, its response tokens and mask up to the last masked token."""
+        """A key per row: the lengths of its prompt and response (up to the last masked token), then
+        their tokens and the response mask, as int64 bytes (unambiguous: every field has a known size)."""
         prompt_ids = micro.require("prompt_ids", "the rollout fills it")
         prompt_mask = micro.require("prompt_mask", "the rollout fills it").bool()
         keys = []
         for i in range(micro.num_seqs):
             cols = mask[i].nonzero()
             n = int(cols[-1]) + 1 if len(cols) else 0
-            parts = (prompt_ids[i][prompt_mask[i]], micro.response_ids[i, :n], mask[i, :n])
-            keys.append(b"|".join(t.to(torch.int64).numpy().tobytes() for t in parts))
+            prompt = prompt_ids[i][prompt_mask[i]]
+            row = (torch.tensor([len(prompt), n]), prompt, micro.response_ids[i, :n], mask[i, :n])
+            keys.append(torch.cat([t.to(torch.int64) for t in row]).numpy().tobytes())
         return keys
 
     @torch.no_grad()
