@@ -10,9 +10,9 @@ Prints one markdown table row per run (the numbers docs/curricula.md quotes).
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
+
+from _figure import pyplot, run_args, save
 
 from anypo.runs import read_jsonl
 from anypo.stats import trailing_mean
@@ -38,16 +38,8 @@ def summary(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("docs/img/curricula/curricula.png"))
-    ap.add_argument("--smooth", type=int, default=4, help="moving mean over this many steps")
-    args = ap.parse_args()
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    args = run_args(__doc__, "docs/img/curricula/curricula.png", 4, "moving mean over this many steps")
+    plt = pyplot()
 
     runs = [(json.loads((r / "config.json").read_text())["preset"], read_jsonl(r / "metrics.jsonl")) for r in args.runs]
     runs.sort(key=lambda pr: (pr[0] != "grpo", pr[0]))
@@ -91,10 +83,7 @@ def main() -> None:
     axes[2].set_xlabel("generated tokens in total")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=100)
-    print(f"wrote {args.out}")
+    save(fig, args.out)
 
     head = "| preset | steps | tokens | mixed groups (run) | (2nd half) | pass@1 | " + " | ".join(
         f"level {lv}" for lv in levels

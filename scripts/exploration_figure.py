@@ -10,26 +10,23 @@ training minutes as the sum of the step times).
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
+
+from _figure import pyplot, run_args, save
 
 from anypo.runs import read_jsonl
 from anypo.stats import trailing_mean
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("docs/img/exploration/explore.png"))
-    ap.add_argument("--smooth", type=int, default=3, help="moving mean over this many steps for the entropy")
-    ap.add_argument("--table", action="store_true", help="also print the markdown table of the runs")
-    args = ap.parse_args()
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    args = run_args(
+        __doc__,
+        "docs/img/exploration/explore.png",
+        3,
+        "moving mean over this many steps for the entropy",
+        lambda ap: ap.add_argument("--table", action="store_true", help="also print the markdown table of the runs"),
+    )
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     # (preset, metrics rows) of each run, GRPO first
@@ -52,10 +49,7 @@ def main() -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=100)
-    print(f"wrote {args.out}")
+    save(fig, args.out)
     if args.table:
         print(table(runs, k))
 

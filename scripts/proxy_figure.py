@@ -7,9 +7,9 @@ directory each, labelled by its preset), from the runs' metrics.jsonl alone.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
+
+from _figure import pyplot, run_args, save
 
 from anypo.runs import read_jsonl
 from anypo.stats import trailing_mean
@@ -22,16 +22,10 @@ PANELS = (
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("docs/img/proxy/length_proxy.png"))
-    ap.add_argument("--smooth", type=int, default=3, help="moving mean over this many steps (training metrics)")
-    args = ap.parse_args()
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    args = run_args(
+        __doc__, "docs/img/proxy/length_proxy.png", 3, "moving mean over this many steps (training metrics)"
+    )
+    plt = pyplot()
 
     cfgs = [json.loads((r / "config.json").read_text()) for r in args.runs]
     seeds = {c["seed"] for c in cfgs}
@@ -57,10 +51,7 @@ def main() -> None:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=100)
-    print(f"wrote {args.out}")
+    save(fig, args.out)
 
 
 if __name__ == "__main__":
