@@ -1,4 +1,4 @@
-"""The ``anypo`` command: ``list``, ``eval``, ``train``.
+"""The ``anypo`` command: ``list``, ``eval``, ``train``, ``pairs``, ``compare``, ``report``.
 
 anypo list
 anypo eval --model.name smollm2-135m-instruct --task.name addition --samples 8
@@ -12,12 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = """usage: anypo {list,eval,train,compare,report} [options]
+USAGE = """usage: anypo {list,eval,train,pairs,compare,report} [options]
 
   list                      presets and registered parts, with their papers
   eval  [options]           pass@k of a model on a task's held-out split (anypo eval --help)
   train PRESET [options]    train with a preset, in the loop of its kind (online RL, preference; anypo train PRESET --help)
   train --resume RUN_DIR    continue a run from its latest checkpoint
+  pairs [options]           a preference dataset (JSONL) from a policy's samples, judged by an oracle (anypo pairs --help)
   compare PRESET PRESET ... [--seeds 0 1 2] [--budget steps|tokens|seconds N] [overrides]
                             every preset x seed on the same workload, one report (anypo compare --help)
   compare --resume DIR      finish an interrupted compare
@@ -41,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     cmd, rest = argv[0], argv[1:]
-    commands = {"list": cmd_list, "eval": cmd_eval, "train": cmd_train, "compare": cmd_compare, "report": cmd_report}
+    commands = {
+        "list": cmd_list,
+        "eval": cmd_eval,
+        "train": cmd_train,
+        "pairs": cmd_pairs,
+        "compare": cmd_compare,
+        "report": cmd_report,
+    }
     if cmd not in commands:
         import difflib
 
@@ -187,6 +195,21 @@ def cmd_eval(argv: list[str]) -> int:
     cfg = tyro.cli(EvalConfig, args=argv, prog="anypo eval", description=EvalConfig.__doc__)
     run_dir = run_eval(cfg)
     print((run_dir / "README.md").read_text())
+    return 0
+
+
+def cmd_pairs(argv: list[str]) -> int:
+    import tyro
+
+    from anypo.pref_pairs import PairsConfig, generate_pairs
+
+    cfg = tyro.cli(PairsConfig, args=argv, prog="anypo pairs", description=PairsConfig.__doc__)
+    out = generate_pairs(cfg)
+    meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
+    print(
+        f"{out}: {meta['pairs']} pairs from {meta['prompts']} prompts ({meta['tied_prompts']} tied, "
+        f"{meta['unjudged_prompts']} unjudged; {meta['generated_tokens']} tokens sampled in {meta['seconds']:.0f} s)"
+    )
     return 0
 
 

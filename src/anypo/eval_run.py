@@ -76,8 +76,8 @@ def run_eval(cfg: EvalConfig) -> Path:
 class _progress:
     """A rich progress bar over prompts, as a context manager yielding ``advance(n)``."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total: int, enabled: bool, label: str = "eval"):
+        self.total, self.enabled, self.label = total, enabled, label
 
     def __enter__(self):
         if not self.enabled:
@@ -85,7 +85,11 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(
-            TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"), TimeRemainingColumn()
+            TextColumn(f"[bold]{self.label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
         )
         self.bar.start()
         task = self.bar.add_task("eval", total=self.total)

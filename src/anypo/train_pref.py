@@ -62,10 +62,11 @@ from anypo.losses.preference import DPO
 from anypo.losses.revision import SIDES, revision_key, revision_messages
 from anypo.metrics import MetricAccumulator
 from anypo.models import ModelConfig
+from anypo.oracles import OracleConfig
 from anypo.policy import response_logprobs
 from anypo.run import run_loop
 from anypo.runs import peak_rss_gb
-from anypo.tasks.base import stable_seed
+from anypo.tasks.base import TaskConfig, stable_seed
 from anypo.tasks.preference_data import PreferenceDataConfig, PreferencePair
 from anypo.types import PartConfig, PolicyOutput, PreferenceBatch, RolloutBatch
 
@@ -147,6 +148,20 @@ class PrefTrainConfig(RunOptions):
     """Samples per held-out prompt (pass@k is reported for k = 1 and k = eval_samples)."""
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.7))
     """Sampling for eval/pass@k."""
+    eval_oracle: OracleConfig = field(default_factory=lambda: OracleConfig(kind="none"))
+    """A preference oracle that also evaluates the policy on `eval_task`'s held-out prompts, as the online
+    loop does (eval/win_rate_vs_init, eval/gold, eval/kl_ref, eval/exploitability); none: no such evaluation.
+    E.g. `--eval-oracle.kind verifier_bt` for a run on pairs from `anypo pairs`."""
+    eval_task: TaskConfig = field(default_factory=TaskConfig)
+    """The task whose held-out prompts the oracle evaluation samples (its reward is verifier_bt's gold)."""
+    oracle_eval_prompts: int = 32
+    """Held-out prompts per oracle evaluation (at most eval_task.num_heldout)."""
+    oracle_eval_sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=64)
+    )
+    """Sampling of the oracle evaluation's responses (temperature 1: eval/kl_ref estimates the policy's KL)."""
+    eval_candidates: int = 0
+    """Samples of the initial policy per held-out prompt in the game of eval/exploitability; 0: none."""
 
 
 def train(cfg: PrefTrainConfig, resume: str | Path | None = None) -> Path:
@@ -179,11 +194,30 @@ def pref_config_problems(cfg: PrefTrainConfig) -> list[str]:
         PAIR_COUNTS + (
             ("eval_prompts", 0, "the held-out prompts sampled per evaluation (0 = none)"),
             ("eval_samples", 1, "the samples per held-out prompt"),
+            ("oracle_eval_prompts", 0, "the held-out prompts per oracle evaluation"),
+            ("eval_candidates", 0, "the candidates per held-out prompt (0 = no exploitability)"),
         ),
     )  # fmt: skip
     out += loss_problems(cfg.algo.loss)
     if cfg.eval_every > 0 and cfg.eval_prompts > 0:
         out += _sampling_problems(cfg.eval_sampling, "eval_sampling")
+    if cfg.eval_oracle.kind == "same":
+        out.append(
+            "--eval-oracle.kind is 'same', but the offline loop has no training oracle: name one (e.g. verifier_bt) "
+            "or none"
+        )
+    elif cfg.eval_oracle.kind != "none":
+        from anypo.oracles import oracle_config_problems
+        from anypo.tasks import TASKS
+
+        out += oracle_config_problems(cfg.eval_oracle, "eval-oracle")
+        if cfg.eval_oracle.kind in ("verifier_bt", "intransitive") and cfg.eval_task.name not in TASKS:
+            out.append(
+                f"--eval-task.name is {cfg.eval_task.name!r}: the {cfg.eval_oracle.kind} oracle judges with a "
+                f"built-in task's verifier; use one of {', '.join(sorted(TASKS))}"
+            )
+        if cfg.eval_every > 0 and cfg.oracle_eval_prompts > 0:
+            out += _sampling_problems(cfg.oracle_eval_sampling, "oracle_eval_sampling")
     out += _data_problems(cfg.data)
     out += _model_problems(cfg.model)
     return out
@@ -528,8 +562,41 @@ class PrefLoop:
                     add_revision_prompts(tp, self.tokenizer, template)
         if self.needs_ref:
             self._reference_column(run_dir)  # the initial weights: before any update
+        self.oracle_eval = self._oracle_evaluation()  # before any update: it keeps a copy of the initial weights
         self.make_optimizer(fused=True)
         return self
+
+    def _oracle_evaluation(self):
+        """The online loop's evaluation under ``cfg.eval_oracle`` (None without one)."""
+        import copy
+
+        from anypo.engines.hf import HFEngine
+        from anypo.oracles import make_oracle
+        from anypo.pref_eval import OracleEvaluation
+        from anypo.tasks import get_task
+        from anypo.trainer_setup import tokenize_prompts
+
+        cfg = self.cfg
+        if cfg.eval_oracle.kind == "none" or cfg.eval_every <= 0 or cfg.oracle_eval_prompts <= 0:
+            return None
+        task = get_task(cfg.eval_task)
+        n = min(cfg.oracle_eval_prompts, cfg.eval_task.num_heldout)
+        examples, ids, _ = tokenize_prompts(task.heldout_examples(n), self.tokenizer, cfg.max_prompt_tokens)
+        initial = copy.deepcopy(self.model).eval().requires_grad_(False)
+        engines: dict[str, Any] = {}
+
+        def initial_engine():
+            if "initial" not in engines:
+                engines["initial"] = HFEngine(initial, self.tokenizer)
+            return engines["initial"]
+
+        return OracleEvaluation(
+            model=self.model, initial=initial, policy_engine=HFEngine(self.model, self.tokenizer),
+            initial_engine=initial_engine, tokenizer=self.tokenizer, pad_id=self.pad_id, examples=examples,
+            prompt_ids=ids, oracle=make_oracle(cfg.eval_oracle, task), sampling=cfg.oracle_eval_sampling,
+            candidates=cfg.eval_candidates, seed=cfg.seed, micro_batch_size=cfg.micro_batch_size,
+            pack=cfg.pack_prompts, autocast=self.autocast,
+        )  # fmt: skip
 
     # ---- set-up the preference-shaped loops share (offline, online, reward model) ----
     @classmethod
@@ -656,6 +723,9 @@ class PrefLoop:
         tp = self.train_pairs
         prompt_tokens = sum(len(tp.prompt[i]) for i in idx)
         response_tokens = sum(len(tp.chosen[i]) + len(tp.rejected[i]) for i in idx)
+        cost = [tp.texts[i].meta.get("generation_tokens") for i in idx]
+        if idx and all(isinstance(c, (int, float)) for c in cost):  # pairs from `anypo pairs`: their sampling cost
+            m["rollout/generated_tokens"] = float(sum(cost))
         step_s = time.perf_counter() - t0
         m.update(
             {
@@ -822,13 +892,16 @@ class PrefLoop:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out pairs: the loss and its metrics (``eval/loss``, ``eval/accuracy``,
-        ``eval/reward_margin``, ...); built-in pairs: ``eval/pass@k`` on the task's held-out prompts."""
+        ``eval/reward_margin``, ...); built-in pairs: ``eval/pass@k`` on the task's held-out prompts; with
+        ``eval_oracle``: the online loop's oracle evaluation (:class:`anypo.pref_eval.OracleEvaluation`)."""
         out: dict[str, float] = {}
         idx = self._heldout_indices()
         if idx:
             out.update(self._pair_eval(self.heldout_pairs, idx))
         if self.data.task is not None and self.cfg.eval_prompts > 0:
             out.update(self._pass_at_k())
+        if getattr(self, "oracle_eval", None) is not None:
+            out.update(self.oracle_eval())
         return out
 
     def _pair_eval(self, tp: TokenPairs, idx: list[int]) -> dict[str, float]:

@@ -69,9 +69,9 @@ from anypo.engines.base import SamplingConfig
 from anypo.errors import UserError
 from anypo.losses.preference import DPO
 from anypo.models import ModelConfig
-from anypo.oracles import OracleConfig, exploitability, hard_label, make_oracle, nash, tv_distance
+from anypo.oracles import OracleConfig, hard_label, make_oracle
 from anypo.oracles.base import preference_matrices
-from anypo.policy import response_logprobs
+from anypo.pref_eval import OracleEvaluation, _nanmean, finite_gold
 from anypo.run import run_loop
 from anypo.runs import peak_rss_gb
 from anypo.tasks.base import TaskConfig, stable_seed
@@ -81,12 +81,11 @@ from anypo.train_pref import (
     PrefLoop,
     TokenPairs,
     _chunks,
-    _pad,
     loop_problems,
     loss_problems,
     pair_logprobs,
 )
-from anypo.types import PartConfig, RolloutBatch
+from anypo.types import PartConfig
 
 __all__ = [
     "OnlinePrefAlgoConfig",
@@ -95,6 +94,7 @@ __all__ = [
     "check_online_pref_config",
     "mix_reference",
     "online_pref_config_problems",
+    "pairs_from_samples",
     "select_pair",
     "train",
 ]
@@ -316,21 +316,6 @@ def mix_reference(columns: list[tuple[float, Tensor]]) -> Tensor:
     return out
 
 
-def _seq_logprobs(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, micro: int, pack: bool):
-    """``[n]`` summed log-probs (temperature 1) of each response after its prompt, in micro-batches."""
-    out = torch.zeros(len(responses), dtype=torch.float64)
-    for chunk in _chunks(list(range(len(responses))), micro):
-        p_ids, p_mask = _pad([prompts[i] for i in chunk], pad_id, left=True)
-        r_ids, r_mask = _pad([responses[i] for i in chunk], pad_id, left=False)
-        rb = RolloutBatch(
-            response_mask=r_mask, group_ids=torch.arange(len(chunk)), rewards=torch.zeros(len(chunk)),
-            prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids,
-        )  # fmt: skip
-        lp = response_logprobs(model, rb, 1.0, pack=pack).logprobs
-        out[chunk] = (lp * r_mask).sum(-1).double()
-    return out
-
-
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).eval().requires_grad_(False)
 
@@ -376,7 +361,13 @@ class OnlinePrefLoop(PrefLoop):
         self.engine = HFEngine(self.model, self.tokenizer)
         self._engines: dict[int, Any] = {}
         self.make_optimizer()
-        self.eval_cache: dict[str, Any] | None = None
+        self.oracle_eval = OracleEvaluation(
+            model=self.model, initial=initial, policy_engine=self.engine,
+            initial_engine=lambda: self._engine_of("initial"), tokenizer=self.tokenizer, pad_id=self.pad_id,
+            examples=self.eval_examples, prompt_ids=self.eval_ids, oracle=self.eval_oracle,
+            sampling=cfg.eval_sampling, candidates=cfg.eval_candidates, seed=cfg.seed,
+            micro_batch_size=cfg.micro_batch_size, pack=cfg.pack_prompts, autocast=self.autocast,
+        )  # fmt: skip
         return self
 
     # ---- snapshots ----
@@ -449,69 +440,10 @@ class OnlinePrefLoop(PrefLoop):
         else:
             eng = self.engine if algo.sample_from == "policy" else self._engine_of("previous")
             gens = [(eng.generate(prompts, algo.samples_per_prompt, cfg.sampling, seed), 0.0)]
-        # per prompt: [(token ids, text, from_reference)]
-        per_prompt: list[list[tuple[list[int], str, float]]] = [[] for _ in prompts]
-        gen_tokens = 0
-        for g, from_ref in gens:
-            for row in range(g.response_ids.shape[0]):
-                ids = g.response_ids[row][g.response_mask[row].bool()].tolist()
-                gen_tokens += len(ids)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                per_prompt[int(g.prompt_index[row])].append((ids, text, from_ref))
-        gen_s, t = time.perf_counter() - t, time.perf_counter()
-        unjudged_before = self.oracle.num_unjudged
-        golds = self.oracle.gold(
-            [ex for ex, s in zip(examples, per_prompt, strict=True) for _ in s], [x[1] for s in per_prompt for x in s]
-        )
-        tp = TokenPairs([], [], [], [], [], [], extras={k: [] for k in EXTRAS})
-        probs, counts = [], {"tied": 0, "unjudged": 0}
-        gold_c, gold_r = [], []
-        offsets = [0]
-        for s in per_prompt:
-            offsets.append(offsets[-1] + len(s))
-        matrices = preference_matrices(self.oracle, examples, [[s[1] for s in samples] for samples in per_prompt])
-        for b, (ex, samples, P) in enumerate(zip(examples, per_prompt, matrices, strict=True)):
-            if algo.pairing == "best_worst":
-                sel, why = select_pair(P)
-            else:  # two samples: the hard label of P[0, 1]
-                label = hard_label(float(P[0, 1]))
-                why = "unjudged" if math.isnan(float(P[0, 1])) else "tied" if label is None else "ok"
-                sel = None
-                if why == "ok":
-                    sel, _ = select_pair(P)
-            if sel is None:
-                counts[why] += 1
-                continue
-            c, r = samples[sel.chosen], samples[sel.rejected]
-            tp.prompt.append(prompts[b])
-            tp.chosen.append(c[0])
-            tp.rejected.append(r[0])
-            tp.ref_chosen.append(None)
-            tp.ref_rejected.append(None)
-            tp.texts.append(PreferencePair(prompt=tuple(ex.messages()), chosen=c[1], rejected=r[1]))
-            for k, v in zip(EXTRAS, (sel.winrate_chosen, sel.winrate_rejected, sel.pair_prob, c[2], r[2]), strict=True):
-                tp.extras[k].append(float(v))
-            probs.append(sel.pair_prob)
-            gold_c.append(float(golds[offsets[b] + sel.chosen]))
-            gold_r.append(float(golds[offsets[b] + sel.rejected]))
-        judge_s = time.perf_counter() - t
-        n_tok = sum(len(tp.chosen[i]) + len(tp.rejected[i]) for i in range(len(tp)))
-        m = {
-            "data/prompts": float(len(prompts)),
-            "data/pairs": float(len(tp)),
-            "data/tied_prompts": float(counts["tied"]),
-            "data/unjudged_prompts": float(counts["unjudged"]),
-            "data/unjudged_pairs": float(self.oracle.num_unjudged - unjudged_before),
-            "data/gold": _nanmean(golds.tolist()),
-            "data/gold_chosen": _nanmean(gold_c),
-            "data/gold_rejected": _nanmean(gold_r),
-            "data/pair_prob": _nanmean(probs),
-            "data/response_tokens": float(n_tok),
-            "rollout/generated_tokens": float(gen_tokens),
-            "time/generate_s": gen_s,
-            "time/judge_s": judge_s,
-        }
-        return tp, _finite_gold(m), probs
+        gen_s = time.perf_counter() - t
+        tp, m, probs, _ = pairs_from_samples(self.tokenizer, self.oracle, examples, prompts, gens, algo.pairing)
+        m["time/generate_s"] = gen_s
+        return tp, m, probs
 
     @torch.no_grad()
     def reference_columns(self, tp: TokenPairs) -> None:
@@ -535,81 +467,10 @@ class OnlinePrefLoop(PrefLoop):
             tp.ref_rejected[i] = mix_reference(cols["r"][i])
 
     # ---- evaluation ----
-    def _build_eval_cache(self) -> dict[str, Any]:
-        """Samples of the initial policy on the held-out prompts (fixed seeds): one opponent per prompt
-        for the win rate, and ``eval_candidates`` distinct candidates per prompt with the oracle's
-        preference matrix and its exact Nash equilibrium."""
-        cfg, init = self.cfg, self._engine_of("initial")
-        opp = init.generate(self.eval_ids, 1, cfg.eval_sampling, stable_seed("eval-opponent", cfg.seed))
-        opp_texts = [self.tokenizer.decode(opp.response_ids[r][opp.response_mask[r].bool()], skip_special_tokens=True)
-                     for r in range(opp.response_ids.shape[0])]  # fmt: skip
-        cache: dict[str, Any] = {"opponent": opp_texts, "games": []}
-        cache["gold_init"] = _nanmean(self.eval_oracle.gold(self.eval_examples, opp_texts).tolist())
-        if cfg.eval_candidates > 0:
-            g = init.generate(
-                self.eval_ids, cfg.eval_candidates, cfg.eval_sampling, stable_seed("eval-cands", cfg.seed)
-            )
-            cands: list[dict[tuple[int, ...], str]] = [{} for _ in self.eval_ids]
-            for r in range(g.response_ids.shape[0]):
-                ids = tuple(g.response_ids[r][g.response_mask[r].bool()].tolist())
-                cands[int(g.prompt_index[r])].setdefault(
-                    ids, self.tokenizer.decode(list(ids), skip_special_tokens=True)
-                )
-            matrices = preference_matrices(self.eval_oracle, self.eval_examples, [list(c.values()) for c in cands])
-            for b, (cand, P) in enumerate(zip(cands, matrices, strict=True)):
-                ids = list(cand)
-                if len(ids) < 2 or bool(torch.isnan(P).any()):
-                    continue  # a one-candidate game is trivially at equilibrium; an unjudged one has no matrix
-                cache["games"].append({"prompt": b, "ids": [list(i) for i in ids], "P": P.tolist(),
-                                       "nash": [float(v) for v in nash(P.tolist())]})  # fmt: skip
-        return cache
-
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Win rate against the initial policy, gold reward, KL to pi_1 and exploitability (module docstring)."""
-        if not self.eval_ids:
-            return {}
-        cfg = self.cfg
-        if self.eval_cache is None:
-            self.eval_cache = self._build_eval_cache()
-        cache = self.eval_cache
-        was = self.model.training
-        self.model.eval()
-        try:
-            with self.autocast():
-                g = self.engine.generate(self.eval_ids, 1, cfg.eval_sampling, stable_seed("eval-policy", cfg.seed))
-            rows = [g.response_ids[r][g.response_mask[r].bool()].tolist() for r in range(g.response_ids.shape[0])]
-            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in rows]
-            p = self.eval_oracle.prob(self.eval_examples, texts, cache["opponent"])
-            out = {
-                "eval/win_rate_vs_init": _nanmean(p.tolist()),
-                "eval/gold": _nanmean(self.eval_oracle.gold(self.eval_examples, texts).tolist()),
-                "eval/gold_init": cache["gold_init"],
-                "eval/response_tokens": sum(map(len, rows)) / max(len(rows), 1),
-            }
-            micro, pack = cfg.micro_batch_size, cfg.pack_prompts
-            with self.autocast():
-                lp = _seq_logprobs(self.model, self.eval_ids, rows, self.pad_id, micro, pack)
-                lp0 = _seq_logprobs(self.snaps["initial"], self.eval_ids, rows, self.pad_id, micro, pack)
-            out["eval/kl_ref"] = float((lp - lp0).mean())
-            if cache["games"]:
-                prompts = [self.eval_ids[gm["prompt"]] for gm in cache["games"] for _ in gm["ids"]]
-                resp = [ids for gm in cache["games"] for ids in gm["ids"]]
-                with self.autocast():
-                    clp = _seq_logprobs(self.model, prompts, resp, self.pad_id, micro, pack)
-                expl, tv, start = [], [], 0
-                for gm in cache["games"]:
-                    k = len(gm["ids"])
-                    q = torch.softmax(clp[start : start + k], 0).tolist()
-                    start += k
-                    expl.append(exploitability(gm["P"], q))
-                    tv.append(tv_distance(q, gm["nash"]))
-                out["eval/exploitability"] = sum(expl) / len(expl)
-                out["eval/nash_tv"] = sum(tv) / len(tv)
-                out["eval/games"] = float(len(expl))
-        finally:
-            self.model.train(was)
-        return _finite_gold(out)
+        """Win rate against the initial policy, gold reward, KL to pi_1 and exploitability
+        (:class:`anypo.pref_eval.OracleEvaluation`)."""
+        return self.oracle_eval()
 
     # ---- what the run scaffold asks of a loop ----
     def done(self) -> bool:
@@ -656,11 +517,79 @@ EXTRAS = ("winrate_chosen", "winrate_rejected", "pair_prob", "ref_sample_chosen"
 """The per-pair extras every online pair carries (``PreferenceBatch.extras``)."""
 
 
-def _finite_gold(m: dict[str, float]) -> dict[str, float]:
-    """``m`` without gold-reward keys that are NaN (an oracle without a gold score, e.g. a judge)."""
-    return {k: v for k, v in m.items() if not ("gold" in k and math.isnan(v))}
+def pairs_from_samples(
+    tokenizer: Any, oracle: Any, examples: list, prompts: list[list[int]], gens: list, pairing: Pairing
+) -> tuple[TokenPairs, dict[str, float], list[float], list[tuple[float, float]]]:
+    """Judge sampled responses and select one (chosen, rejected) pair per prompt the oracle separates.
+
+    ``gens``: ``(generation, from_reference)`` tuples, each an engine output for ``prompts`` (its rows
+    tagged by ``prompt_index``) and 1.0 when it was sampled from the reference policy (XPO's extras).
+    ``pairing`` ``best_worst`` picks by win rate over the oracle's ``K x K`` matrix
+    (:func:`select_pair`); ``two`` and ``policy_vs_reference`` take the hard label of ``P[0, 1]``.
+    Returns the pairs, the data metrics, each pair's ``P(y_w > y_l)`` and its (chosen, rejected) gold
+    scores (NaN where the oracle has none). Shared by the online loop and ``anypo pairs``.
+    """
+    t = time.perf_counter()
+    # per prompt: [(token ids, text, from_ref)]
+    per_prompt: list[list[tuple[list[int], str, float]]] = [[] for _ in prompts]
+    gen_tokens = 0
+    for g, from_ref in gens:
+        for row in range(g.response_ids.shape[0]):
+            ids = g.response_ids[row][g.response_mask[row].bool()].tolist()
+            gen_tokens += len(ids)
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            per_prompt[int(g.prompt_index[row])].append((ids, text, from_ref))
+    unjudged_before = oracle.num_unjudged
+    golds = oracle.gold(
+        [ex for ex, s in zip(examples, per_prompt, strict=True) for _ in s], [x[1] for s in per_prompt for x in s]
+    )
+    tp = TokenPairs([], [], [], [], [], [], extras={k: [] for k in EXTRAS})
+    probs, counts = [], {"tied": 0, "unjudged": 0}
+    pair_golds: list[tuple[float, float]] = []
+    offsets = [0]
+    for s in per_prompt:
+        offsets.append(offsets[-1] + len(s))
+    matrices = preference_matrices(oracle, examples, [[s[1] for s in samples] for samples in per_prompt])
+    for b, (ex, samples, P) in enumerate(zip(examples, per_prompt, matrices, strict=True)):
+        if pairing == "best_worst":
+            sel, why = select_pair(P)
+        else:  # two samples: the hard label of P[0, 1]
+            label = hard_label(float(P[0, 1]))
+            why = "unjudged" if math.isnan(float(P[0, 1])) else "tied" if label is None else "ok"
+            sel = None
+            if why == "ok":
+                sel, _ = select_pair(P)
+        if sel is None:
+            counts[why] += 1
+            continue
+        c, r = samples[sel.chosen], samples[sel.rejected]
+        tp.prompt.append(prompts[b])
+        tp.chosen.append(c[0])
+        tp.rejected.append(r[0])
+        tp.ref_chosen.append(None)
+        tp.ref_rejected.append(None)
+        tp.texts.append(PreferencePair(prompt=tuple(ex.messages()), chosen=c[1], rejected=r[1]))
+        for k, v in zip(EXTRAS, (sel.winrate_chosen, sel.winrate_rejected, sel.pair_prob, c[2], r[2]), strict=True):
+            tp.extras[k].append(float(v))
+        probs.append(sel.pair_prob)
+        pair_golds.append((float(golds[offsets[b] + sel.chosen]), float(golds[offsets[b] + sel.rejected])))
+    judge_s = time.perf_counter() - t
+    n_tok = sum(len(tp.chosen[i]) + len(tp.rejected[i]) for i in range(len(tp)))
+    m = {
+        "data/prompts": float(len(prompts)),
+        "data/pairs": float(len(tp)),
+        "data/tied_prompts": float(counts["tied"]),
+        "data/unjudged_prompts": float(counts["unjudged"]),
+        "data/unjudged_pairs": float(oracle.num_unjudged - unjudged_before),
+        "data/gold": _nanmean(golds.tolist()),
+        "data/gold_chosen": _nanmean([g[0] for g in pair_golds]),
+        "data/gold_rejected": _nanmean([g[1] for g in pair_golds]),
+        "data/pair_prob": _nanmean(probs),
+        "data/response_tokens": float(n_tok),
+        "rollout/generated_tokens": float(gen_tokens),
+        "time/judge_s": judge_s,
+    }
+    return tp, _finite_gold(m), probs, pair_golds
 
 
-def _nanmean(values: list[float]) -> float:
-    vals = [v for v in values if not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else math.nan
+_finite_gold = finite_gold

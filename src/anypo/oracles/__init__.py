@@ -55,12 +55,14 @@ __all__ = [
 class OracleConfig:
     """Which preference oracle judges the policy's samples."""
 
-    kind: Literal["verifier_bt", "intransitive", "judge", "reward_model", "vader", "profanity", "same"] = "verifier_bt"
+    kind: Literal["verifier_bt", "intransitive", "judge", "reward_model", "vader", "profanity", "same", "none"] = (
+        "verifier_bt"
+    )
     """verifier_bt: Bradley-Terry on the task's reward; intransitive: majority of three graded criteria;
     judge: the plug-in pairwise judge named by `judge`; reward_model: Bradley-Terry on the learned reward
     model in `reward_model`; vader / profanity: Bradley-Terry on a lexical judge of the text (VADER
     sentiment, 1 - P(offensive)), hackable on purpose (extra `judges`); same (an evaluation oracle
-    only): the training oracle."""
+    only): the training oracle; none (the offline loop's evaluation oracle only): no oracle evaluation."""
     temperature: float = 0.0
     """verifier_bt / reward_model / vader / profanity: the Bradley-Terry temperature T (0: hard labels)."""
     length_budget: int = 40
