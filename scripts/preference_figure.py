@@ -4,7 +4,8 @@ Reads run directories (or compare directories: every run under ``runs/``), group
 and plots the held-out evaluation curves the online preference loop logs, mean over seeds with the
 min-max band: ``eval/exploitability`` (distance to the exact Nash of the oracle's game; the
 intransitive-oracle panel), ``eval/win_rate_vs_init``, ``eval/gold`` and ``eval/kl_ref``. The x axis
-is the step, or the training tokens generated (``--x tokens``: methods compared at equal samples).
+is the step, or the training tokens generated (``--x tokens``: methods compared at equal samples; an
+offline run on pairs from ``anypo pairs`` counts the sampling cost of the pairs it has trained on).
 It trains nothing and never imports torch. For example::
 
     anypo compare online_dpo sppo inpo apo --seeds 0 1 2 --steps 30 --oracle.kind intransitive \\
@@ -56,25 +57,51 @@ def load(run: Path) -> tuple[str, list[dict]]:
 def curves(
     runs: list[Path], key: str, x: str = "step"
 ) -> dict[str, tuple[list[float], list[float], list[float], list[float]]]:
-    """Per preset: x values, mean, min and max of ``key`` over the runs (seeds) at the x values all
-    runs of the preset logged it (tokens: the training tokens generated up to that step)."""
-    by: dict[str, list[dict[float, float]]] = {}
+    """Per preset: x values, mean, min and max of ``key`` over the runs (seeds) at the steps all runs of
+    the preset logged it; with ``x="tokens"`` the x value of a step is the seeds' mean of the training
+    tokens generated up to it (seeds sample different lengths, so their token counts differ)."""
+    by: dict[str, list[dict[int, tuple[float, float]]]] = {}
     for run in runs:
         name, rows = load(run)
         tokens, series = 0.0, {}
         for r in rows:
-            tokens = float(r.get("rollout/generated_tokens_total", tokens))
+            if "rollout/generated_tokens_total" in r:
+                tokens = float(r["rollout/generated_tokens_total"])
+            else:  # an offline run on `anypo pairs` data logs its pairs' sampling cost per step only
+                tokens += float(r.get("rollout/generated_tokens", 0.0))
             v = r.get(key)
             if isinstance(v, (int, float)) and math.isfinite(v):
-                series[float(r["step"]) if x == "step" else tokens] = float(v)
+                series[int(r["step"])] = (tokens, float(v))
         if series:
             by.setdefault(name, []).append(series)
     out = {}
     for name, seeds in by.items():
-        xs = sorted(set.intersection(*(set(s) for s in seeds)))
-        vals = [[s[v] for s in seeds] for v in xs]
+        steps = sorted(set.intersection(*(set(s) for s in seeds)))
+        vals = [[s[k][1] for s in seeds] for k in steps]
+        xs = [float(k) if x == "step" else sum(s[k][0] for s in seeds) / len(seeds) for k in steps]
         out[name] = (xs, [sum(v) / len(v) for v in vals], [min(v) for v in vals], [max(v) for v in vals])
     return out
+
+
+def table(runs: list[Path], keys: list[str]) -> str:
+    """A markdown table: per preset, the seeds and, per key, the mean over seeds at step 0 and at the last
+    step all seeds logged it, with the min-max over seeds; and the mean training tokens generated."""
+    head = ["preset", "seeds"] + [f"{k} (step 0 -> last)" for k in keys] + ["tokens generated"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    per = {k: curves(runs, k, "tokens") for k in keys}
+    names = sorted({load(r)[0] for r in runs})
+    counts = {n: sum(load(r)[0] == n for r in runs) for n in names}
+    for n in names:
+        cells, tok = [n, str(counts[n])], ""
+        for k in keys:
+            if n not in per[k]:
+                cells.append("")
+                continue
+            xs, mean, lo, hi = per[k][n]
+            cells.append(f"{mean[0]:.3f} -> **{mean[-1]:.3f}** ({lo[-1]:.3f}-{hi[-1]:.3f})")
+            tok = f"{xs[-1]:,.0f}"
+        lines.append("| " + " | ".join(cells + [tok]) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="the PNG to write")
     ap.add_argument("--x", choices=("step", "tokens"), default="step", help="x axis: step or tokens generated")
     ap.add_argument("--metrics", nargs="+", default=list(METRICS), help="eval keys to plot, one panel each")
+    ap.add_argument("--table", action="store_true", help="also print a markdown table of the metrics per preset")
     args = ap.parse_args(argv)
     import matplotlib
 
@@ -90,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     runs = run_dirs(args.paths)
+    if args.table:
+        print(table(runs, args.metrics))
     panels = [(k, curves(runs, k, args.x)) for k in args.metrics]
     panels = [(k, c) for k, c in panels if c]
     if not panels:

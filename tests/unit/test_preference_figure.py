@@ -50,3 +50,25 @@ def test_no_evaluation_is_a_clear_error(tmp_path):
         fig.main([str(run), "--out", str(tmp_path / "f.png")])
     with pytest.raises(SystemExit, match="neither a run directory"):
         fig.run_dirs([tmp_path / "nothing"])
+
+
+def test_token_axis_averages_seeds_and_sums_offline_costs(tmp_path):
+    """Online seeds at step 5 with 80 and 120 tokens generated -> x = 100 (their mean), where a set
+    intersection of token values would leave nothing. An offline run (no _total key) logs 30 tokens of
+    pair cost at steps 1..5 -> its step-5 x is the running sum 150. The table: step 0 -> last mean,
+    (min-max over seeds), the last x as tokens generated: online_dpo (0.4 + 0.6)/2 = 0.5 -> (0.5 + 0.7)/2
+    = 0.6 over 0.5-0.7 at 100 tokens; dpo 0.45 -> 0.55 at 150."""
+    write_run(tmp_path / "a", "online_dpo", [{"step": 0, "eval/gold": 0.4},
+              {"step": 5, "rollout/generated_tokens_total": 80, "eval/gold": 0.5}])  # fmt: skip
+    write_run(tmp_path / "b", "online_dpo", [{"step": 0, "eval/gold": 0.6},
+              {"step": 5, "rollout/generated_tokens_total": 120, "eval/gold": 0.7}])  # fmt: skip
+    off = [{"step": 0, "eval/gold": 0.45}] + [{"step": k, "rollout/generated_tokens": 30.0} for k in range(1, 5)]
+    off.append({"step": 5, "rollout/generated_tokens": 30.0, "eval/gold": 0.55})
+    write_run(tmp_path / "c", "dpo", off)
+    runs = fig.run_dirs([tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    c = fig.curves(runs, "eval/gold", "tokens")
+    assert c["online_dpo"][0] == [0.0, 100.0] and c["online_dpo"][1] == pytest.approx([0.5, 0.6])
+    assert c["dpo"][0] == [0.0, 150.0]
+    t = fig.table(runs, ["eval/gold"]).splitlines()
+    assert t[2] == "| dpo | 1 | 0.450 -> **0.550** (0.550-0.550) | 150 |"
+    assert t[3] == "| online_dpo | 2 | 0.500 -> **0.600** (0.500-0.700) | 100 |"
