@@ -9,6 +9,10 @@ held-out prompts:
 * ``eval/gold`` (``eval/gold_init``): the oracle's gold score of the policy's (the initial policy's)
   samples: the task's reward, correctness for the intransitive oracle, the judge's score for a
   lexical judge;
+* ``eval/proxy`` (``eval/proxy_init``), with a second oracle ``proxy`` (the reward a run trains
+  against when another oracle is the gold: the online loop's training oracle, or the offline loop's
+  ``--eval-proxy``): that oracle's score of the same samples, for over-optimisation plots (gold
+  against proxy as the KL grows);
 * ``eval/kl_ref``: ``mean_x [log pi(y|x) - log pi_1(y|x)]`` over the policy's samples at the
   evaluation temperature (1 by default): the k1 estimate of ``KL(pi || pi_1)``;
 * on ``candidates`` fixed samples of the initial policy per prompt, the exact Nash equilibrium of the
@@ -80,6 +84,7 @@ class OracleEvaluation:
         seed: the run's seed (the fixed seeds of every evaluation sample derive from it).
         micro_batch_size, pack: how the log-prob passes run.
         autocast: a function returning the loop's autocast context.
+        proxy: a second oracle whose gold score of the same samples is logged as ``eval/proxy``; None: none.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class OracleEvaluation:
         micro_batch_size: int,
         pack: bool,
         autocast: Callable[[], AbstractContextManager],
+        proxy: Any | None = None,
     ):
         self.model, self.initial = model, initial
         self.policy_engine, self.initial_engine = policy_engine, initial_engine
@@ -107,6 +113,7 @@ class OracleEvaluation:
         self.examples, self.prompt_ids = examples, prompt_ids
         self.oracle, self.sampling, self.candidates, self.seed = oracle, sampling, candidates, seed
         self.micro, self.pack, self.autocast = micro_batch_size, pack, autocast
+        self.proxy = proxy
         self.cache: dict[str, Any] | None = None
 
     def _decode(self, g) -> tuple[list[list[int]], list[str]]:
@@ -122,6 +129,8 @@ class OracleEvaluation:
         opp_texts = self._decode(opp)[1]
         cache: dict[str, Any] = {"opponent": opp_texts, "games": []}
         cache["gold_init"] = _nanmean(self.oracle.gold(self.examples, opp_texts).tolist())
+        if self.proxy is not None:
+            cache["proxy_init"] = _nanmean(self.proxy.gold(self.examples, opp_texts).tolist())
         if self.candidates > 0:
             g = init.generate(self.prompt_ids, self.candidates, self.sampling, stable_seed("eval-cands", self.seed))
             cands: list[dict[tuple[int, ...], str]] = [{} for _ in self.prompt_ids]
@@ -162,6 +171,9 @@ class OracleEvaluation:
                 "eval/gold_init": cache["gold_init"],
                 "eval/response_tokens": sum(map(len, rows)) / max(len(rows), 1),
             }
+            if self.proxy is not None:
+                out["eval/proxy"] = _nanmean(self.proxy.gold(self.examples, texts).tolist())
+                out["eval/proxy_init"] = cache["proxy_init"]
             with self.autocast():
                 lp = seq_logprobs(self.model, self.prompt_ids, rows, self.pad_id, self.micro, self.pack)
                 lp0 = seq_logprobs(self.initial, self.prompt_ids, rows, self.pad_id, self.micro, self.pack)
@@ -187,8 +199,8 @@ class OracleEvaluation:
 
 
 def finite_gold(m: dict[str, float]) -> dict[str, float]:
-    """``m`` without gold-reward keys that are NaN (an oracle without a gold score, e.g. a judge)."""
-    return {k: v for k, v in m.items() if not ("gold" in k and math.isnan(v))}
+    """``m`` without gold or proxy keys that are NaN (an oracle without a gold score, e.g. a judge)."""
+    return {k: v for k, v in m.items() if not (("gold" in k or "proxy" in k) and math.isnan(v))}
 
 
 def _nanmean(values: list[float]) -> float:

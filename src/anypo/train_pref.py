@@ -152,6 +152,9 @@ class PrefTrainConfig(RunOptions):
     """A preference oracle that also evaluates the policy on `eval_task`'s held-out prompts, as the online
     loop does (eval/win_rate_vs_init, eval/gold, eval/kl_ref, eval/exploitability); none: no such evaluation.
     E.g. `--eval-oracle.kind verifier_bt` for a run on pairs from `anypo pairs`."""
+    eval_proxy: OracleConfig = field(default_factory=lambda: OracleConfig(kind="none"))
+    """With `eval_oracle`: a second oracle whose score of the same evaluation samples is logged as eval/proxy
+    (e.g. the reward model that labelled the pairs, while the verifier is the gold); none: no such score."""
     eval_task: TaskConfig = field(default_factory=TaskConfig)
     """The task whose held-out prompts the oracle evaluation samples (its reward is verifier_bt's gold)."""
     oracle_eval_prompts: int = 32
@@ -218,6 +221,15 @@ def pref_config_problems(cfg: PrefTrainConfig) -> list[str]:
             )
         if cfg.eval_every > 0 and cfg.oracle_eval_prompts > 0:
             out += _sampling_problems(cfg.oracle_eval_sampling, "oracle_eval_sampling")
+    if cfg.eval_proxy.kind not in ("none", "same"):
+        from anypo.oracles import oracle_config_problems
+
+        out += oracle_config_problems(cfg.eval_proxy, "eval-proxy")
+        if cfg.eval_oracle.kind == "none":
+            out.append("--eval-proxy.kind is set but --eval-oracle.kind is none: the proxy is scored on the oracle "
+                       "evaluation's samples; name an evaluation oracle (e.g. verifier_bt)")  # fmt: skip
+    elif cfg.eval_proxy.kind == "same":
+        out.append("--eval-proxy.kind is 'same', but the offline loop has no training oracle: name one or none")
     out += _data_problems(cfg.data)
     out += _model_problems(cfg.model)
     return out
@@ -596,6 +608,7 @@ class PrefLoop:
             prompt_ids=ids, oracle=make_oracle(cfg.eval_oracle, task), sampling=cfg.oracle_eval_sampling,
             candidates=cfg.eval_candidates, seed=cfg.seed, micro_batch_size=cfg.micro_batch_size,
             pack=cfg.pack_prompts, autocast=self.autocast,
+            proxy=None if cfg.eval_proxy.kind == "none" else make_oracle(cfg.eval_proxy, task),
         )  # fmt: skip
 
     # ---- set-up the preference-shaped loops share (offline, online, reward model) ----

@@ -41,7 +41,8 @@ step for that step's pairs, under ``torch.no_grad``.
 **Evaluation** (by ``eval_oracle``; kind ``same``, the default: the training oracle) on the task's held-out prompts (fixed samples of the initial policy cached at the
 first evaluation): ``eval/win_rate_vs_init`` (the oracle's mean ``P(y_policy > y_initial)``, ties
 1/2), ``eval/gold`` (the oracle's gold score of the policy's samples; ``eval/gold_init`` the initial
-policy's), ``eval/kl_ref`` (``mean sum_t log pi(y_t) - log pi_1(y_t)`` over the policy's samples: the
+policy's), ``eval/proxy`` (with an evaluation oracle other than the training one: the training oracle's gold score
+of the same samples, for over-optimisation plots), ``eval/kl_ref`` (``mean sum_t log pi(y_t) - log pi_1(y_t)`` over the policy's samples: the
 k1 estimate of ``KL(pi || pi_1)`` at ``eval_sampling.temperature = 1``), and on a fixed finite
 candidate set per prompt (``eval_candidates`` samples of the initial policy) the exact Nash
 equilibrium of the oracle's preference game (``anypo.oracles.nash``) and the policy restricted to the
@@ -367,6 +368,7 @@ class OnlinePrefLoop(PrefLoop):
             examples=self.eval_examples, prompt_ids=self.eval_ids, oracle=self.eval_oracle,
             sampling=cfg.eval_sampling, candidates=cfg.eval_candidates, seed=cfg.seed,
             micro_batch_size=cfg.micro_batch_size, pack=cfg.pack_prompts, autocast=self.autocast,
+            proxy=None if self.eval_oracle is self.oracle else self.oracle,
         )  # fmt: skip
         return self
 

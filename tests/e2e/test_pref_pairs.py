@@ -86,7 +86,8 @@ def test_offline_run_on_generated_pairs_logs_the_online_evaluation(tmp_path):
     """DPO on pairs from `anypo pairs`, evaluated by the same oracle as an online run with the same seed,
     model and held-out prompts: at step 0 both policies are pi_1, so the two loops' evaluations
     (OracleEvaluation: the same seeded samples) agree exactly, and eval/kl_ref is 0. Each step logs
-    the sampling cost of its pairs: 2 pairs x the file's generation_tokens."""
+    the sampling cost of its pairs: 2 pairs x the file's generation_tokens. A proxy that is the same
+    oracle as the gold scores the same samples, so eval/proxy equals eval/gold at every evaluation."""
     out = _pairs(tmp_path, prompts=12)
     share = json.loads(out.read_text().splitlines()[0])["generation_tokens"]
     ev = {"eval_every": 2, "eval_candidates": 3}
@@ -94,7 +95,8 @@ def test_offline_run_on_generated_pairs_logs_the_online_evaluation(tmp_path):
     cfg = tiny_run(
         PrefTrainConfig, tmp_path / "off", algo=PRESETS["dpo"].build(),
         data=PreferenceDataConfig(name=str(out), num_heldout=2), pairs_per_step=2, micro_batch_size=2,
-        eval_prompts=0, eval_oracle=ORACLE, eval_task=TASK, oracle_eval_prompts=4, oracle_eval_sampling=sampling, **ev,
+        eval_prompts=0, eval_oracle=ORACLE, eval_task=TASK, oracle_eval_prompts=4, oracle_eval_sampling=sampling,
+        eval_proxy=ORACLE, **ev,
     )  # fmt: skip
     off = metric_rows(train_offline(cfg))
     on_cfg = tiny_run(
@@ -108,6 +110,8 @@ def test_offline_run_on_generated_pairs_logs_the_online_evaluation(tmp_path):
         assert off[0][k] == on[0][k], k
     assert off[2]["eval/kl_ref"] != 0.0 and not math.isnan(off[2]["eval/win_rate_vs_init"])
     assert off[1]["rollout/generated_tokens"] == pytest.approx(2 * share)
+    for r in (off[0], off[2]):
+        assert r["eval/proxy"] == r["eval/gold"] and r["eval/proxy_init"] == r["eval/gold_init"]
 
 
 def test_offline_eval_oracle_config_problems(tmp_path):
@@ -120,6 +124,8 @@ def test_offline_eval_oracle_config_problems(tmp_path):
     )  # fmt: skip
     text = "\n".join(pref_config_problems(bad))
     assert "--eval-task.name" in text and "--oracle-eval-sampling.temperature" in text
+    proxy_alone = tiny_run(PrefTrainConfig, tmp_path, eval_proxy=OracleConfig(), **base)
+    assert any("--eval-oracle.kind is none" in p for p in pref_config_problems(proxy_alone))
     assert pref_config_problems(tiny_run(PrefTrainConfig, tmp_path, **base)) == []
 
 

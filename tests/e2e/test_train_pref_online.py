@@ -204,3 +204,16 @@ def test_a_plugin_judge_drives_the_loop(tmp_path):
     assert 0.0 <= rows[1]["eval/win_rate_vs_init"] <= 1.0
     problems = online_pref_config_problems(ocfg(tmp_path, oracle=OracleConfig(kind="same")))
     assert len(problems) == 1 and "--oracle.kind is 'same'" in problems[0]
+
+
+def test_the_training_oracle_scores_the_evaluation_samples_as_the_proxy(tmp_path):
+    """An evaluation oracle other than the training one (here a second intransitive oracle object with
+    the same settings): the training oracle's score of the same evaluation samples is eval/proxy, so
+    it equals eval/gold here; with --eval-oracle.kind same there is no proxy key."""
+    cfg = ocfg(tmp_path, eval_oracle=OracleConfig(kind="intransitive", length_budget=5), steps=1, eval_every=1,
+               eval_prompts=3)  # fmt: skip
+    rows = metric_rows(train(cfg))
+    for r in (rows[0], rows[1]):
+        assert r["eval/proxy"] == r["eval/gold"] and r["eval/proxy_init"] == r["eval/gold_init"]
+    same = metric_rows(train(ocfg(tmp_path / "s", steps=1, eval_every=1, eval_prompts=3)))
+    assert "eval/proxy" not in same[0]
