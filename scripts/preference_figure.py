@@ -27,6 +27,7 @@ METRICS = {
     "eval/win_rate_vs_init": "win rate vs the initial policy",
     "eval/gold": "gold reward (oracle)",
     "eval/kl_ref": "KL(pi || pi_1) estimate",
+    "eval/proxy": "proxy reward (the reward model)",
 }
 
 
@@ -43,35 +44,43 @@ def run_dirs(paths: list[Path]) -> list[Path]:
     return out
 
 
-def load(run: Path) -> tuple[str, list[dict]]:
-    """(preset or run name, metric rows merged per step)."""
+def load(run: Path, label: str = "preset") -> tuple[str, list[dict]]:
+    """(preset or run name, metric rows merged per step); ``label="name"``: the run's name always (two
+    runs of one preset with different overrides)."""
     cfg = json.loads((run / "config.json").read_text())
+    if label == "name":
+        return cfg.get("name") or run.name, _rows(run)
+    return cfg.get("preset") or cfg.get("name") or run.name, _rows(run)
+
+
+def _rows(run: Path) -> list[dict]:
     rows: dict[int, dict] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         if line.strip():
             r = json.loads(line)
             rows.setdefault(int(r["step"]), {}).update(r)
-    return cfg.get("preset") or cfg.get("name") or run.name, [rows[k] for k in sorted(rows)]
+    return [rows[k] for k in sorted(rows)]
 
 
 def curves(
-    runs: list[Path], key: str, x: str = "step"
+    runs: list[Path], key: str, x: str = "step", label: str = "preset"
 ) -> dict[str, tuple[list[float], list[float], list[float], list[float]]]:
     """Per preset: x values, mean, min and max of ``key`` over the runs (seeds) at the steps all runs of
     the preset logged it; with ``x="tokens"`` the x value of a step is the seeds' mean of the training
-    tokens generated up to it (seeds sample different lengths, so their token counts differ)."""
+    tokens generated up to it (seeds sample different lengths, so their token counts differ), with
+    ``x="kl"`` their mean ``eval/kl_ref`` at that step (over-optimisation plots)."""
     by: dict[str, list[dict[int, tuple[float, float]]]] = {}
     for run in runs:
-        name, rows = load(run)
+        name, rows = load(run, label)
         tokens, series = 0.0, {}
         for r in rows:
             if "rollout/generated_tokens_total" in r:
                 tokens = float(r["rollout/generated_tokens_total"])
             else:  # an offline run on `anypo pairs` data logs its pairs' sampling cost per step only
                 tokens += float(r.get("rollout/generated_tokens", 0.0))
-            v = r.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                series[int(r["step"])] = (tokens, float(v))
+            v, at = r.get(key), tokens if x != "kl" else r.get("eval/kl_ref")
+            if isinstance(v, (int, float)) and math.isfinite(v) and isinstance(at, (int, float)):
+                series[int(r["step"])] = (float(at), float(v))
         if series:
             by.setdefault(name, []).append(series)
     out = {}
@@ -83,14 +92,14 @@ def curves(
     return out
 
 
-def table(runs: list[Path], keys: list[str]) -> str:
+def table(runs: list[Path], keys: list[str], label: str = "preset") -> str:
     """A markdown table: per preset, the seeds and, per key, the mean over seeds at step 0 and at the last
     step all seeds logged it, with the min-max over seeds; and the mean training tokens generated."""
     head = ["preset", "seeds"] + [f"{k} (step 0 -> last)" for k in keys] + ["tokens generated"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    per = {k: curves(runs, k, "tokens") for k in keys}
-    names = sorted({load(r)[0] for r in runs})
-    counts = {n: sum(load(r)[0] == n for r in runs) for n in names}
+    per = {k: curves(runs, k, "tokens", label) for k in keys}
+    names = sorted({load(r, label)[0] for r in runs})
+    counts = {n: sum(load(r, label)[0] == n for r in runs) for n in names}
     for n in names:
         cells, tok = [n, str(counts[n])], ""
         for k in keys:
@@ -108,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="+", type=Path, help="run or compare directories")
     ap.add_argument("--out", type=Path, required=True, help="the PNG to write")
-    ap.add_argument("--x", choices=("step", "tokens"), default="step", help="x axis: step or tokens generated")
+    ap.add_argument(
+        "--x", choices=("step", "tokens", "kl"), default="step", help="x axis: step, tokens generated or eval/kl_ref"
+    )
+    ap.add_argument("--label", choices=("preset", "name"), default="preset", help="group runs by preset or run name")
     ap.add_argument("--metrics", nargs="+", default=list(METRICS), help="eval keys to plot, one panel each")
     ap.add_argument("--table", action="store_true", help="also print a markdown table of the metrics per preset")
     args = ap.parse_args(argv)
@@ -119,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = run_dirs(args.paths)
     if args.table:
-        print(table(runs, args.metrics))
-    panels = [(k, curves(runs, k, args.x)) for k in args.metrics]
+        print(table(runs, args.metrics, args.label))
+    panels = [(k, curves(runs, k, args.x, args.label)) for k in args.metrics]
     panels = [(k, c) for k, c in panels if c]
     if not panels:
         raise SystemExit("none of the runs logged " + ", ".join(args.metrics) + " (evaluate with --eval-every)")
@@ -131,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(a != b for a, b in zip(lo, hi, strict=True)):
                 ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
         ax.set_title(METRICS.get(key, key), fontsize=9)
-        ax.set_xlabel("step" if args.x == "step" else "training tokens generated")
+        ax.set_xlabel({"step": "step", "tokens": "training tokens generated", "kl": "KL(pi || pi_1) estimate"}[args.x])
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()

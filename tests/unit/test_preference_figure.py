@@ -72,3 +72,21 @@ def test_token_axis_averages_seeds_and_sums_offline_costs(tmp_path):
     t = fig.table(runs, ["eval/gold"]).splitlines()
     assert t[2] == "| dpo | 1 | 0.450 -> **0.550** (0.550-0.550) | 150 |"
     assert t[3] == "| online_dpo | 2 | 0.500 -> **0.600** (0.500-0.700) | 100 |"
+
+
+def test_kl_axis_and_runs_labelled_by_name(tmp_path):
+    """Two rpo runs with different overrides (names rpo and rpo_no_sft): by preset they would average as
+    seeds; --label name keeps them apart. --x kl puts each evaluation at its eval/kl_ref: gold 0.1 at
+    KL 0, then 0.3 at KL 0.5 (rpo); a step without eval/kl_ref is left out."""
+    for name, kl, gold in (("rpo", 0.5, 0.3), ("rpo_no_sft", 2.0, 0.2)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"preset": "rpo", "name": name}))
+        rows = [{"step": 0, "eval/kl_ref": 0.0, "eval/gold": 0.1}, {"step": 5, "eval/gold": 0.9},
+                {"step": 10, "eval/kl_ref": kl, "eval/gold": gold}]  # fmt: skip
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    runs = fig.run_dirs([tmp_path / "rpo", tmp_path / "rpo_no_sft"])
+    assert list(fig.curves(runs, "eval/gold", "kl")) == ["rpo"]
+    c = fig.curves(runs, "eval/gold", "kl", "name")
+    assert c["rpo"][0] == [0.0, 0.5] and c["rpo"][1] == [0.1, 0.3]
+    assert c["rpo_no_sft"][0] == [0.0, 2.0] and c["rpo_no_sft"][1] == [0.1, 0.2]
