@@ -77,29 +77,19 @@ class PairsConfig:
 def pairs_config_problems(cfg: PairsConfig) -> list[str]:
     """Every problem of ``cfg``, one message each naming the option and the fix (empty when valid)."""
     from anypo.oracles import oracle_config_problems
-    from anypo.tasks import TASKS
+    from anypo.train_pref_online import oracle_task_problems, pairing_problems
     from anypo.validate import _model_problems, _sampling_problems
 
     out = []
     for name, low in (("prompts", 1), ("batch_prompts", 1), ("threads", 1), ("max_prompt_tokens", 1)):
         if getattr(cfg, name) < low:
             out.append(f"--{name.replace('_', '-')} is {getattr(cfg, name)}: it must be at least {low}")
-    if cfg.pairing == "two" and cfg.samples_per_prompt != 2:
-        out.append(f"--samples-per-prompt is {cfg.samples_per_prompt}: pairing 'two' orders exactly 2 samples")
-    elif cfg.pairing == "best_worst" and cfg.samples_per_prompt < 2:
-        out.append(f"--samples-per-prompt is {cfg.samples_per_prompt}: best_worst needs >= 2 samples")
-    elif cfg.pairing not in ("two", "best_worst"):
-        out.append(f"--pairing is {cfg.pairing!r}: use two or best_worst")
-    if cfg.oracle.kind == "same":
-        out.append("--oracle.kind is 'same': name the oracle that judges the samples (e.g. verifier_bt)")
+    out += pairing_problems(cfg.pairing, cfg.samples_per_prompt, "--", ("two", "best_worst"))
+    if cfg.oracle.kind in ("same", "none"):
+        out.append(f"--oracle.kind is {cfg.oracle.kind!r}: name the oracle that judges the samples (e.g. verifier_bt)")
     else:
         out += oracle_config_problems(cfg.oracle)
-    text_only = {"judge", "reward_model", "vader", "profanity"}
-    if cfg.oracle.kind not in text_only and cfg.task.name not in TASKS:
-        out.append(
-            f"--task.name is {cfg.task.name!r}: the {cfg.oracle.kind} oracle judges with a built-in task's verifier; "
-            f"use one of {', '.join(sorted(TASKS))}"
-        )
+    out += oracle_task_problems({cfg.oracle.kind}, cfg.task.name)
     if not cfg.out.endswith(".jsonl"):
         out.append(f"--out is {cfg.out!r}: the pairs are written as JSONL; give a path ending in .jsonl")
     out += _sampling_problems(cfg.sampling, "sampling")

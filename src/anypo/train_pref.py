@@ -211,14 +211,11 @@ def pref_config_problems(cfg: PrefTrainConfig) -> list[str]:
         )
     elif cfg.eval_oracle.kind != "none":
         from anypo.oracles import oracle_config_problems
-        from anypo.tasks import TASKS
+        from anypo.train_pref_online import oracle_task_problems
 
         out += oracle_config_problems(cfg.eval_oracle, "eval-oracle")
-        if cfg.eval_oracle.kind in ("verifier_bt", "intransitive") and cfg.eval_task.name not in TASKS:
-            out.append(
-                f"--eval-task.name is {cfg.eval_task.name!r}: the {cfg.eval_oracle.kind} oracle judges with a "
-                f"built-in task's verifier; use one of {', '.join(sorted(TASKS))}"
-            )
+        kinds = {cfg.eval_oracle.kind, cfg.eval_proxy.kind}
+        out += oracle_task_problems(kinds, cfg.eval_task.name, "--eval-task.name")
         if cfg.eval_every > 0 and cfg.oracle_eval_prompts > 0:
             out += _sampling_problems(cfg.oracle_eval_sampling, "oracle_eval_sampling")
     if cfg.eval_proxy.kind not in ("none", "same"):

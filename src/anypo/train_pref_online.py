@@ -106,6 +106,7 @@ SNAPSHOTS = ("initial", "previous", "before")
 """The frozen policies a reference can mix: pi_1, pi_t (start of the iteration), pi_{t-1}."""
 
 Pairing = Literal["two", "best_worst", "policy_vs_reference"]
+PAIRINGS = ("two", "best_worst", "policy_vs_reference")
 
 
 @dataclass(frozen=True)
@@ -225,12 +226,7 @@ def online_pref_config_problems(cfg: OnlinePrefTrainConfig) -> list[str]:
             "algo.loss needs revision-conditioned log-probs (needs_revision_logprobs), which only the offline "
             "preference loop computes: train it on fixed pairs (anypo train srpo)"
         )
-    if algo.pairing not in ("two", "best_worst", "policy_vs_reference"):
-        out.append(f"--algo.pairing is {algo.pairing!r}: use two, best_worst or policy_vs_reference")
-    elif algo.pairing == "two" and algo.samples_per_prompt != 2:
-        out.append(f"--algo.samples-per-prompt is {algo.samples_per_prompt}: pairing 'two' orders exactly 2 samples")
-    elif algo.pairing == "best_worst" and algo.samples_per_prompt < 2:
-        out.append(f"--algo.samples-per-prompt is {algo.samples_per_prompt}: best_worst needs >= 2 samples")
+    out += pairing_problems(algo.pairing, algo.samples_per_prompt, "--algo.")
     if algo.sample_from not in ("policy", "iterate"):
         out.append(f"--algo.sample-from is {algo.sample_from!r}: use policy or iterate")
     ws = (algo.ref_initial, algo.ref_previous, algo.ref_before)
@@ -248,18 +244,35 @@ def online_pref_config_problems(cfg: OnlinePrefTrainConfig) -> list[str]:
         out += oracle_config_problems(cfg.oracle)
     if cfg.eval_oracle.kind != "same":
         out += oracle_config_problems(cfg.eval_oracle, "eval-oracle")
-    from anypo.tasks import TASKS
-
-    kinds = {cfg.oracle.kind, cfg.eval_oracle.kind} - {"same"}
-    text_only = {"judge", "reward_model", "vader", "profanity"}  # judge the texts, with no task verifier
-    if not kinds <= text_only and cfg.task.name not in TASKS:
-        out.append(
-            f"--task.name is {cfg.task.name!r}: the {'/'.join(sorted(kinds - text_only))} oracle judges "
-            f"with a built-in task's verifier; use one of {', '.join(sorted(TASKS))} (or a judge / reward model / "
-            "lexical oracle)"
-        )
+    out += oracle_task_problems({cfg.oracle.kind, cfg.eval_oracle.kind}, cfg.task.name)
     out += _model_problems(cfg.model)
     return out
+
+
+def pairing_problems(pairing: str, samples: int, prefix: str, allowed: tuple[str, ...] = PAIRINGS) -> list[str]:
+    """Problems of a pairing and its samples per prompt (options named ``<prefix>pairing`` and
+    ``<prefix>samples-per-prompt``)."""
+    if pairing not in allowed:
+        return [f"{prefix}pairing is {pairing!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}"]
+    if pairing == "two" and samples != 2:
+        return [f"{prefix}samples-per-prompt is {samples}: pairing 'two' orders exactly 2 samples"]
+    if pairing == "best_worst" and samples < 2:
+        return [f"{prefix}samples-per-prompt is {samples}: best_worst needs >= 2 samples"]
+    return []
+
+
+def oracle_task_problems(kinds: set[str], task: str, option: str = "--task.name") -> list[str]:
+    """The oracles ``kinds`` that judge with a task's verifier need a built-in task (``same`` and
+    ``none`` name no oracle; a judge, a reward model and the lexical judges read only the texts)."""
+    from anypo.tasks import TASKS
+
+    text_only = {"judge", "reward_model", "vader", "profanity", "same", "none"}
+    if kinds <= text_only or task in TASKS:
+        return []
+    return [
+        f"{option} is {task!r}: the {'/'.join(sorted(kinds - text_only))} oracle judges with a built-in task's "
+        f"verifier; use one of {', '.join(sorted(TASKS))} (or a judge / reward model / lexical oracle)"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
