@@ -53,6 +53,11 @@ def load(run: Path, label: str = "preset") -> tuple[str, list[dict]]:
     return cfg.get("preset") or cfg.get("name") or run.name, _rows(run)
 
 
+def offline_run(run: Path) -> bool:
+    """True for a run of the offline preference loop (fixed pairs; dashed in the figure)."""
+    return json.loads((run / "config.json").read_text()).get("_type") == "PrefTrainConfig"
+
+
 def _rows(run: Path) -> list[dict]:
     rows: dict[int, dict] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
@@ -136,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     panels = [(k, c) for k, c in panels if c]
     if not panels:
         raise SystemExit("none of the runs logged " + ", ".join(args.metrics) + " (evaluate with --eval-every)")
+    offline = {load(r, args.label)[0] for r in runs if offline_run(r)}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (key, cs) in zip(axes[0], panels, strict=True):
         for name, (xs, mean, lo, hi) in sorted(cs.items()):
-            (line,) = ax.plot(xs, mean, marker="o", ms=3, label=name)
+            style = {"ls": "--", "marker": "s"} if name in offline else {"ls": "-", "marker": "o"}
+            (line,) = ax.plot(xs, mean, ms=3, label=name + (" (offline)" if name in offline else ""), **style)
             if any(a != b for a, b in zip(lo, hi, strict=True)):
                 ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
         ax.set_title(METRICS.get(key, key), fontsize=9)
