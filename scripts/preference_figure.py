@@ -28,6 +28,7 @@ METRICS = {
     "eval/gold": "gold reward (oracle)",
     "eval/kl_ref": "KL(pi || pi_1) estimate",
     "eval/proxy": "proxy reward (the reward model)",
+    "eval/response_tokens": "response length (tokens)",
 }
 
 
