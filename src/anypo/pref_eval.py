@@ -38,15 +38,10 @@ from anypo.oracles import exploitability, nash, tv_distance
 from anypo.oracles.base import preference_matrices
 from anypo.policy import response_logprobs
 from anypo.tasks.base import stable_seed
+from anypo.train_pref import _chunks, _pad
 from anypo.types import RolloutBatch
 
 __all__ = ["OracleEvaluation", "seq_logprobs"]
-
-
-def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[Tensor, Tensor]:
-    from anypo.train_pref import _pad as pad
-
-    return pad(rows, value, left)
 
 
 def seq_logprobs(
@@ -54,8 +49,7 @@ def seq_logprobs(
 ) -> Tensor:
     """``[n]`` summed log-probs (temperature 1) of each response after its prompt, in micro-batches."""
     out = torch.zeros(len(responses), dtype=torch.float64)
-    for start in range(0, len(responses), micro):
-        chunk = list(range(start, min(start + micro, len(responses))))
+    for chunk in _chunks(list(range(len(responses))), micro):
         p_ids, p_mask = _pad([prompts[i] for i in chunk], pad_id, left=True)
         r_ids, r_mask = _pad([responses[i] for i in chunk], pad_id, left=False)
         rb = RolloutBatch(

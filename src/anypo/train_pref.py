@@ -204,23 +204,21 @@ def pref_config_problems(cfg: PrefTrainConfig) -> list[str]:
     out += loss_problems(cfg.algo.loss)
     if cfg.eval_every > 0 and cfg.eval_prompts > 0:
         out += _sampling_problems(cfg.eval_sampling, "eval_sampling")
+    from anypo.oracles import oracle_config_problems
+    from anypo.train_pref_online import oracle_task_problems
+
     if cfg.eval_oracle.kind == "same":
         out.append(
             "--eval-oracle.kind is 'same', but the offline loop has no training oracle: name one (e.g. verifier_bt) "
             "or none"
         )
     elif cfg.eval_oracle.kind != "none":
-        from anypo.oracles import oracle_config_problems
-        from anypo.train_pref_online import oracle_task_problems
-
         out += oracle_config_problems(cfg.eval_oracle, "eval-oracle")
         kinds = {cfg.eval_oracle.kind, cfg.eval_proxy.kind}
         out += oracle_task_problems(kinds, cfg.eval_task.name, "--eval-task.name")
         if cfg.eval_every > 0 and cfg.oracle_eval_prompts > 0:
             out += _sampling_problems(cfg.oracle_eval_sampling, "oracle_eval_sampling")
     if cfg.eval_proxy.kind not in ("none", "same"):
-        from anypo.oracles import oracle_config_problems
-
         out += oracle_config_problems(cfg.eval_proxy, "eval-proxy")
         if cfg.eval_oracle.kind == "none":
             out.append("--eval-proxy.kind is set but --eval-oracle.kind is none: the proxy is scored on the oracle "
@@ -592,16 +590,10 @@ class PrefLoop:
         n = min(cfg.oracle_eval_prompts, cfg.eval_task.num_heldout)
         examples, ids, _ = tokenize_prompts(task.heldout_examples(n), self.tokenizer, cfg.max_prompt_tokens)
         initial = copy.deepcopy(self.model).eval().requires_grad_(False)
-        engines: dict[str, Any] = {}
-
-        def initial_engine():
-            if "initial" not in engines:
-                engines["initial"] = HFEngine(initial, self.tokenizer)
-            return engines["initial"]
-
+        initial_engine = HFEngine(initial, self.tokenizer)
         return OracleEvaluation(
-            model=self.model, initial=initial, policy_engine=HFEngine(self.model, self.tokenizer),
-            initial_engine=initial_engine, tokenizer=self.tokenizer, pad_id=self.pad_id, examples=examples,
+            model=self.model, initial=initial, policy_engine=self._policy_engine(),
+            initial_engine=lambda: initial_engine, tokenizer=self.tokenizer, pad_id=self.pad_id, examples=examples,
             prompt_ids=ids, oracle=make_oracle(cfg.eval_oracle, task), sampling=cfg.oracle_eval_sampling,
             candidates=cfg.eval_candidates, seed=cfg.seed, micro_batch_size=cfg.micro_batch_size,
             pack=cfg.pack_prompts, autocast=self.autocast,
@@ -628,7 +620,9 @@ class PrefLoop:
         self.needs_ref = False
         self.needs_revision = False  # a loss with needs_revision_logprobs (offline loop only)
         self.reference_seconds = 0.0  # wall time of the reference pass (0 when read back from the run directory)
-        self.engine = None  # the offline loops build it on the first pass@k evaluation
+        self.engine = None  # the policy's sampling engine, built on first use (_policy_engine)
+        self.verify = None  # the pass@k checker, built on the first pass@k evaluation
+        self.oracle_eval = None  # the offline loop's oracle evaluation (--eval-oracle.kind)
         self.mid_update = False  # True while the weights change (the scaffold resets it once a step is logged)
         return self
 
@@ -910,7 +904,7 @@ class PrefLoop:
             out.update(self._pair_eval(self.heldout_pairs, idx))
         if self.data.task is not None and self.cfg.eval_prompts > 0:
             out.update(self._pass_at_k())
-        if getattr(self, "oracle_eval", None) is not None:
+        if self.oracle_eval is not None:
             out.update(self.oracle_eval())
         return out
 
@@ -943,15 +937,21 @@ class PrefLoop:
             self.model.train(was)
         return {"eval/" + k.split("/", 1)[1]: v for k, v in acc.result().items()}
 
-    def _pass_at_k(self) -> dict[str, float]:
+    def _policy_engine(self):
+        """The engine sampling from the policy (one for pass@k and the oracle evaluation), built on first use."""
         from anypo.engines import make_engine
+
+        if self.engine is None:
+            self.engine = make_engine("hf", self.model, self.tokenizer)
+        return self.engine
+
+    def _pass_at_k(self) -> dict[str, float]:
         from anypo.evaluate import evaluate as run_eval
         from anypo.evaluate import mean_pass_at_k
         from anypo.trainer_setup import make_verifier, tokenize_prompts
 
         cfg = self.cfg
-        if self.engine is None:
-            self.engine = make_engine("hf", self.model, self.tokenizer)
+        if self.verify is None:
             examples = self.data.heldout_examples[: cfg.eval_prompts]
             self.eval_examples, self.eval_ids, _ = tokenize_prompts(examples, self.tokenizer, cfg.max_prompt_tokens)
             self.verify, _ = make_verifier(self.data.task)
@@ -961,7 +961,7 @@ class PrefLoop:
 
         with self.autocast():
             rewards, _ = run_eval(
-                self.engine, self.tokenizer, self.eval_ids, score, cfg.eval_samples, cfg.eval_sampling,
+                self._policy_engine(), self.tokenizer, self.eval_ids, score, cfg.eval_samples, cfg.eval_sampling,
                 seed=cfg.seed + 12345,
             )  # fmt: skip
         correct = [[r >= 1.0 for r in row] for row in rewards]

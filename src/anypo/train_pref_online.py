@@ -604,7 +604,4 @@ def pairs_from_samples(
         "rollout/generated_tokens": float(gen_tokens),
         "time/judge_s": judge_s,
     }
-    return tp, _finite_gold(m), probs, pair_golds
-
-
-_finite_gold = finite_gold
+    return tp, finite_gold(m), probs, pair_golds
