@@ -181,3 +181,46 @@ def test_static_decoder_says_what_it_cannot_decode(tiny_model, tokenizer):
     wrapped = copy.deepcopy(tiny_model)
     wrapped.model.layers[0].self_attn.q_proj = torch.nn.Sequential(wrapped.model.layers[0].self_attn.q_proj)
     assert "nn.Linear" in static_decode.supports(wrapped)
+
+
+def test_two_level_cdf_draws_across_blocks_and_a_padded_tail():
+    """V = 1,000 tokens in blocks of 256 (the last block padded by 24 zero-probability entries):
+    mass 0.2 on token 3 (block 0), 0.5 on token 600 (block 2), 0.3 on token 999 (the last real token,
+    in the padded block), and 1e-3 of the 0.2 moved to token 255 (a block's last entry). With
+    n = 200,000 draws each count is within 5 standard deviations sqrt(n p (1 - p)) of n p, no
+    zero-probability token appears, and the returned sum is the row's sum (1 up to float32 round-off)."""
+    from anypo.engines.hf import _draw
+
+    n = 200_000
+    p = torch.zeros(1000)
+    p[3], p[255], p[600], p[999] = 0.199, 0.001, 0.5, 0.3
+    tok, total = _draw(p.repeat(n, 1), torch.Generator().manual_seed(1))
+    counts = torch.bincount(tok, minlength=1000).double()
+    assert set(counts.nonzero().flatten().tolist()) <= {3, 255, 600, 999}
+    for v in (3, 255, 600, 999):
+        q = float(p[v])
+        assert abs(counts[v] - n * q) < 5 * (n * q * (1 - q)) ** 0.5
+    torch.testing.assert_close(total, torch.ones(n, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_sampled_logprob_is_the_tokens_log_softmax():
+    """The untruncated path (one exp, the normaliser from the draw's float64 sum) returns
+    log_softmax(logits / T)[token], computed here by torch's own log_softmax, at T = 1 and T = 0.7."""
+    logits = torch.randn(64, 3000, generator=torch.Generator().manual_seed(0)) * 4
+    for t in (1.0, 0.7):
+        tok, lp = _sample(logits, SamplingConfig(temperature=t), torch.Generator().manual_seed(2))
+        ref = torch.log_softmax(logits / t, -1).gather(-1, tok[:, None]).squeeze(-1)
+        torch.testing.assert_close(lp, ref, atol=2e-6, rtol=0)
+
+
+def test_fill_from_tail_moves_one_row_per_finished_row():
+    """done [F, T, F, T, F, F]: four rows stay (0, 2, 4, 5); places 1 and 3 (finished, before 4) take
+    the last rows that stay, 5 then 4, so the order is [0, 5, 2, 4]; nothing finished keeps the
+    identity, and a finished tail drops without moving anything."""
+    from anypo.engines.hf import _fill_from_tail
+
+    f = lambda *bits: torch.tensor([bool(b) for b in bits])  # noqa: E731
+    assert _fill_from_tail(f(0, 1, 0, 1, 0, 0)).tolist() == [0, 5, 2, 4]
+    assert _fill_from_tail(f(0, 0, 0)).tolist() == [0, 1, 2]
+    assert _fill_from_tail(f(0, 0, 1, 1)).tolist() == [0, 1]
+    assert _fill_from_tail(f(1, 1, 0)).tolist() == [2]

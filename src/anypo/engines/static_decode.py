@@ -70,7 +70,8 @@ class StaticDecoder:
 
     prefill(ids [B, P], attn [B, P]) -> logits [B, V] of the last prompt position (left padding);
     repeat(n) -> rows become B * n (prompt-major); step(tok [A]) -> logits [A, V] for the A rows
-    still active; keep(idx [A']) -> only rows ``idx`` of the active ones stay (in that order).
+    still active; keep(idx [A']) -> only rows ``idx`` of the active ones stay (in that order; the engine
+    passes ``hf._fill_from_tail``'s order, so that few rows move).
     """
 
     def __init__(self, model: torch.nn.Module, rows: int, max_len: int, dtype: torch.dtype = torch.float32):
@@ -126,10 +127,12 @@ class StaticDecoder:
         self.pos = self.pos.repeat_interleave(n, 0)
 
     def keep(self, idx: Tensor) -> None:
-        c, A = self.filled, len(idx)
+        c = self.filled
+        moved = (idx != torch.arange(len(idx))).nonzero().flatten()  # rows that change place
+        src = idx[moved]
         for buffers in (self.keys, self.values):
             for buf in buffers:
-                buf[:A, :, :c] = buf[idx, :, :c]  # the right side is a copy: no overlap hazard
+                buf[moved, :, :c] = buf[src, :, :c]  # the right side is a copy: no overlap hazard
         self.valid = self.valid[idx]
         self.pos = self.pos[idx]
 
