@@ -82,7 +82,8 @@ def make_optimizer(params, cfg, *, fused: bool = False) -> torch.optim.Optimizer
     betas and weight decay.
 
     ``adamw``: ``torch.optim.AdamW`` (``fused``: torch's fused kernel, one per parameter and no foreach
-    temporaries); ``adamw8bit``: :class:`anypo.optim.AdamW8bit` (8-bit moments, the same update);
+    temporaries); ``adamw8bit``: :class:`anypo.optim.AdamW8bit` (8-bit moments, the same update, stochastic rounding
+    seeded by the run's seed);
     ``adafactor``: ``torch.optim.Adafactor`` with ``lr`` as given (its relative-step cap; no betas).
     ``fused`` applies to adamw only.
     """
@@ -93,7 +94,7 @@ def make_optimizer(params, cfg, *, fused: bool = False) -> torch.optim.Optimizer
     if cfg.optimizer == "adamw8bit":
         from anypo.optim import AdamW8bit
 
-        return AdamW8bit(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return AdamW8bit(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, seed=cfg.seed)
     if cfg.optimizer == "adafactor":
         return torch.optim.Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     from anypo.validate import OPTIMIZERS

@@ -165,7 +165,7 @@ def test_first_step_is_adamw_first_step():
     v_1 within the codebooks' bounds, with each block's scale its absmax."""
     p0, (g1, _) = _param_and_grads()
     p = p0.clone().requires_grad_()
-    opt = AdamW8bit([p], lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD)
+    opt = AdamW8bit([p], lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD, rounding="nearest")
     p.grad = g1.clone()
     opt.step()
     g = g1.double().numpy()
@@ -234,7 +234,7 @@ def test_chunks_and_layout_do_not_change_the_result(monkeypatch):
     grads = [torch.randn(125, 80, generator=torch.Generator().manual_seed(4 + i)) for i in range(3)]
 
     def run(param):
-        opt = AdamW8bit([param], lr=LR, weight_decay=WD)
+        opt = AdamW8bit([param], lr=LR, weight_decay=WD, rounding="nearest")  # the draws follow the chunks
         for grad in grads:
             param.grad = grad.clone()
             opt.step()
@@ -268,9 +268,9 @@ def test_tracks_adamw_on_least_squares():
     Y = X @ (torch.randn(8, 4096, generator=g) / 64).T + Z @ (torch.randn(8, 600, generator=g) / 25).T + 0.5
     init = [torch.randn(8, 4096, generator=g) * 0.01, torch.randn(8, 600, generator=g) * 0.01, torch.zeros(8)]
 
-    def train(cls):
+    def train(cls, **kw):
         W, U, b = (t.clone().requires_grad_() for t in init)
-        opt = cls([W, U, b], lr=1e-3, weight_decay=0.01)
+        opt = cls([W, U, b], lr=1e-3, weight_decay=0.01, **kw)
         losses = []
         for _ in range(50):
             loss = ((X @ W.T + Z @ U.T + b - Y) ** 2).mean()
@@ -280,12 +280,94 @@ def test_tracks_adamw_on_least_squares():
             opt.step()
         return [t.detach() for t in (W, U)], losses
 
-    (W8, U8), loss8 = train(AdamW8bit)
+    (W8, U8), loss8 = train(AdamW8bit, rounding="nearest")
     (Wa, Ua), loss_a = train(torch.optim.AdamW)
     for ours, ref, start in ((W8, Wa, init[0]), (U8, Ua, init[1])):
         assert (ours - ref).norm() <= 0.2 * (ref - start).norm()
     assert all(q <= 1.5 * a for q, a in zip(loss8, loss_a, strict=True))
     assert loss8[-1] < 0.01 * loss8[0] and loss_a[-1] < 0.01 * loss_a[0]
+
+
+def test_stochastic_rounding_is_unbiased():
+    """One block of 2048 values (v: positive, 2^-20 .. 1 of the absmax; m: signed, down to 2^-20, under
+    m's lowest level 2^-16) encoded N = 2000 times with independent uniforms. A value between the levels
+    L and L 2^d goes up with probability p = (x - L) / (L 2^d - L), so E[decoded] = x exactly; one
+    decoded value is off by at most the gap, so the mean of N is within 5 gap / (2 sqrt N) of x with
+    overwhelming probability (gap: x (2^d - 1) inside the range, the lowest level L_1 under it, where
+    the neighbours are 0 and L_1)."""
+    from anypo.optim import _decode, _encode
+
+    n, N = BLOCK, 2000
+    g = torch.Generator().manual_seed(7)
+    mag = torch.exp2(-20 * torch.rand(n, generator=g))
+    mag[0] = 1.0  # the absmax
+    for signed, octaves, steps in ((False, 24, 254), (True, 16, 126)):
+        x = torch.where(torch.rand(n, generator=g) < 0.5, -mag, mag) if signed else mag
+        codes = torch.empty(n * N, dtype=torch.uint8)
+        scales = torch.empty(N)
+        _encode(x.repeat(N), codes, scales, signed, u=torch.rand(n * N, generator=g))
+        mean = _decode(codes, scales, signed).view(N, n).double().mean(0)
+        d = octaves / steps
+        lowest = 2.0**-octaves
+        gap = torch.where(mag >= lowest, mag.double() * (2**d - 1), torch.full((n,), lowest, dtype=torch.float64))
+        if not signed:  # v below its range rounds up to code 1 (never 0): biased up there by design
+            inside = mag >= lowest
+            x, mean, gap = x[inside], mean[inside], gap[inside]
+        assert torch.all((mean - x.double()).abs() <= 5 * gap / (2 * N**0.5))
+        assert float(mean[0]) == float(x[0])  # the absmax (|x| = 1) is stored exactly in every draw
+
+
+def test_stochastic_rounding_lets_the_second_moment_decay():
+    """b2 = 0.999, lr 0 (the weights do not matter). In each of 2 blocks, element 0 keeps v = 1 exactly
+    (g_1 = sqrt(1000), then g = 1: v_1 = 0.001 * 1000 = 1 and v_t = 0.999 + 0.001 = 1), so every block's
+    absmax and grid stay put; the other 4094 elements get g_1 = sqrt(10) (v_1 = 0.01) and then 0, so
+    exactly v_t = 0.01 * 0.999^(t - 1): after T = 200 steps 0.01 * 0.999^199 = 0.008195.
+
+    Round-to-nearest keeps them at 0.01 (a 0.1% change per step is under half a level, 3.3%): 1.22x
+    too large, so their Adam steps are 10% too small, for ever. Stochastic rounding keeps E[stored v_t]
+    = 0.999 E[stored v_{t-1}]: each step adds independent noise of at most half a level's gap (3.4%)
+    of v, so one element's stored v_T has a relative spread of at most sqrt(T) * 3.4% = 48%, and the
+    mean of 4094 elements is within 5 * 48% / 64 = 3.8% of 0.008195."""
+    T, n = 200, 2 * BLOCK
+    exact = 0.01 * 0.999 ** (T - 1)
+    means = {}
+    for rounding in ("nearest", "stochastic"):
+        p = torch.nn.Parameter(torch.zeros(n))
+        opt = AdamW8bit([p], lr=0.0, betas=(0.9, 0.999), weight_decay=0.0, rounding=rounding, seed=3)
+        for t in range(1, T + 1):
+            grad = torch.zeros(n)
+            grad[::BLOCK] = 1000**0.5 if t == 1 else 1.0
+            if t == 1:
+                grad[1:BLOCK] = grad[BLOCK + 1 :] = 10**0.5
+            p.grad = grad
+            opt.step()
+        s = opt.state[p]
+        v = dequantize(s["v_code"], s["v_scale"], signed=False).view(2, BLOCK)
+        torch.testing.assert_close(v[:, 0], torch.ones(2), rtol=1e-6, atol=0)  # stored exactly (float32 v_t)
+        means[rounding] = float(v[:, 1:].double().mean())
+    assert means["nearest"] / exact > 1.15
+    assert abs(means["stochastic"] / exact - 1) < 0.038
+
+
+def test_stochastic_rounding_draws_depend_on_the_seed_and_step_only():
+    """Two optimizers with the same seed store the same codes bitwise after 3 steps (the draws come from
+    the seed, the step number and the parameter's position, not from torch's global generator, which is
+    reseeded in between); another seed stores other codes; an unknown rounding is refused."""
+    grads = [torch.randn(5000, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+    def codes(seed: int) -> torch.Tensor:
+        p = torch.nn.Parameter(torch.zeros(5000))
+        opt = AdamW8bit([p], lr=1e-2, seed=seed)
+        for i, grad in enumerate(grads):
+            torch.manual_seed(100 + i + seed)  # the global stream must not matter
+            p.grad = grad.clone()
+            opt.step()
+        return torch.cat([opt.state[p]["m_code"], opt.state[p]["v_code"]])
+
+    assert torch.equal(codes(0), codes(0))
+    assert not torch.equal(codes(0), codes(1))
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        AdamW8bit([torch.nn.Parameter(torch.zeros(3))], rounding="down")
 
 
 # ---------------------------------------------------------------------------------------------
