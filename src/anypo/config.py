@@ -206,7 +206,7 @@ class RunOptions:
     optimizer: str = "adamw"
     """The policy's optimizer. ``adamw``: torch AdamW, two float32 states (8 bytes per parameter).
     ``adamw8bit``: ``anypo.optim.AdamW8bit``, the same update with both moments stored in 8 bits per
-    element (block-wise, ~2 bytes per parameter: a quarter of the state memory; docs/training.md,
+    element (block-wise, stochastically rounded, ~2 bytes per parameter: a quarter of the state memory; docs/training.md,
     "Optimizer"). ``adafactor``: ``torch.optim.Adafactor``, a factored second moment and no first moment
     (a row and a column vector per matrix). Its lr is used as given: torch's Adafactor reads it as the cap
     of its relative step size (a step moves a tensor's weights by at most lr x max(1e-3, their RMS), in
