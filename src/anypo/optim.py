@@ -102,7 +102,10 @@ def _encode(x: Tensor, codes: Tensor, scales: Tensor, signed: bool, u: Tensor | 
     s0 = e0 = 0
     for xb, cb in zip(_blocks(x), _blocks(codes), strict=True):  # [b, w] values and their codes
         a = xb.abs() if signed else xb  # [b, w]
-        absmax = a.amax(dim=1)  # [b]
+        if u is None:
+            absmax = a.amax(dim=1)  # [b]
+        else:
+            absmax, at = a.max(dim=1)  # [b]: each block's largest value and where it is
         scales[s0 : s0 + len(absmax)] = absmax
         s0 += len(absmax)
         safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))  # an all-zero block: every code 0
@@ -113,7 +116,8 @@ def _encode(x: Tensor, codes: Tensor, scales: Tensor, signed: bool, u: Tensor | 
             k.round_()
         else:
             _round_stochastic_(k, u[e0 : e0 + xb.numel()].view_as(xb), 1 / per_octave, signed)
-            k.masked_fill_(a == absmax[:, None], top)  # the block's largest value stays exact
+            exact = torch.full_like(absmax, top).masked_fill_(absmax == 0, float("-inf"))  # (all-zero block: 0)
+            k.scatter_(1, at[:, None], exact[:, None])  # the block's largest value stays exact
         e0 += xb.numel()
         k.clamp_(0 if signed else 1, top)  # v: below-range values round up to code 1, never to 0
         if not signed:
@@ -136,10 +140,11 @@ def _round_stochastic_(k: Tensor, u: Tensor, d: float, signed: bool) -> None:
     float32 one (tests/unit/test_optim.py, test_stochastic_rounding_lets_the_second_moment_decay)."""
     lo = k.floor()
     p = (k - lo).mul_(d).exp2_().sub_(1).div_(2**d - 1).nan_to_num_(nan=0.0)  # k = -inf (x = 0): p = 0
-    if signed:
-        below = k < 1
-        p = torch.where(below, torch.exp2((k - 1) * d), p)  # exp2(-inf) = 0: a zero stays code 0
-        lo.masked_fill_(below, 0.0)
+    if signed:  # the few values below code 1 (indexed: a full-size where costs more than they do)
+        below = (k.view(-1) < 1).nonzero().squeeze(1)
+        if len(below):
+            p.view(-1)[below] = torch.exp2((k.view(-1)[below] - 1) * d)  # exp2(-inf) = 0: a zero stays 0
+            lo.view(-1)[below] = 0.0
     # lo + floor(p + u) is lo + 1 exactly when u >= 1 - p, which has probability p
     torch.floor(lo.add_(p).add_(u), out=k)  # a v of 0 stays -inf here and becomes code 0 in _encode
 
