@@ -52,6 +52,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from anypo.tasks.base import stable_seed
+
 __all__ = ["BLOCK", "AdamW8bit", "dequantize", "quantize"]
 
 BLOCK = 2048
@@ -247,15 +249,13 @@ class AdamW8bit(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        index = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                index += 1
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamW8bit does not support sparse gradients (a dense optimizer, like AdamW)")
-                self._update(p, self.state[p], group, index - 1)
+        params = ((group, p) for group in self.param_groups for p in group["params"])
+        for index, (group, p) in enumerate(params):  # index: the parameter's position, for its draws
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AdamW8bit does not support sparse gradients (a dense optimizer, like AdamW)")
+            self._update(p, self.state[p], group, index)
         return loss
 
     def _update(self, p: Tensor, state: dict[str, Any], group: dict[str, Any], index: int) -> None:
@@ -289,9 +289,7 @@ class AdamW8bit(torch.optim.Optimizer):
         m_code, v_code, m_scale, v_scale = state["m_code"], state["v_code"], state["m_scale"], state["v_scale"]
         gen = None
         if self.rounding == "stochastic":  # one stream per (seed, step, parameter): resumable without state
-            gen = torch.Generator(device=p.device).manual_seed(
-                ((self.seed * 1_000_003 + int(t)) * 1_000_033 + index) % 2**63
-            )
+            gen = torch.Generator(device=p.device).manual_seed(stable_seed("adamw8bit", self.seed, int(t), index))
         for start in range(0, flat_p.numel(), CHUNK):
             end = min(start + CHUNK, flat_p.numel())
             blocks = slice(start // BLOCK, -(-end // BLOCK))  # the chunk's blocks (it starts on a block boundary)
