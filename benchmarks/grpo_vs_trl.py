@@ -211,6 +211,7 @@ def anypo_worker(args: argparse.Namespace, proto: Protocol) -> None:
             "optimizer_fused": ctx.optimizer.defaults.get("fused"),
             "precision": getattr(cfg, "precision", None),
             "engine_precision": cfg.engine_precision,
+            "engine_precision_resolved": ctx.engine_precision,
             "reference_offload": getattr(cfg, "reference_offload", None),
             "gradient_checkpointing": cfg.model.gradient_checkpointing,
             "dtype": cfg.model.dtype,
@@ -685,7 +686,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--anypo-engine-precision",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "bf16", "auto"],
         default="fp32",
         help="anypo's sampling matmuls (--engine-precision; bf16: bfloat16 weight copies, training stays float32)",
     )

@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--optimizer", default="adamw", help="the policy's optimizer: adamw, adamw8bit or adafactor")
     ap.add_argument(
         "--engine-precision",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "bf16", "auto"],
         default="fp32",
         help="the hf engine's decode matmuls (bf16: bfloat16 copies; the loss then takes the old log-probs from its forward)",
     )

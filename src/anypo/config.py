@@ -284,10 +284,12 @@ class TrainConfig(RunOptions):
     engine: str = "hf"
     """Generation engine: hf or vllm."""
     engine_precision: str = "fp32"
-    """The hf engine's decode matmuls: fp32, or bf16 (bfloat16 copies of the linear weights for each
-    generation; activations, KV cache and sampling stay float32). bf16 pays on CPUs with AMX or AVX-512
-    BF16 and is slower elsewhere (benchmarks/README.md); its log-probs are not the policy's, so the
-    loop recomputes the old log-probs in float32 (one no-grad pass per step)."""
+    """The hf engine's decode matmuls: fp32; bf16 (bfloat16 copies of the linear weights for each
+    generation; activations, KV cache and sampling stay float32); or auto (bf16 on a CPU with AMX and
+    with float32 training, fp32 otherwise). bf16 pays on CPUs with AMX and is slower without native
+    bfloat16 (docs/engines.md). Its log-probs are not the policy's: the old log-probs come from the
+    float32 learner instead (from the training forward itself when the batch gets one on-policy
+    update, else from a no-grad pass), and the engine's are kept as the rollout log-probs."""
     precision: str = "fp32"
     """fp32, or bf16: matmuls of generation and of the training passes run under bfloat16 autocast
     (weights, gradients and optimizer states stay float32). Faster where the CPU has bf16 units (see

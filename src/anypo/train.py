@@ -6,6 +6,7 @@ The loop never branches on a method's name. It asks the chosen parts what they n
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -15,7 +16,7 @@ import torch
 
 from anypo import checkpoint, models, registry
 from anypo.config import TrainConfig
-from anypo.engines import make_engine
+from anypo.engines import make_engine, resolve_engine_precision
 from anypo.evaluate import mean_pass_at_k, pass_at_k_by_difficulty
 from anypo.metrics import MetricAccumulator, mean_over_steps
 from anypo.ops import masked_mean, masked_sum
@@ -28,6 +29,8 @@ from anypo.run import TrainingError, run_loop
 from anypo.runs import peak_rss_gb
 from anypo.types import LossOutput, LossScale, MetricReduction, PolicyOutput, RolloutBatch
 from anypo.validate import check_train_config
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PROVIDED_NEEDS", "Context", "TrainingError", "train"]
 
@@ -74,7 +77,10 @@ class Context:
         self.reward = make_reward(self.task, self.algo.reward_shaping, cfg.rewards)
         self.verify, _ = make_verifier(self.task)
         self.correct_name = self.reward.names[0]  # the first term is the correctness check (reward/accuracy)
-        self.engine = make_engine(cfg.engine, self.model, self.tokenizer, cfg.engine_precision)
+        self.engine_precision, why = resolve_engine_precision(cfg)
+        if cfg.engine_precision == "auto":
+            log.info("engine precision %s (%s)", self.engine_precision, why)
+        self.engine = make_engine(cfg.engine, self.model, self.tokenizer, self.engine_precision)
         self.groups = GroupRollout(
             self.engine,
             self.tokenizer,
@@ -569,7 +575,9 @@ class Context:
         method = f"Preset `{cfg.preset}`" if cfg.preset else f"Policy loss `{type(cfg.algo.policy_loss).__name__}`"
         return (
             f"{method} on task `{cfg.task.name}`, model `{cfg.model.name}`: up to {cfg.steps} steps of "
-            f"{cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples, lr {cfg.lr}."
+            f"{cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples, lr {cfg.lr}"
+            + (", sampling matmuls in bfloat16" if getattr(self, "engine_precision", "fp32") == "bf16" else "")
+            + "."
         )
 
     def export(self, out: Path) -> None:

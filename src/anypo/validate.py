@@ -25,6 +25,7 @@ __all__ = ["check_train_config", "train_config_problems"]
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
+ENGINE_PRECISIONS = ("fp32", "bf16", "auto")  # anypo.engines.ENGINE_PRECISIONS, without importing the engines
 ENGINES = ("hf", "vllm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
@@ -315,8 +316,8 @@ def _engine_problems(cfg: Any) -> list[str]:
     if cfg.engine not in ENGINES:
         return [f"--engine is {cfg.engine!r}: choose one of {', '.join(ENGINES)}"]
     ep = getattr(cfg, "engine_precision", "fp32")
-    if ep not in PRECISIONS:
-        return [f"--engine-precision is {ep!r}: choose {' or '.join(PRECISIONS)}"]
+    if ep not in ENGINE_PRECISIONS:
+        return [f"--engine-precision is {ep!r}: choose {', '.join(ENGINE_PRECISIONS)}"]
     if ep == "bf16" and (cfg.engine != "hf" or cfg.dist.backend != "none"):
         return [
             "--engine-precision bf16 is for the in-process hf engine (--engine hf, --dist.backend none): vLLM and "

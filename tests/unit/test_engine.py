@@ -224,3 +224,31 @@ def test_fill_from_tail_moves_one_row_per_finished_row():
     assert _fill_from_tail(f(0, 0, 0)).tolist() == [0, 1, 2]
     assert _fill_from_tail(f(0, 0, 1, 1)).tolist() == [0, 1]
     assert _fill_from_tail(f(1, 1, 0)).tolist() == [2]
+
+
+def test_auto_engine_precision_is_bf16_only_for_the_in_process_engine_on_an_amx_cpu(monkeypatch):
+    """``--engine-precision auto``: bf16 exactly when the hf engine runs in this process, training is
+    float32 and /proc/cpuinfo lists ``amx_bf16``; fp32 in every other case; fp32 and bf16 as given."""
+    import dataclasses
+
+    from anypo import runs
+    from anypo.config import TrainConfig
+    from anypo.engines import resolve_engine_precision
+
+    def with_flags(flags):
+        monkeypatch.setattr(runs, "cpu_info", lambda: ("some cpu", flags))
+
+    auto = dataclasses.replace(TrainConfig(), engine_precision="auto")
+    with_flags(["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"])
+    assert resolve_engine_precision(auto)[0] == "bf16"
+    assert resolve_engine_precision(dataclasses.replace(auto, precision="bf16"))[0] == "fp32"
+    assert resolve_engine_precision(dataclasses.replace(auto, engine="vllm"))[0] == "fp32"
+    assert (
+        resolve_engine_precision(dataclasses.replace(auto, dist=dataclasses.replace(auto.dist, backend="ray")))[0]
+        == "fp32"
+    )
+    assert resolve_engine_precision(dataclasses.replace(auto, engine_precision="fp32"))[0] == "fp32"
+    for flags in (["avx2", "fma"], ["avx512f", "avx512_bf16"], []):  # AVX2, AVX-512 BF16 without AMX, unreadable
+        with_flags(flags)
+        assert resolve_engine_precision(auto)[0] == "fp32"
+        assert resolve_engine_precision(dataclasses.replace(auto, engine_precision="bf16"))[0] == "bf16"

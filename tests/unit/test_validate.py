@@ -221,11 +221,17 @@ def test_vllm_engine_needs_the_extra(monkeypatch):
 
 
 def test_engine_precision_values_and_where_bf16_applies(monkeypatch):
-    """fp32 and bf16 only; bf16 only for the in-process hf engine and with float32 training (bf16
-    autocast already samples in bfloat16)."""
+    """fp32, bf16 and auto; bf16 only for the in-process hf engine and with float32 training (bf16
+    autocast already samples in bfloat16); auto is accepted everywhere (it resolves to fp32 where bf16
+    does not apply)."""
+    from anypo.engines import ENGINE_PRECISIONS
+    from anypo.validate import ENGINE_PRECISIONS as CHECKED
+
+    assert CHECKED == ENGINE_PRECISIONS  # the check's copy (validate imports no engine) is the engines' list
     assert train_config_problems(with_(base(), engine_precision="bf16")) == []
+    assert train_config_problems(with_(base(), engine_precision="auto", precision="bf16")) == []
     (problem,) = train_config_problems(with_(base(), engine_precision="fp16"))
-    assert problem == "--engine-precision is 'fp16': choose fp32 or bf16"
+    assert problem == "--engine-precision is 'fp16': choose fp32, bf16, auto"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # vllm "installed"
     (problem,) = train_config_problems(with_(base(), engine="vllm", engine_precision="bf16"))
     assert "--engine-precision bf16" in problem and "--engine hf" in problem

@@ -2,7 +2,47 @@
 
 from anypo.engines.base import Engine, Generation, SamplingConfig
 
-__all__ = ["Engine", "Generation", "SamplingConfig", "logprobs_exact", "make_engine"]
+__all__ = [
+    "ENGINE_PRECISIONS",
+    "Engine",
+    "Generation",
+    "SamplingConfig",
+    "logprobs_exact",
+    "make_engine",
+    "native_bf16",
+    "resolve_engine_precision",
+]
+
+ENGINE_PRECISIONS = ("fp32", "bf16", "auto")
+"""Values of ``--engine-precision``; ``auto`` is resolved per machine by ``resolve_engine_precision``."""
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has AMX bfloat16 tiles (``amx_bf16`` in /proc/cpuinfo): the CPUs on which the
+    bfloat16 engine was measured faster (W1 decode matmuls 0.28x their float32 time; without native
+    bfloat16, on AVX2, 3.4x slower; docs/engines.md)."""
+    from anypo.runs import cpu_info
+
+    return "amx_bf16" in cpu_info()[1]
+
+
+def resolve_engine_precision(cfg) -> tuple[str, str]:
+    """``(precision, why)``: the hf engine's decode precision for the run ``cfg``.
+
+    ``fp32`` and ``bf16`` stand as given. ``auto`` is bf16 where it pays and applies: the in-process hf
+    engine on the CPU (no rollout actors), float32 training (``--precision fp32``) and a CPU with AMX;
+    fp32 everywhere else.
+    """
+    ep = cfg.engine_precision
+    if ep != "auto":
+        return ep, "set"
+    if cfg.engine != "hf" or cfg.dist.backend != "none":
+        return "fp32", "auto: not the in-process hf engine"
+    if cfg.precision != "fp32":
+        return "fp32", f"auto: --precision {cfg.precision} already samples in bfloat16"
+    if not native_bf16():
+        return "fp32", "auto: this CPU has no AMX bfloat16 units"
+    return "bf16", "auto: this CPU has AMX bfloat16 units"
 
 
 def make_engine(name: str, model, tokenizer, precision: str = "fp32") -> Engine:
