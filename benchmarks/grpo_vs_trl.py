@@ -687,8 +687,8 @@ def main() -> None:
     ap.add_argument(
         "--anypo-engine-precision",
         choices=["fp32", "bf16", "auto"],
-        default="fp32",
-        help="anypo's sampling matmuls (--engine-precision; bf16: bfloat16 weight copies, training stays float32)",
+        default="auto",
+        help="anypo's sampling matmuls (--engine-precision; auto, the default: bf16 on AMX CPUs; bf16: bfloat16 weight copies, training stays float32)",
     )
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 warm-up + 1 step, 16 new tokens")
     ap.add_argument("--seed", type=int, default=0, help="anypo's seed and the prompt order of both")

@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument(
         "--engine-precision",
         choices=["fp32", "bf16", "auto"],
-        default="fp32",
+        default="auto",
         help="the hf engine's decode matmuls (bf16: bfloat16 copies; the loss then takes the old log-probs from its forward)",
     )
     ap.add_argument("--out", default=None, help="write the per-step records here (JSON)")

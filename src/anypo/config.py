@@ -283,7 +283,7 @@ class TrainConfig(RunOptions):
     samples are always dropped from training and counted as reward/error_samples."""
     engine: str = "hf"
     """Generation engine: hf or vllm."""
-    engine_precision: str = "fp32"
+    engine_precision: str = "auto"
     """The hf engine's decode matmuls: fp32; bf16 (bfloat16 copies of the linear weights for each
     generation; activations, KV cache and sampling stay float32); or auto (bf16 on a CPU with AMX and
     with float32 training, fp32 otherwise). bf16 pays on CPUs with AMX and is slower without native

@@ -238,7 +238,10 @@ def test_auto_engine_precision_is_bf16_only_for_the_in_process_engine_on_an_amx_
     def with_flags(flags):
         monkeypatch.setattr(runs, "cpu_info", lambda: ("some cpu", flags))
 
-    auto = dataclasses.replace(TrainConfig(), engine_precision="auto")
+    monkeypatch.delenv("ANYPO_NATIVE_BF16")  # the suite's override (conftest): detect from the flags here
+
+    auto = TrainConfig()
+    assert auto.engine_precision == "auto"  # the default
     with_flags(["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"])
     assert resolve_engine_precision(auto)[0] == "bf16"
     assert resolve_engine_precision(dataclasses.replace(auto, precision="bf16"))[0] == "fp32"
@@ -252,3 +255,11 @@ def test_auto_engine_precision_is_bf16_only_for_the_in_process_engine_on_an_amx_
         with_flags(flags)
         assert resolve_engine_precision(auto)[0] == "fp32"
         assert resolve_engine_precision(dataclasses.replace(auto, engine_precision="bf16"))[0] == "bf16"
+    monkeypatch.setenv("ANYPO_NATIVE_BF16", "1")  # the override wins over the flags
+    assert resolve_engine_precision(auto)[0] == "bf16"
+    monkeypatch.setenv("ANYPO_NATIVE_BF16", "0")
+    with_flags(["amx_bf16"])
+    assert resolve_engine_precision(auto)[0] == "fp32"
+    monkeypatch.setenv("ANYPO_NATIVE_BF16", "yes")
+    with pytest.raises(ValueError, match="ANYPO_NATIVE_BF16 must be 0 or 1"):
+        resolve_engine_precision(auto)

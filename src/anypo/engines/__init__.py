@@ -20,7 +20,15 @@ ENGINE_PRECISIONS = ("fp32", "bf16", "auto")
 def native_bf16() -> bool:
     """Whether this CPU has AMX bfloat16 tiles (``amx_bf16`` in /proc/cpuinfo): the CPUs on which the
     bfloat16 engine was measured faster (W1 decode matmuls 0.28x their float32 time; without native
-    bfloat16, on AVX2, 3.4x slower; docs/engines.md)."""
+    bfloat16, on AVX2, 3.4x slower; docs/engines.md). ``ANYPO_NATIVE_BF16=0`` or ``1`` overrides the
+    detection (the test suite sets 0, so that its runs sample the same way on every machine)."""
+    import os
+
+    forced = os.environ.get("ANYPO_NATIVE_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced is not None:
+        raise ValueError(f"ANYPO_NATIVE_BF16 must be 0 or 1, got {forced!r}")
     from anypo.runs import cpu_info
 
     return "amx_bf16" in cpu_info()[1]
