@@ -6,8 +6,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # --engine-precision auto (the default) samples in bfloat16 on AMX CPUs: the suite runs the float32
-# engine on every machine (the bfloat16 engine has its own tests, which ask for it by name)
-os.environ["ANYPO_NATIVE_BF16"] = "0"
+# engine on every machine (the bfloat16 engine has its own tests, which ask for it by name;
+# ANYPO_NATIVE_BF16=1 pytest ... runs the suite as an AMX machine's default would)
+os.environ.setdefault("ANYPO_NATIVE_BF16", "0")
 torch.set_num_threads(2)
 
 

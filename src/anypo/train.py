@@ -277,7 +277,9 @@ class Context:
         reads them before the update (``needs_old_logprobs_before_update``): ``old_logprobs`` is None
         until the loss, which takes them from its own forward (``_micro_loss``)."""
         cfg, micro = self.cfg, self.cfg.micro_batch_size
-        on_policy = self.algo.on_policy(cfg.prompts_per_step)
+        # under a replay schedule a batch may be trained after updates it did not see: its old log-probs
+        # must be the generating weights', recorded now, never the training forward's
+        on_policy = self.algo.on_policy(cfg.prompts_per_step) and self.stale is None
         # an engine whose log-probs are not the contract's for these sampling settings (vLLM with
         # top-k / top-p, the bf16 engine) cannot stand in for the policy's, even on-policy; under bf16
         # autocast the cached decode and the packed training forward round differently, so the ratio

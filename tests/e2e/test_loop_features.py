@@ -110,12 +110,15 @@ def test_part_state_survives_an_interrupted_run(make_cfg, tmp_path, toy_dual_reg
 # ---- 2. stale rollouts --------------------------------------------------------------------------
 
 
-def test_stale_batches_keep_their_generation_time_logprobs(make_cfg, monkeypatch):
+@pytest.mark.parametrize("engine_precision", ["fp32", "bf16"])
+def test_stale_batches_keep_their_generation_time_logprobs(make_cfg, monkeypatch, engine_precision):
     """grpo under ``Replay(sync_interval=2)`` for 4 steps: batches 1 and 2 are generated at step 1
     with the initial weights, batches 3 and 4 at step 3, so the staleness is 0, 1, 0, 1 and steps 2
     and 4 generate nothing. Each batch is trained on with exactly the log-probs recorded when it was
     generated; on a stale batch they differ from the current policy's (lr 1e-2 moved the weights),
-    which shows they were not recomputed; on a fresh one they agree with it."""
+    which shows they were not recomputed; on a fresh one they agree with it. With the bfloat16 engine
+    (inexact log-probs) the recorded ones are the float32 learner's at generation time: a batch of one
+    update per step must not take them from its training forward when it is trained a step later."""
     from anypo.policy import batched_logprobs
     from anypo.rollout.replay import Replay
     from anypo.train import Context
@@ -136,7 +139,7 @@ def test_stale_batches_keep_their_generation_time_logprobs(make_cfg, monkeypatch
     monkeypatch.setattr(Context, "_generate_stale", spy_generate)
     monkeypatch.setattr(Context, "update", spy_update)
     algo = dataclasses.replace(PRESETS["grpo"].build(), replay=Replay(sync_interval=2))
-    rows = _rows(train(make_cfg(algo=algo, steps=4, lr=1e-2)))
+    rows = _rows(train(make_cfg(algo=algo, steps=4, lr=1e-2, engine_precision=engine_precision)))
     assert [rows[s]["replay/staleness_mean"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 1.0]
     assert [rows[s]["replay/generated_batches"] for s in (1, 2, 3, 4)] == [2.0, 0.0, 2.0, 0.0]
     assert rows[2]["rollout/generated_tokens"] == 0 and rows[1]["rollout/generated_tokens"] > 0

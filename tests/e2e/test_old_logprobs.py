@@ -1,5 +1,6 @@
 """When the trainer uses the engine's log-probs as the old policy's, and when it recomputes them."""
 
+import math
 from pathlib import Path
 
 import torch
@@ -89,6 +90,23 @@ def test_a_part_reading_old_log_probs_before_the_update_gets_them_recomputed(mak
     want = batched_logprobs(ctx.model, batch, cfg.sampling.temperature, cfg.micro_batch_size)
     torch.testing.assert_close(batch.old_logprobs, want)
     assert "rollout/engine_logprob_abs_diff" in m
+
+
+def test_lp_reg_proxy_positions_get_recomputed_old_log_probs_from_an_inexact_engine(make_cfg):
+    """Lp-Reg chooses its proxy positions from the old log-probs after the advantages, before the
+    update: with an inexact engine (here the bfloat16 one) they must come from the learner's pass, and
+    the proxy pass must then run (it raised on ``old_logprobs`` None before Lp-Reg declared the need)."""
+    from anypo.algorithms import PRESETS
+    from anypo.regularizers.lp_reg import PROXY_LOGPROBS
+
+    algo = PRESETS["lp_reg"].build()
+    assert algo.needs("old_logprobs_before_update") and algo.needs("old_proxy_logprobs")
+    ctx, batch = _rollout(make_cfg(algo=algo, engine_precision="bf16"))
+    cfg = ctx.cfg
+    want = batched_logprobs(ctx.model, batch, cfg.sampling.temperature, cfg.micro_batch_size)
+    m = ctx.learn(batch, {}, 1)
+    torch.testing.assert_close(batch.old_logprobs, want)
+    assert PROXY_LOGPROBS in batch.extras and math.isfinite(m["loss/total"])
 
 
 def test_bf16_engine_old_log_probs_are_the_float32_training_forwards(make_cfg):

@@ -111,6 +111,13 @@ class LpReg(PartConfig):
         through the three members below: ``proxy_key``, ``proxy_positions``, ``proxy_logprobs``."""
         return self.beta != 0 and (self.neg_frac > 0 or self.pos_frac > 0)
 
+    @property
+    def needs_old_logprobs_before_update(self) -> bool:
+        """The proxy positions (``proxy_positions``) are chosen from ``old_logprobs`` before the update,
+        so an inexact engine's step (the bfloat16 engine, vLLM with top-k / top-p, bf16 autocast)
+        must get them from the learner's no-grad pass, not from the training forward."""
+        return self.needs_old_proxy_logprobs
+
     proxy_key: ClassVar[str] = PROXY_LOGPROBS
     """The extras key the loop fills with [N, T] proxy log-probs (NaN off the positions)."""
 
