@@ -578,7 +578,7 @@ class Context:
         return (
             f"{method} on task `{cfg.task.name}`, model `{cfg.model.name}`: up to {cfg.steps} steps of "
             f"{cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples, lr {cfg.lr}"
-            + (", sampling matmuls in bfloat16" if getattr(self, "engine_precision", "fp32") == "bf16" else "")
+            + (", sampling matmuls in bfloat16" if self.engine_precision == "bf16" else "")
             + "."
         )
 

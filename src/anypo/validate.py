@@ -25,7 +25,7 @@ __all__ = ["check_train_config", "train_config_problems"]
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
-ENGINE_PRECISIONS = ("fp32", "bf16", "auto")  # anypo.engines.ENGINE_PRECISIONS, without importing the engines
+ENGINE_PRECISIONS = ("fp32", "bf16", "auto")  # --engine-precision; auto: anypo.engines.resolve_engine_precision
 ENGINES = ("hf", "vllm")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")

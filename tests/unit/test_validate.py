@@ -227,7 +227,7 @@ def test_engine_precision_values_and_where_bf16_applies(monkeypatch):
     from anypo.engines import ENGINE_PRECISIONS
     from anypo.validate import ENGINE_PRECISIONS as CHECKED
 
-    assert CHECKED == ENGINE_PRECISIONS  # the check's copy (validate imports no engine) is the engines' list
+    assert CHECKED == ENGINE_PRECISIONS  # the engines export the list the check uses
     assert train_config_problems(with_(base(), engine_precision="bf16")) == []
     assert train_config_problems(with_(base(), engine_precision="auto", precision="bf16")) == []
     (problem,) = train_config_problems(with_(base(), engine_precision="fp16"))

@@ -1,6 +1,7 @@
 """Generation backends. ``hf`` (default, in-process, CPU or GPU) and ``vllm`` (optional extra)."""
 
 from anypo.engines.base import Engine, Generation, SamplingConfig
+from anypo.validate import ENGINE_PRECISIONS
 
 __all__ = [
     "ENGINE_PRECISIONS",
@@ -12,9 +13,6 @@ __all__ = [
     "native_bf16",
     "resolve_engine_precision",
 ]
-
-ENGINE_PRECISIONS = ("fp32", "bf16", "auto")
-"""Values of ``--engine-precision``; ``auto`` is resolved per machine by ``resolve_engine_precision``."""
 
 
 def native_bf16() -> bool:
