@@ -196,7 +196,11 @@ def response_hidden(model: torch.nn.Module, batch: RolloutBatch) -> tuple[Tensor
         position_ids=pk.positions,
         use_cache=False,
     )
-    return hidden.last_hidden_state.flatten(0, 1)[pk.source], head  # [n, H]
+    # index_select, not ``[pk.source]``: the last prompt position predicts the first token of every
+    # response, so ``source`` repeats it, and the backward of advanced indexing (index_put_ with
+    # accumulate) sums repeated rows in a thread-timing-dependent order on CPU; index_select's
+    # backward (index_add_) sums them in index order, so the same run gives the same gradient bits.
+    return torch.index_select(hidden.last_hidden_state.flatten(0, 1), 0, pk.source), head  # [n, H]
 
 
 def _embed(body: torch.nn.Module, head: torch.nn.Module, ids: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anypo.policy import batched_logprobs, micro_batches, pack_by_prompt, response_logprobs
+from anypo.policy import batched_logprobs, micro_batches, pack_by_prompt, response_hidden, response_logprobs
 from anypo.registry import get
 from anypo.rollout.groups import left_pad
 from anypo.types import RolloutBatch
@@ -134,6 +134,39 @@ def test_packed_gradients_accumulate_over_micro_batches(tiny_model, tokenizer):
     for p, g in zip(params, once, strict=True):
         assert p.grad.layout == torch.strided
         torch.testing.assert_close(p.grad, 2 * g)
+    tiny_model.zero_grad()
+
+
+def test_repeated_prompt_states_get_their_gradients_summed_in_index_order(tiny_model, tokenizer):
+    """The last prompt position predicts the first token of every response of its prompt, so the
+    packed pass gathers that hidden state once per response. Its gradient must be the sum of those
+    rows' gradients added in a fixed order. The gather is ``index_select``, whose backward adds the
+    rows in index order; advanced indexing (``h[source]``) backs up through ``index_put_`` with
+    accumulate, which on CPU adds repeated rows in a thread-timing-dependent order (on a W1 micro-batch,
+    1 pass in about 6 identical ones gave different gradient bits, so runs with one seed diverged).
+    Expected: the gradient scattered by hand, one gathered row after the other."""
+    b = _batch(tokenizer)
+    pk = pack_by_prompt(b)
+    assert pk.source.numel() > pk.source.unique().numel()  # the case under test: repeated rows
+    seen = {}
+
+    def keep(module, args, out):
+        out.retain_grad()
+        seen["hidden"] = out
+
+    handle = tiny_model.model.norm.register_forward_hook(keep)
+    try:
+        h, _ = response_hidden(tiny_model, b)
+    finally:
+        handle.remove()
+    assert type(h.grad_fn).__name__ == "IndexSelectBackward0"
+    g = torch.randn(h.shape, generator=torch.Generator().manual_seed(0))
+    h.backward(g)
+    flat = seen["hidden"].grad.flatten(0, 1)
+    expected = torch.zeros_like(flat)
+    for i, row in enumerate(pk.source.tolist()):  # sequential float32 sums, in index order
+        expected[row] += g[i]
+    assert torch.equal(flat, expected)
     tiny_model.zero_grad()
 
 
