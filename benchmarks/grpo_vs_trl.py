@@ -154,6 +154,27 @@ def w1_train_config(
     )
 
 
+def w1_context(name: str, steps: int, engine_precision: str = "auto"):
+    """A built anypo ``Context`` for W1 without KL (float32 training, seed 0, W1's micro-batches) in a
+    fresh temporary run directory: the setting of the single-library scripts."""
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+
+    from anypo.models import ModelConfig
+    from anypo.train import Context
+
+    tmp = tempfile.mkdtemp(prefix=f"{name}-")
+    cfg = w1_train_config(
+        0.0, name=name, steps=steps, max_new_tokens=W1["max_new_tokens"],
+        micro_batch_size=W1["micro_batch_size"], precision="fp32", seed=0, out_dir=tmp, model=ModelConfig(),
+    )  # fmt: skip
+    cfg = dataclasses.replace(cfg, engine_precision=engine_precision)
+    torch.manual_seed(cfg.seed)
+    return Context.build(cfg, Path(tmp))
+
+
 def prompt_order(algo, num_prompts: int, steps: int, seed: int) -> list[int]:
     """The prompt indices anypo's sampler draws in steps 1..steps (4 per step), in order."""
     from anypo import registry

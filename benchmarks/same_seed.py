@@ -30,25 +30,13 @@ HERE = Path(__file__).resolve().parent
 
 def worker(engine_precision: str) -> None:
     """Two W1 steps; one JSON line per step: response tokens and the weights' digest."""
-    import dataclasses
-
     import torch
 
     sys.path.insert(0, str(HERE))
-    from grpo_vs_trl import W1, w1_train_config
-
-    from anypo.models import ModelConfig
-    from anypo.train import Context
+    from grpo_vs_trl import W1, w1_context
 
     torch.set_num_threads(W1["threads"])
-    tmp = tempfile.mkdtemp(prefix="same-seed-")
-    cfg = w1_train_config(
-        0.0, name="same-seed", steps=2, max_new_tokens=W1["max_new_tokens"],
-        micro_batch_size=W1["micro_batch_size"], precision="fp32", seed=0, out_dir=tmp, model=ModelConfig(),
-    )  # fmt: skip
-    cfg = dataclasses.replace(cfg, engine_precision=engine_precision)
-    torch.manual_seed(cfg.seed)
-    ctx = Context.build(cfg, Path(tmp))
+    ctx = w1_context("same-seed", 2, engine_precision)
     for step in (1, 2):
         batch, _ = ctx.step(step)
         digest = hashlib.sha256()

@@ -22,12 +22,10 @@ it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpo_vs_trl import W1, w1_train_config  # noqa: E402
+from grpo_vs_trl import W1, w1_context  # noqa: E402
 from w1_profile import matmul_rate  # noqa: E402
 
 
@@ -53,17 +51,8 @@ def median_s(fn, repeats: int) -> float:
 def capture_micro_batch(engine_precision: str):
     """A built W1 Context and the longest micro-batch its first step trained on."""
     import anypo.train
-    from anypo.models import ModelConfig
-    from anypo.train import Context
 
-    tmp = tempfile.mkdtemp(prefix="w1-budget-")
-    cfg = w1_train_config(
-        0.0, name="w1-budget", steps=1, max_new_tokens=W1["max_new_tokens"],
-        micro_batch_size=W1["micro_batch_size"], precision="fp32", seed=0, out_dir=tmp, model=ModelConfig(),
-    )  # fmt: skip
-    cfg = dataclasses.replace(cfg, engine_precision=engine_precision)
-    torch.manual_seed(cfg.seed)
-    ctx = Context.build(cfg, Path(tmp))
+    ctx = w1_context("w1-budget", 1, engine_precision)
     seen, original = [], anypo.train.response_logprobs
 
     def capture(model, batch, *a, **k):
