@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from anypo.validate import ENGINE_PRECISIONS
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the driver pieces shared with dpo_vs_trl
 
@@ -707,7 +709,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--anypo-engine-precision",
-        choices=["fp32", "bf16", "auto"],
+        choices=ENGINE_PRECISIONS,
         default="auto",
         help="anypo's sampling matmuls (--engine-precision; auto, the default: bf16 on AMX CPUs; bf16: bfloat16 weight copies, training stays float32)",
     )

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from anypo.validate import ENGINE_PRECISIONS
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -66,6 +68,8 @@ def check_resume(engine_precision: str) -> bool:
     import torch
     from safetensors.torch import load_file
 
+    from anypo import checkpoint
+
     root = Path(tempfile.mkdtemp(prefix="same-seed-resume-"))
     args = [
         "--steps", "4", "--prompts-per-step", "2", "--samples-per-prompt", "4", "--sampling.max-new-tokens", "32",
@@ -77,8 +81,9 @@ def check_resume(engine_precision: str) -> bool:
     b = subprocess.Popen([*cli, "train", "grpo", *args, "--out-dir", str(root / "b")], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)  # fmt: skip
     while b.poll() is None:
-        latest = list((root / "b").glob("grpo-*/checkpoints/latest"))
-        if latest and latest[0].read_text().strip() == "step_000002":
+        runs = list((root / "b").glob("grpo-*"))
+        latest = checkpoint.latest(runs[0]) if runs else None
+        if latest is not None and latest.name == "step_000002":
             os.kill(b.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
@@ -109,7 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--processes", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--engine-precision", choices=["fp32", "bf16", "auto"], default="auto")
+    ap.add_argument("--engine-precision", choices=ENGINE_PRECISIONS, default="auto")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from anypo.validate import ENGINE_PRECISIONS
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpo_vs_trl import W1, w1_train_config  # noqa: E402
 
@@ -104,7 +106,7 @@ def main() -> None:
     ap.add_argument("--optimizer", default="adamw", help="the policy's optimizer: adamw, adamw8bit or adafactor")
     ap.add_argument(
         "--engine-precision",
-        choices=["fp32", "bf16", "auto"],
+        choices=ENGINE_PRECISIONS,
         default="auto",
         help="the hf engine's decode matmuls (bf16: bfloat16 copies; the loss then takes the old log-probs from its forward)",
     )

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from anypo.validate import ENGINE_PRECISIONS
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpo_vs_trl import W1, w1_context  # noqa: E402
 from w1_profile import matmul_rate  # noqa: E402
@@ -232,7 +234,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", nargs="*", default=[], help="grpo_vs_trl.py result files (globs allowed)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--engine-precision", choices=["fp32", "bf16", "auto"], default="auto")
+    ap.add_argument("--engine-precision", choices=ENGINE_PRECISIONS, default="auto")
     ap.add_argument(
         "--compile-pointwise", action="store_true", help="also time the micro-batch with compiled pointwise ops"
     )
